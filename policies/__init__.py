@@ -1,0 +1,81 @@
+"""Policy registry and loading.
+
+``load_policy(spec)`` accepts a registered policy id (``vla-forget ls``) or a
+path to a checkpoint folder saved by a policy's ``save`` (its ``config.json``
+names the policy class). Heavy modules are imported only when a policy is made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+from vla_forget.registry import Registry, UnknownIdError
+
+POLICIES = Registry("policy")
+
+POLICIES.register(
+    "expert-v1",
+    "vla_forget.policies.expert:ScriptedExpert",
+    description="scripted pick/push/pull expert that reads privileged simulator state (no action distribution)",
+)
+POLICIES.register(
+    "small-vla-random-v1",
+    "vla_forget.policies.small_vla:SmallVLA.random_init",
+    description="the small VLA (< 10 M parameters) at its seeded random initialisation",
+    seed=0,
+)
+POLICIES.register(
+    "zero-v1",
+    "vla_forget.policies.simple:ZeroPolicy",
+    description="outputs the zero action with the gripper open (zero-cost baseline for harness benchmarks)",
+)
+
+# Checkpoint folders name their class in config.json under this key.
+CLASS_KEY = "policy_class"
+CHECKPOINT_CLASSES = {
+    "SmallVLA": "vla_forget.policies.small_vla:SmallVLA.load",
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded (missing files, wrong format or shape)."""
+
+
+def is_checkpoint_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
+
+
+def load_policy(spec: str, *, device: Optional[str] = None, **overrides: Any):
+    """Make a policy from a registered id or a checkpoint folder."""
+    from vla_forget.registry import Entry
+
+    if spec in POLICIES:
+        entry = POLICIES.get(spec)
+        factory = entry.load()
+        kwargs = {**entry.kwargs, **overrides}
+        policy = factory(**kwargs)
+    elif os.path.exists(spec):
+        if not is_checkpoint_dir(spec):
+            raise CheckpointError(
+                f"{spec} is not a policy checkpoint: expected a folder with config.json, model.safetensors and dataset_statistics.json"
+            )
+        try:
+            with open(os.path.join(spec, "config.json")) as f:
+                cfg = json.load(f)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{spec}/config.json is not valid JSON: {e}") from None
+        cls_name = cfg.get(CLASS_KEY)
+        if cls_name not in CHECKPOINT_CLASSES:
+            raise CheckpointError(
+                f"{spec}/config.json names policy_class={cls_name!r}; known classes: {', '.join(sorted(CHECKPOINT_CLASSES))}"
+            )
+        policy = Entry(cls_name, CHECKPOINT_CLASSES[cls_name]).load()(spec, **overrides)
+    else:
+        raise UnknownIdError(
+            f"{POLICIES.unknown_message(spec)}; or give the path of a checkpoint folder (no such path: {spec})"
+        )
+    if device is not None and hasattr(policy, "to"):
+        policy = policy.to(device)
+    return policy

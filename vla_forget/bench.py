@@ -1,0 +1,527 @@
+"""`vla-forget bench`: roll out policies on a battery and a target, then measure.
+
+Run folder layout (``--out DIR``)::
+
+    config.json        the resolved configuration (battery and target specs, seeds, policies)
+    episodes.jsonl     one record per finished episode, appended as they finish
+    states/            the base policy's recorded observations (per task, per seed)
+    videos/POLICY/     mp4 per (task, seed) for the first videos_per_task seeds
+    results.json       success matrix, forgetting, gain, divergences, versions
+    report.md          the same as tables
+
+An interrupted run keeps every finished episode; ``--resume`` redoes nothing
+that finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from vla_forget import metrics
+from vla_forget.rollout import EpisodeJob
+from vla_forget.spec import Battery, Target, load_battery, load_target
+from vla_forget.video import slug
+
+RESULTS_FORMAT = 1
+
+
+class BenchError(RuntimeError):
+    """A bench run that cannot start or continue; the message says what to do."""
+
+
+@dataclass
+class BenchConfig:
+    """Everything that defines a bench run (saved as config.json)."""
+
+    policies: List[str]
+    """policy ids or checkpoint folders to evaluate"""
+    base: str
+    """the base policy: forgetting, gain and divergences are relative to it"""
+    out: str
+    """run folder"""
+    battery: str = "tabletop-v1"
+    """battery id or YAML path"""
+    target: Optional[str] = None
+    """target spec id, YAML path or task id; None: the battery's default; 'none': no target"""
+    episodes: Optional[int] = None
+    """override the battery's episodes per task"""
+    target_episodes: Optional[int] = None
+    """override the target's evaluation episodes"""
+    workers: int = 2
+    """parallel env worker processes (CPU); 0 runs in this process"""
+    num_envs: int = 1
+    """parallel envs per process (needs GPU simulation when > 1)"""
+    device: str = "cpu"
+    """torch device of the policies ('cuda' on a GPU box)"""
+    image_size: int = 128
+    """camera image size in pixels (square)"""
+    videos_per_task: int = 2
+    """mp4 videos per (policy, task): the first seeds"""
+    kl_states_per_task: int = 32
+    """recorded base states per task for the divergences"""
+    kl_state_stride: int = 5
+    """record every k-th step of the base's episodes"""
+    kl_samples_per_state: int = 4
+    """base token prefixes sampled per state"""
+    greedy: bool = False
+    """greedy actions instead of sampling"""
+    seed: int = 0
+    """seed of the divergence prefix sampling"""
+    progress: bool = True
+    """show progress bars"""
+
+    # fields that may differ between a run and its resumption
+    VOLATILE = ("workers", "progress", "out")
+
+
+@dataclass
+class PolicyRef:
+    key: str
+    spec: str
+    hash: str
+    kind: str
+    role: str  # "base" or "policy" or "base+policy"
+    has_distribution: bool
+
+
+def _policy_ref(spec: str, role: str) -> PolicyRef:
+    from vla_forget.policies import load_policy
+    from vla_forget.policies.base import TokenPolicy
+
+    p = load_policy(spec)
+    return PolicyRef(key=spec.rstrip("/"), spec=spec, hash=p.checkpoint_hash(), kind=type(p).__name__, role=role,
+                     has_distribution=isinstance(p, TokenPolicy))
+
+
+# --------------------------------------------------------------------------
+# run-folder I/O
+
+def read_episodes(path: str) -> List[Dict[str, Any]]:
+    """Episode records; a torn last line (killed mid-write) is dropped with a warning."""
+    out: List[Dict[str, Any]] = []
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        lines = f.readlines()
+    for i, line in enumerate(lines):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                print(f"warning: dropping a partly written last line of {path}; that episode will be redone", file=sys.stderr)
+            else:
+                raise BenchError(f"{path}: line {i + 1} is not valid JSON; the file is corrupt (fix or remove that line)")
+    return out
+
+
+def _append(path: str, record: Dict[str, Any]) -> None:
+    line = json.dumps(record, sort_keys=True) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, allow_nan=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------
+# planning
+
+@dataclass
+class Plan:
+    config: BenchConfig
+    battery: Battery
+    target: Optional[Target]
+    refs: List[PolicyRef]
+    base: PolicyRef
+
+    def tasks(self) -> List[Tuple[str, List[int], Optional[int]]]:
+        out = [(t.task, t.seeds, t.max_episode_steps) for t in self.battery.tasks]
+        if self.target is not None:
+            out.append((self.target.task.task, self.target.task.seeds, self.target.task.max_episode_steps))
+        return out
+
+    def resolved(self) -> Dict[str, Any]:
+        cfg = {k: v for k, v in asdict(self.config).items() if k not in BenchConfig.VOLATILE}
+        return {
+            "format": RESULTS_FORMAT,
+            "config": cfg,
+            "battery": self.battery.to_dict(),
+            "target": self.target.to_dict() if self.target else None,
+            "policies": [asdict(r) for r in self.refs],
+            "base": self.base.key,
+        }
+
+
+def make_plan(config: BenchConfig) -> Plan:
+    battery = load_battery(config.battery)
+    if config.episodes is not None:
+        if config.episodes < 1:
+            raise BenchError(f"--episodes must be >= 1, got {config.episodes}")
+        battery = battery.with_episodes(config.episodes)
+    target: Optional[Target] = None
+    tref = config.target if config.target is not None else battery.target
+    if tref and tref.lower() != "none":
+        target = load_target(tref)
+        if target.task.task in battery.task_ids:
+            raise BenchError(f"target task {target.task.task!r} is also in battery {battery.full_id}: forgetting would be "
+                             "meaningless; choose another target or battery")
+        if config.target_episodes is not None:
+            target.task.seeds = target.task.seeds[: config.target_episodes] if config.target_episodes <= len(target.task.seeds) \
+                else list(range(target.task.seeds[0], target.task.seeds[0] + config.target_episodes))
+    if len(set(p.rstrip("/") for p in config.policies)) != len(config.policies):
+        raise BenchError(f"a policy is listed twice: {config.policies}")
+    refs: List[PolicyRef] = []
+    base_key = config.base.rstrip("/")
+    for spec in config.policies:
+        refs.append(_policy_ref(spec, "base+policy" if spec.rstrip("/") == base_key else "policy"))
+    base = next((r for r in refs if r.key == base_key), None)
+    if base is None:
+        base = _policy_ref(config.base, "base")
+        refs.insert(0, base)
+    return Plan(config, battery, target, refs, base)
+
+
+def _check_resume(out: str, plan: Plan, resume: bool) -> None:
+    cfg_path = os.path.join(out, "config.json")
+    has_run = os.path.exists(cfg_path) or os.path.exists(os.path.join(out, "episodes.jsonl"))
+    if has_run and not resume:
+        raise BenchError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    if resume and os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            old = json.load(f)
+        new = json.loads(json.dumps(plan.resolved()))
+        diffs = [k for k in new if old.get(k) != new[k]]
+        if diffs:
+            detail = []
+            for k in diffs:
+                if k == "config":
+                    detail += [f"config.{c}: {old.get('config', {}).get(c)!r} -> {new['config'][c]!r}"
+                               for c in new["config"] if old.get("config", {}).get(c) != new["config"][c]]
+                else:
+                    detail.append(k)
+            raise BenchError(f"--resume: {out} was started with a different configuration ({'; '.join(detail)}). "
+                             "Resume with the same arguments, or choose another --out")
+
+
+def plan_jobs(plan: Plan, out: str, done: Iterable[Tuple[str, str, int]]) -> List[EpisodeJob]:
+    cfg = plan.config
+    done_set = set(done)
+    jobs: List[EpisodeJob] = []
+    for task, seeds, max_steps in plan.tasks():  # task-major: workers reuse their env across policies
+        for ref in plan.refs:
+            record_states = ref.key == plan.base.key and ref.has_distribution and cfg.kl_states_per_task > 0
+            per_ep = math.ceil(cfg.kl_states_per_task / max(1, len(seeds))) if record_states else 0
+            todo = [s for s in seeds if (ref.key, task, s) not in done_set]
+            video_seeds = seeds[: cfg.videos_per_task]
+            chunk = max(1, cfg.num_envs)
+            for i in range(0, len(todo), chunk):
+                part = todo[i:i + chunk]
+                jobs.append(EpisodeJob(
+                    policy_key=ref.key, policy_spec=ref.spec, policy_hash=ref.hash, task=task, seeds=part,
+                    max_episode_steps=max_steps, image_size=cfg.image_size, greedy=cfg.greedy,
+                    video_seeds=[s for s in part if s in video_seeds],
+                    video_dir=os.path.join(out, "videos", slug(ref.key, 80)),
+                    states_dir=os.path.join(out, "states") if per_ep else None,
+                    state_stride=cfg.kl_state_stride, states_per_episode=per_ep, device=cfg.device,
+                    num_envs=cfg.num_envs, sim_backend="gpu" if cfg.num_envs > 1 else "cpu",
+                ))
+    return jobs
+
+
+# --------------------------------------------------------------------------
+# execution
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="ep", desc="episodes", disable=not enabled, dynamic_ncols=True,
+                file=sys.stderr)
+
+
+def execute(jobs: List[EpisodeJob], episodes_path: str, workers: int, total: int, initial: int, progress: bool) -> int:
+    """Run jobs, appending each finished episode; returns the number of episodes run."""
+    from vla_forget import rollout
+
+    bar = _progress(total, initial, progress)
+    n = 0
+
+    def finish(records: List[Dict[str, Any]]) -> None:
+        nonlocal n
+        for r in records:
+            _append(episodes_path, r)
+            n += 1
+            bar.update(1)
+            bar.set_postfix_str(f"{r['task']} {r['policy'][-24:]}", refresh=False)
+
+    try:
+        if workers <= 0:
+            rollout.worker_init()
+            for job in jobs:
+                finish(rollout.run_job(job))
+            rollout.close_all()
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=rollout.worker_init) as pool:
+                pending = set()
+                it = iter(jobs)
+                # keep a bounded queue so that an interrupt leaves little in flight
+                for job in it:
+                    pending.add(pool.submit(rollout.run_job, job))
+                    if len(pending) >= 2 * workers:
+                        break
+                try:
+                    while pending:
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for f in done:
+                            finish(f.result())
+                            nxt = next(it, None)
+                            if nxt is not None:
+                                pending.add(pool.submit(rollout.run_job, nxt))
+                except BaseException:
+                    for f in pending:
+                        f.cancel()
+                    raise
+    finally:
+        bar.close()
+    return n
+
+
+# --------------------------------------------------------------------------
+# divergences
+
+def load_states(states_dir: str, task: str, seeds: List[int], cap: int):
+    """The recorded base observations of ``task`` (in seed order, at most ``cap``) as an Observation."""
+    import numpy as np
+    import torch
+
+    from vla_forget.policies.base import Observation
+
+    images, states, instr = [], [], []
+    for s in seeds:
+        path = os.path.join(states_dir, task, f"seed{s}.npz")
+        if not os.path.exists(path):
+            continue
+        with np.load(path) as z:
+            images.append(z["image"])
+            states.append(z["state"])
+            instr += [str(z["instruction"])] * len(z["state"])
+    if not states:
+        return None
+    img = torch.from_numpy(np.concatenate(images)[:cap])
+    st = torch.from_numpy(np.concatenate(states)[:cap]).float()
+    return Observation(image=img, state=st, instruction=instr[:cap])
+
+
+def _repeat(obs, k: int):
+    from vla_forget.policies.base import Observation
+
+    return Observation(image=obs.image.repeat_interleave(k, 0), state=obs.state.repeat_interleave(k, 0),
+                       instruction=[s for s in obs.instruction for _ in range(k)])
+
+
+def compute_divergences(plan: Plan, out: str, cache=None, batch_size: int = 64) -> Dict[str, Any]:
+    """Forward KL, reverse KL and TV of every token policy to the base, on target and battery states."""
+    import torch
+
+    from vla_forget.cache import BaseOutputCache, content_key
+    from vla_forget.divergences import summarize, token_divergences
+    from vla_forget.policies import load_policy
+
+    cfg = plan.config
+    result: Dict[str, Any] = {"estimator": "chain-rule, exact per token, prefixes sampled from the base", "sets": {}}
+    if not plan.base.has_distribution:
+        result["skipped"] = f"the base {plan.base.key} has no action distribution"
+        return result
+    cache = cache or BaseOutputCache()
+    states_dir = os.path.join(out, "states")
+    sets: Dict[str, Any] = {}
+    per_task = {t: (seeds, cfg.kl_states_per_task) for t, seeds, _ in plan.tasks()}
+    target_task = plan.target.task.task if plan.target else None
+    groups = {"target": [target_task] if target_task else [], "battery": plan.battery.task_ids}
+    for name, tasks in groups.items():
+        obs_parts = [load_states(states_dir, t, per_task[t][0], per_task[t][1]) for t in tasks]
+        obs_parts = [o for o in obs_parts if o is not None]
+        if obs_parts:
+            from vla_forget.policies.base import Observation
+
+            sets[name] = Observation(
+                image=torch.cat([o.image for o in obs_parts]), state=torch.cat([o.state for o in obs_parts]),
+                instruction=[s for o in obs_parts for s in o.instruction])
+    if not sets:
+        result["skipped"] = "no recorded base states"
+        return result
+
+    base = load_policy(plan.base.spec, device=cfg.device).eval()
+    S = cfg.kl_samples_per_state
+    base_outputs: Dict[str, Dict[str, torch.Tensor]] = {}
+    base_passes = 0
+    for name, obs in sets.items():
+        key = content_key("base-outputs-v1", plan.base.hash, obs.image, obs.state, obs.instruction, S, cfg.seed)
+
+        def compute(obs=obs):
+            nonlocal base_passes
+            base_passes += 1
+            gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+            toks, logits = [], []
+            for i in range(0, obs.batch_size, batch_size):
+                sub = _repeat(obs.index(slice(i, i + batch_size)), S).to(cfg.device)
+                t, l = base.sample_tokens(sub, generator=gen)
+                toks.append(t.cpu())
+                logits.append(l.float().cpu())
+            return {"tokens": torch.cat(toks), "logits": torch.cat(logits)}
+
+        base_outputs[name], _ = cache.get_or_compute(key, compute)
+    del base
+    result["base_passes"] = base_passes
+    result["cache_hits"] = cache.hits
+    per_policy: Dict[str, Any] = {}
+    for ref in plan.refs:
+        if ref.key == plan.base.key:
+            continue
+        if not ref.has_distribution:
+            per_policy[ref.key] = None
+            continue
+        pol = load_policy(ref.spec, device=cfg.device).eval()
+        entry: Dict[str, Any] = {}
+        for name, obs in sets.items():
+            toks, bl = base_outputs[name]["tokens"], base_outputs[name]["logits"]
+            parts = []
+            with torch.no_grad():
+                for i in range(0, obs.batch_size, batch_size):
+                    sub = _repeat(obs.index(slice(i, i + batch_size)), S).to(cfg.device)
+                    j = slice(i * S, i * S + sub.batch_size)
+                    lg = pol.action_logits(sub, toks[j].to(cfg.device)).float().cpu()
+                    parts.append(token_divergences(bl[j], lg, toks[j]))
+            per = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            entry[name] = summarize(per, n_states=obs.batch_size).to_dict()
+        per_policy[ref.key] = entry
+        del pol
+    result["policies"] = per_policy
+    result["n_states"] = {k: v.batch_size for k, v in sets.items()}
+    return result
+
+
+# --------------------------------------------------------------------------
+# aggregation
+
+def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, Any], wall_s: float) -> Dict[str, Any]:
+    from vla_forget.versions import software_versions
+
+    wanted = {(r.key, t, s) for r in plan.refs for t, seeds, _ in plan.tasks() for s in seeds}
+    recs = [r for r in records if (r["policy"], r["task"], r["seed"]) in wanted]
+    at_end = metrics.count_rates(recs, "success_at_end")
+    once = metrics.count_rates(recs, "success_once")
+    base = plan.base.key
+    battery_tasks = plan.battery.task_ids
+    target_task = plan.target.task.task if plan.target else None
+
+    def table(rates):
+        return {p: {t: r.to_dict() for t, r in sorted(tasks.items())} for p, tasks in rates.items()}
+
+    forgetting, forgetting_once, gain, gain_once, kl = {}, {}, {}, {}, {}
+    for ref in plan.refs:
+        p = ref.key
+        forgetting[p] = metrics.forgetting(at_end.get(base, {}), at_end.get(p, {}), battery_tasks)
+        forgetting_once[p] = metrics.forgetting(once.get(base, {}), once.get(p, {}), battery_tasks)
+        if target_task:
+            gain[p] = metrics.gain(at_end.get(base, {}).get(target_task), at_end.get(p, {}).get(target_task))
+            gain_once[p] = metrics.gain(once.get(base, {}).get(target_task), once.get(p, {}).get(target_task))
+        dv = (divergences.get("policies") or {}).get(p)
+        if p == base:
+            kl[p] = {"forward": 0.0, "reverse": 0.0, "tv": 0.0, "n_states": divergences.get("n_states", {}).get("target", 0), "note": "base"}
+        elif dv:
+            main = dv.get("target") or dv.get("battery")
+            kl[p] = {"forward": main["forward"], "reverse": main["reverse"], "tv": main["tv"], "n_states": main["n_states"],
+                     "state_set": "target" if "target" in dv else "battery", "detail": dv}
+        else:
+            kl[p] = None
+    battery_mean = {p: (sum(tasks[t].rate for t in battery_tasks if t in tasks) / max(1, sum(t in tasks for t in battery_tasks)))
+                    for p, tasks in at_end.items()}
+    return {
+        "format": RESULTS_FORMAT,
+        "battery": {"id": plan.battery.full_id, "name": plan.battery.id, "version": plan.battery.version,
+                    "tasks": battery_tasks, "hash": plan.battery.content_hash()},
+        "target": {"id": plan.target.full_id, "task": target_task, "version": plan.target.version} if plan.target else None,
+        "base": base,
+        "policies": [{"id": r.key, "checkpoint_hash": r.hash, "kind": r.kind, "role": r.role} for r in plan.refs],
+        "seeds": {t: seeds for t, seeds, _ in plan.tasks()},
+        "software": software_versions(),
+        "success": table(at_end),
+        "success_once": table(once),
+        "battery_mean_success": battery_mean,
+        "forgetting": {p: v["value"] for p, v in forgetting.items()},
+        "forgetting_detail": forgetting,
+        "forgetting_once": {p: v["value"] for p, v in forgetting_once.items()},
+        "gain": {p: v["value"] for p, v in gain.items()},
+        "gain_detail": gain,
+        "gain_once": {p: v["value"] for p, v in gain_once.items()},
+        "kl_to_base": kl,
+        "divergences": divergences,
+        "episodes": len(recs),
+        "wall_s": round(wall_s, 1),
+    }
+
+
+# --------------------------------------------------------------------------
+# entry point
+
+def run_bench(config: BenchConfig, *, resume: bool = False, log=print) -> Dict[str, Any]:
+    from vla_forget.report import write_report
+
+    out = config.out
+    plan = make_plan(config)
+    os.makedirs(out, exist_ok=True)
+    _check_resume(out, plan, resume)
+    _write_json(os.path.join(out, "config.json"), plan.resolved())
+    episodes_path = os.path.join(out, "episodes.jsonl")
+    records = read_episodes(episodes_path)
+    done = {(r["policy"], r["task"], r["seed"]) for r in records}
+    hashes = {r.key: r.hash for r in plan.refs}
+    for r in records:
+        if r["policy"] in hashes and r.get("policy_hash") != hashes[r["policy"]]:
+            raise BenchError(f"--resume: {r['policy']} has changed since its episodes were recorded (checkpoint hash "
+                             f"{r.get('policy_hash')} -> {hashes[r['policy']]}); use a new --out")
+    jobs = plan_jobs(plan, out, done)
+    total = sum(len(seeds) for _, seeds, _ in plan.tasks()) * len(plan.refs)
+    initial = total - sum(len(j.seeds) for j in jobs)
+    t0 = time.perf_counter()
+    if jobs:
+        from vla_forget.envs.vulkan import check_vulkan
+
+        check_vulkan()
+        log(f"bench: {len(plan.refs)} policies x {len(plan.tasks())} tasks, {total - initial} episodes to run"
+            f"{f' ({initial} already done)' if initial else ''}, {config.workers} worker(s) -> {out}")
+        try:
+            execute(jobs, episodes_path, config.workers, total, initial, config.progress)
+        except KeyboardInterrupt:
+            n = len(read_episodes(episodes_path))
+            raise BenchError(f"interrupted: {n} finished episodes are saved in {episodes_path}; "
+                             f"continue with the same command and --resume") from None
+    records = read_episodes(episodes_path)
+    log("bench: computing divergences to the base")
+    divergences = compute_divergences(plan, out)
+    results = aggregate(plan, records, divergences, time.perf_counter() - t0)
+    _write_json(os.path.join(out, "results.json"), results)
+    write_report(results, os.path.join(out, "report.md"), out)
+    return results

@@ -1,0 +1,193 @@
+"""The `vla-forget` command line: thin subcommands over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+EPILOG_BENCH = """\
+examples:
+  vla-forget bench --preset smoke --out runs/smoke
+  vla-forget bench --preset default --out runs/default --resume
+  vla-forget bench --policy expert-v1 --policy runs/adapt/ckpt-000100 \\
+      --base small-vla-random-v1 --battery tabletop-v1 --episodes 50 --out runs/mine
+  vla-forget bench --policy ckpt/ --base base/ --battery my_battery.yaml --target none --out runs/x
+
+Results land in OUT/results.json (machine-readable), OUT/report.md (tables),
+OUT/episodes.jsonl (one line per episode) and OUT/videos/. Ctrl-C keeps every
+finished episode; rerun the same command with --resume to continue.
+"""
+
+
+def _bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="roll out policies on a battery and measure success, forgetting and divergence",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_BENCH)
+    p.add_argument("--preset", help="a named preset filling unset options (see `vla-forget ls`): smoke, default")
+    p.add_argument("--policy", action="append", dest="policies", metavar="P",
+                   help="policy id or checkpoint folder to evaluate (repeatable)")
+    p.add_argument("--base", help="base policy id or checkpoint folder (reference for forgetting, gain, divergence)")
+    p.add_argument("--battery", help="battery id or YAML path (default tabletop-v1)")
+    p.add_argument("--target", help="target spec id, YAML path or task id; 'none' for no target (default: the battery's)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT, redoing nothing that finished")
+    p.add_argument("--episodes", type=int, help="episodes per battery task (overrides the battery)")
+    p.add_argument("--target-episodes", type=int, help="evaluation episodes on the target task")
+    p.add_argument("--workers", type=int, help="env worker processes (default: CPU cores, at most 8; 0 = in-process)")
+    p.add_argument("--num-envs", type=int, help="parallel envs per process (GPU simulation only)")
+    p.add_argument("--device", help="policy device: cpu or cuda (default: cpu)")
+    p.add_argument("--image-size", type=int, help="camera image size in pixels (default 128)")
+    p.add_argument("--videos-per-task", type=int, help="mp4 videos per policy and task (default 2)")
+    p.add_argument("--kl-states-per-task", type=int, help="recorded base states per task for the divergences")
+    p.add_argument("--kl-samples-per-state", type=int, help="base token prefixes sampled per state")
+    p.add_argument("--greedy", action="store_true", default=None, help="act greedily instead of sampling")
+    p.add_argument("--seed", type=int, help="seed of the divergence prefix sampling")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_bench(args) -> int:
+    from vla_forget.bench import BenchConfig, run_bench
+    from vla_forget.spec import load_preset
+
+    preset = load_preset(args.preset or "default")
+    pick = lambda name, dflt=None: getattr(args, name) if getattr(args, name, None) is not None else preset.get(name, dflt)  # noqa: E731
+    policies = args.policies or preset.get("policies")
+    base = pick("base")
+    if not policies or not base:
+        print("vla-forget bench: give --policy and --base (or a --preset that sets them)", file=sys.stderr)
+        return 2
+    workers = pick("workers")
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    cfg = BenchConfig(
+        policies=list(policies), base=base, out=args.out, battery=pick("battery", "tabletop-v1"),
+        target=pick("target"), episodes=pick("episodes"), target_episodes=pick("target_episodes"),
+        workers=int(workers), num_envs=int(pick("num_envs", 1)), device=pick("device", "cpu"),
+        image_size=int(pick("image_size", 128)), videos_per_task=int(pick("videos_per_task", 2)),
+        kl_states_per_task=int(pick("kl_states_per_task", 32)), kl_state_stride=int(preset.get("kl_state_stride", 5)),
+        kl_samples_per_state=int(pick("kl_samples_per_state", 4)), greedy=bool(pick("greedy", False)),
+        seed=int(pick("seed", 0)), progress=not args.no_progress,
+    )
+    results = run_bench(cfg, resume=args.resume)
+    print(open(os.path.join(args.out, "report.md")).read())
+    print(f"results: {os.path.join(args.out, 'results.json')}")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    from vla_forget.envs import TASKS
+    from vla_forget.policies import POLICIES
+    from vla_forget.spec import available, load_battery, load_target
+
+    what = args.what
+    if what in (None, "tasks"):
+        print("tasks:")
+        for e in TASKS.entries():
+            m = e.metadata
+            tag = " [pick-and-place]" if m.get("pick_and_place") else ""
+            print(f"  {e.id:<24} {m.get('instruction', '')!r}{tag}")
+    if what in (None, "batteries"):
+        print("batteries:")
+        for b in available("batteries"):
+            bat = load_battery(b)
+            print(f"  {b:<24} {len(bat.tasks)} tasks, {sum(t.episodes for t in bat.tasks)} episodes, target {bat.target}")
+        print("targets:")
+        for t in available("targets"):
+            tg = load_target(t)
+            print(f"  {t:<24} task {tg.task.task}, {tg.task.episodes} episodes")
+    if what in (None, "policies"):
+        print("policies:")
+        for e in POLICIES.entries():
+            print(f"  {e.id:<24} {e.description}")
+    if what in (None, "presets"):
+        from vla_forget.spec import load_preset
+
+        print("presets:")
+        for p in available("presets"):
+            print(f"  {p:<24} {load_preset(p).get('description', '')}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from vla_forget.spec import validate
+
+    status = 0
+    for ref in args.specs:
+        try:
+            print(validate(ref))
+        except (ValueError, KeyError) as e:
+            print(f"INVALID {e}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_doctor(args) -> int:
+    from vla_forget.envs.vulkan import VulkanUnavailableError, check_vulkan
+    from vla_forget.versions import software_versions
+
+    for k, v in software_versions().items():
+        print(f"{k:>20}: {v}")
+    try:
+        info = check_vulkan()
+        print(f"{'vulkan':>20}: ok {info if isinstance(info, str) else ''}")
+    except VulkanUnavailableError as e:
+        print(f"{'vulkan':>20}: FAILED\n{e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vla_forget import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="vla-forget",
+        description="Measure what a vision-language-action policy gains and forgets when it is adapted.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  vla-forget ls\n  vla-forget validate benchmarks/batteries/tabletop-v1.yaml\n"
+               "  vla-forget bench --preset smoke --out runs/smoke\n\n`vla-forget COMMAND --help` shows each command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"vla-forget {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _bench_parser(sub)
+    p = sub.add_parser("ls", help="list tasks, batteries, targets, policies and presets")
+    p.add_argument("what", nargs="?", choices=["tasks", "batteries", "policies", "presets"])
+    p = sub.add_parser("validate", help="check battery or target specs and say exactly what is wrong",
+                       epilog="example: vla-forget validate tabletop-v1 my_battery.yaml")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="spec id or YAML path")
+    sub.add_parser("doctor", help="print versions and check that a Vulkan device works for the simulator")
+    return parser
+
+
+COMMANDS = {"bench": cmd_bench, "ls": cmd_ls, "validate": cmd_validate, "doctor": cmd_doctor}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    from vla_forget.bench import BenchError
+    from vla_forget.registry import UnknownIdError
+    from vla_forget.spec import SpecError
+
+    expected = [BenchError, UnknownIdError, SpecError, FileNotFoundError]
+    try:
+        from vla_forget.envs.vulkan import VulkanUnavailableError
+        from vla_forget.policies import CheckpointError
+        from vla_forget.tokenizer import StatisticsError
+
+        expected += [VulkanUnavailableError, CheckpointError, StatisticsError]
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        return COMMANDS[args.command](args)
+    except tuple(expected) as e:
+        print(f"vla-forget {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

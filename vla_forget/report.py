@@ -1,0 +1,110 @@
+"""report.md: the success matrix, forgetting, gain and divergences as tables."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict, List
+
+
+def _pct(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:.0f}"
+
+
+def _cell(d: Dict[str, Any] | None) -> str:
+    if not d:
+        return "-"
+    return f"{_pct(d['rate'])} [{_pct(d['ci_low'])}, {_pct(d['ci_high'])}] (n={d['n']})"
+
+
+def _num(x: Any, fmt: str = "{:.4f}") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return fmt.format(x)
+
+
+def success_table(success: Dict[str, Dict[str, Any]], tasks: List[str], policies: List[str]) -> List[str]:
+    lines = ["| policy | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for p in policies:
+        lines.append(f"| {p} | " + " | ".join(_cell(success.get(p, {}).get(t)) for t in tasks) + " |")
+    return lines
+
+
+def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
+    policies = [p["id"] for p in results["policies"]]
+    battery = results["battery"]
+    tasks = list(battery["tasks"])
+    target = results.get("target")
+    if target:
+        tasks = tasks + [target["task"]]
+    L: List[str] = [
+        f"# vla-forget bench: {battery['id']}",
+        "",
+        f"Base: `{results['base']}`. Target: `{target['id'] + ' (' + target['task'] + ')' if target else '-'}`. "
+        f"Episodes: {results['episodes']}. Software: torch {results['software'].get('torch', '?')}, "
+        f"mani-skill {results['software'].get('mani-skill', '?')}.",
+        "",
+        "## Success at the end of the episode, % [Wilson 95% CI]",
+        "",
+        *success_table(results["success"], tasks, policies),
+        "",
+        "## Success at any step, % [Wilson 95% CI]",
+        "",
+        *success_table(results["success_once"], tasks, policies),
+        "",
+        "## Forgetting and gain (percentage points, relative to the base)",
+        "",
+        "Forgetting = mean over battery tasks of (base - policy) success at end; gain = policy - base on the target. "
+        "Intervals: Newcombe (gain), normal approximation over tasks (forgetting).",
+        "",
+        "| policy | battery mean % | forgetting | gain on target |",
+        "|---|---|---|---|",
+    ]
+    for p in policies:
+        f = results["forgetting_detail"].get(p, {})
+        g = results.get("gain_detail", {}).get(p)
+        fs = f"{_num(100 * f['value'], '{:+.1f}')} [{_num(100 * f['ci_low'], '{:+.1f}')}, {_num(100 * f['ci_high'], '{:+.1f}')}]" if f else "-"
+        gs = f"{_num(100 * g['value'], '{:+.1f}')} [{_num(100 * g['ci_low'], '{:+.1f}')}, {_num(100 * g['ci_high'], '{:+.1f}')}]" if g else "-"
+        L.append(f"| {p} | {_pct(results['battery_mean_success'].get(p))} | {fs} | {gs} |")
+    L += [
+        "",
+        "## Action-distribution divergence to the base",
+        "",
+        "Chain rule over the 7 action tokens, exact 256-way divergence per token, token prefixes sampled from the base "
+        "(see docs/metrics.md). ± is one standard error; ESS is the effective sample size fraction of the prefix "
+        "importance weights used by reverse KL and TV.",
+        "",
+        "| policy | states | forward KL (target) | reverse KL (target) | TV (target) | forward KL (battery) | ESS |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    dv = results.get("divergences", {})
+    for p in policies:
+        k = results["kl_to_base"].get(p)
+        if k is None:
+            L.append(f"| {p} | - | no action distribution | | | | |")
+            continue
+        d = k.get("detail", {})
+        t, b = d.get("target"), d.get("battery")
+
+        def pm(e, key):
+            return f"{_num(e[key])} ± {_num(e[key + '_se'])}" if e else "-"
+
+        L.append(f"| {p} | {k['n_states']} | {pm(t, 'forward') if t else _num(k['forward'])} | {pm(t, 'reverse') if t else _num(k['reverse'])} | "
+                 f"{pm(t, 'tv') if t else _num(k['tv'])} | {pm(b, 'forward') if b else '-'} | {_num((t or b or {}).get('reverse_ess'), '{:.2f}')} |")
+    if dv.get("skipped"):
+        L += ["", f"Divergences skipped: {dv['skipped']}."]
+    elif "base_passes" in dv:
+        L += ["", f"Base-side passes this run: {dv['base_passes']} (cached outputs reused: {dv.get('cache_hits', 0)})."]
+    vids = []
+    vdir = os.path.join(run_dir, "videos")
+    if os.path.isdir(vdir):
+        for pol in sorted(os.listdir(vdir)):
+            for v in sorted(os.listdir(os.path.join(vdir, pol))):
+                vids.append(f"- `videos/{pol}/{v}`")
+    if vids:
+        L += ["", "## Videos", "", *vids]
+    L += ["", f"Wall time of this invocation: {results['wall_s']} s."]
+    with open(path, "w") as f:
+        f.write("\n".join(L) + "\n")

@@ -1,0 +1,191 @@
+"""Rolling out a policy on a task: the one episode loop used by bench and adaptation.
+
+``run_episodes`` drives a (possibly batched) task env for a list of seeds and
+returns one record per episode. Worker processes keep their envs and policies
+between jobs (env creation costs seconds), so a job can be a single episode:
+a finished episode is never lost when a run is interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+@dataclass
+class EpisodeJob:
+    """Episodes of one policy on one task (picklable: sent to worker processes)."""
+
+    policy_key: str
+    policy_spec: str
+    policy_hash: str
+    task: str
+    seeds: List[int]
+    max_episode_steps: Optional[int] = None
+    image_size: int = 128
+    greedy: bool = False
+    video_seeds: List[int] = field(default_factory=list)
+    video_dir: Optional[str] = None
+    #: record the observations every `state_stride` steps (at most `states_per_episode`) into states_dir
+    states_dir: Optional[str] = None
+    state_stride: int = 5
+    states_per_episode: int = 0
+    device: str = "cpu"
+    num_envs: int = 1
+    sim_backend: str = "auto"
+
+
+# --- per-process caches (worker processes live for the whole run) ----------
+_ENVS: Dict[tuple, Any] = {}
+_POLICIES: Dict[str, Any] = {}
+_MAX_ENVS = 2
+
+
+def worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _get_policy(spec: str, device: str):
+    key = f"{spec}@{device}"
+    if key not in _POLICIES:
+        from vla_forget.policies import load_policy
+
+        p = load_policy(spec, device=device)
+        if hasattr(p, "eval"):
+            p.eval()
+        _POLICIES.clear()  # one policy per process at a time keeps memory flat
+        _POLICIES[key] = p
+    return _POLICIES[key]
+
+
+def _get_env(task: str, *, image_size: int, render: bool, num_envs: int, max_steps: Optional[int], sim_backend: str, device: str):
+    key = (task, image_size, render, num_envs, max_steps, sim_backend)
+    if key not in _ENVS:
+        from vla_forget.envs import make_task_env
+
+        while len(_ENVS) >= _MAX_ENVS:
+            _ENVS.pop(next(iter(_ENVS))).close()
+        kwargs: Dict[str, Any] = dict(num_envs=num_envs, image_size=image_size, render_images=render, privileged=True,
+                                      sim_backend=sim_backend)
+        if max_steps is not None:
+            kwargs["max_episode_steps"] = max_steps
+        _ENVS[key] = make_task_env(task, **kwargs)
+    return _ENVS[key]
+
+
+def close_all() -> None:
+    while _ENVS:
+        _ENVS.popitem()[1].close()
+    _POLICIES.clear()
+
+
+def episode_generator_seed(policy_hash: str, task: str, seed: int) -> int:
+    h = hashlib.sha256(f"{policy_hash}|{task}|{seed}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def run_job(job: EpisodeJob) -> List[Dict[str, Any]]:
+    """Run a job in this process, with cached env and policy."""
+    policy = _get_policy(job.policy_spec, job.device)
+    want_frames = bool(job.video_seeds) and job.video_dir is not None
+    render = bool(getattr(policy, "needs_image", True) or want_frames or job.states_per_episode > 0)
+    env = _get_env(job.task, image_size=job.image_size, render=render, num_envs=job.num_envs,
+                   max_steps=job.max_episode_steps, sim_backend=job.sim_backend, device=job.device)
+    return run_episodes(env, policy, job)
+
+
+def run_episodes(env, policy, job: EpisodeJob) -> List[Dict[str, Any]]:
+    """Run ``job.seeds`` in batches of ``env.num_envs``; one record per episode."""
+    import torch
+
+    records: List[Dict[str, Any]] = []
+    N = env.num_envs
+    for start in range(0, len(job.seeds), N):
+        chunk = list(job.seeds[start:start + N])
+        n_real = len(chunk)
+        chunk += [chunk[-1]] * (N - n_real)  # batched envs have a fixed width: pad, drop later
+        records.extend(_run_batch(env, policy, job, chunk)[:n_real])
+    return records
+
+
+def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[str, Any]]:
+    import torch
+
+    t0 = time.perf_counter()
+    N = len(seeds)
+    gen = torch.Generator(device=job.device if job.device != "auto" else "cpu")
+    gen.manual_seed(episode_generator_seed(job.policy_hash, job.task, seeds[0]))
+    obs = env.reset(list(seeds))
+    instructions = list(obs.instruction)
+    policy.reset(N)
+    T = env.info.max_episode_steps if job.max_episode_steps is None else job.max_episode_steps
+    success = torch.zeros(N, dtype=torch.bool)
+    once = torch.zeros(N, dtype=torch.bool)
+    first = torch.full((N,), -1, dtype=torch.long)
+    ret = torch.zeros(N, dtype=torch.float64)
+    video_rows = [i for i, s in enumerate(seeds) if s in job.video_seeds and job.video_dir]
+    frames: Dict[int, list] = {i: [] for i in video_rows}
+    states: Dict[int, Dict[str, list]] = {}
+    if job.states_per_episode > 0 and job.states_dir:
+        states = {i: {"image": [], "state": []} for i in range(N)}
+
+    def grab_frames() -> None:
+        if video_rows:
+            f = env.frames()
+            for i in video_rows:
+                frames[i].append(np.asarray(f[i]))
+
+    grab_frames()
+    steps = 0
+    for t in range(T):
+        if states and t % job.state_stride == 0:
+            for i in range(N):
+                if len(states[i]["state"]) < job.states_per_episode:
+                    states[i]["image"].append(obs.image[i].cpu().numpy())
+                    states[i]["state"].append(obs.state[i].cpu().numpy())
+        action = policy.act(obs, greedy=job.greedy, generator=gen)
+        obs, reward, terminated, truncated, info = env.step(action)
+        s = torch.as_tensor(info["is_success"]).bool().cpu().reshape(N)
+        newly = s & ~once
+        first[newly] = t + 1
+        once |= s
+        success = s
+        ret += torch.as_tensor(reward, dtype=torch.float64).cpu().reshape(N)
+        steps = t + 1
+        grab_frames()
+        if bool(torch.as_tensor(truncated).all()):
+            break
+    wall = time.perf_counter() - t0
+    out = []
+    for i, seed in enumerate(seeds):
+        rec: Dict[str, Any] = {
+            "policy": job.policy_key, "policy_hash": job.policy_hash, "task": job.task, "seed": int(seed),
+            "instruction": instructions[i], "success_at_end": bool(success[i]), "success_once": bool(once[i]),
+            "first_success_step": int(first[i]) if once[i] else None, "steps": steps, "return": float(ret[i]),
+            "wall_s": round(wall / N, 4), "video": None, "n_states": 0,
+        }
+        if i in frames:
+            from vla_forget.video import outcome_border, video_name, write_mp4
+
+            os.makedirs(job.video_dir, exist_ok=True)
+            name = video_name(job.task, int(seed), bool(success[i]), instructions[i])
+            write_mp4(os.path.join(job.video_dir, name), outcome_border(frames[i], bool(success[i])))
+            rec["video"] = name
+        if states:
+            d = os.path.join(job.states_dir, job.task)
+            os.makedirs(d, exist_ok=True)
+            path = os.path.join(d, f"seed{int(seed)}.npz")
+            tmp = path + ".tmp.npz"
+            np.savez_compressed(tmp, image=np.stack(states[i]["image"]), state=np.stack(states[i]["state"]),
+                                instruction=np.array(instructions[i]))
+            os.replace(tmp, path)
+            rec["n_states"] = len(states[i]["state"])
+        out.append(rec)
+    return out
