@@ -29,7 +29,9 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> Tuple[float, float]:
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo = 0.0 if k == 0 else max(0.0, centre - half)  # exact ends: no rounding past the estimate
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
 
 
 @dataclass(frozen=True)
