@@ -1,0 +1,195 @@
+"""Task registry: versioned task ids -> simulator envs that speak the task contract.
+
+``import vla_forget.envs`` is cheap: it imports neither ManiSkill, SAPIEN nor
+torch. Every task's static facts (instruction template, episode length,
+pick-and-place flag, description) live in the registration metadata, so
+``task_info`` and listing ids cost nothing; ``make_task_env`` imports the
+backend when a task is made.
+
+Tasks (ManiSkill3, Panda arm, no downloads; see ``envs/maniskill.py`` for the
+observation layout):
+
+=======================  ====================================  ==============
+id                       ManiSkill env                          pick-and-place
+=======================  ====================================  ==============
+PickCube-v1              VLAF-PickCubeGoal-v1 (goal visible)    yes
+PushCube-v1              PushCube-v1                            no
+PullCube-v1              PullCube-v1                            no
+StackCube-v1             StackCube-v1                           yes
+PlaceSphere-v1           PlaceSphere-v1                         yes
+LiftPegUpright-v1        LiftPegUpright-v1                      no
+StackColorCube-v1        VLAF-StackColorCube-v1                 yes
+PlaceCubeOnTarget-v1     VLAF-PlaceCubeOnTarget-v1              yes
+=======================  ====================================  ==============
+
+``max_episode_steps`` is chosen so that the scripted expert (``expert-v1``)
+finishes with margin; the harness runs every episode to that length.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from vla_forget.envs.base import TaskEnv, TaskInfo
+from vla_forget.registry import Registry, UnknownIdError
+
+__all__ = ["TASKS", "EXPERT_KINDS", "TaskInfo", "TaskEnv", "task_info", "make_task_env", "UnknownIdError"]
+
+#: What the scripted expert does on a task; the env puts the index into
+#: ``Observation.privileged["task_kind"]``.
+EXPERT_KINDS = ("none", "pick_place", "push")
+
+_MANISKILL = "vla_forget.envs.maniskill:ManiSkillTaskEnv"
+_OWN_TASKS = "vla_forget.envs.tasks"
+
+
+def _register_all() -> None:
+    def task(id, ms_id, *, instruction, max_episode_steps, pick_and_place, expert, description, module=None, **kwargs):
+        TASKS.register(
+            id,
+            _MANISKILL,
+            description=description,
+            ms_id=ms_id,
+            ms_module=module,
+            expert=expert,
+            **kwargs,
+            metadata=dict(instruction=instruction, max_episode_steps=max_episode_steps, pick_and_place=pick_and_place),
+        )
+
+    task(
+        "PickCube-v1",
+        "VLAF-PickCubeGoal-v1",
+        module=f"{_OWN_TASKS}.pick_cube_goal",
+        instruction="pick up the red cube and move it to the green ball",
+        max_episode_steps=80,
+        pick_and_place=True,
+        expert="pick_place",
+        description="ManiSkill PickCube with the green goal marker shown: bring the red cube to the goal in the air and hold still",
+    )
+    task(
+        "PushCube-v1",
+        "PushCube-v1",
+        instruction="push the blue cube onto the red and white target",
+        max_episode_steps=60,
+        pick_and_place=False,
+        expert="push",
+        description="ManiSkill PushCube: push the cube forward into the target region",
+    )
+    task(
+        "PullCube-v1",
+        "PullCube-v1",
+        instruction="pull the blue cube back onto the red and white target",
+        max_episode_steps=60,
+        pick_and_place=False,
+        expert="push",
+        description="ManiSkill PullCube: pull the cube towards the robot into the target region",
+    )
+    task(
+        "StackCube-v1",
+        "StackCube-v1",
+        instruction="stack the red cube on top of the green cube",
+        max_episode_steps=100,
+        pick_and_place=True,
+        expert="pick_place",
+        description="ManiSkill StackCube: put the red cube on the green one and let go",
+    )
+    task(
+        "PlaceSphere-v1",
+        "PlaceSphere-v1",
+        instruction="place the blue ball into the bin",
+        max_episode_steps=100,
+        pick_and_place=True,
+        expert="pick_place",
+        description="ManiSkill PlaceSphere: put the sphere into the small bin and let go",
+    )
+    task(
+        "LiftPegUpright-v1",
+        "LiftPegUpright-v1",
+        instruction="lift the peg and stand it upright",
+        max_episode_steps=100,
+        pick_and_place=False,
+        expert="none",
+        description="ManiSkill LiftPegUpright: stand a lying peg upright (no scripted expert: it returns a safe hold action)",
+    )
+    task(
+        "StackColorCube-v1",
+        "VLAF-StackColorCube-v1",
+        module=f"{_OWN_TASKS}.color_cubes",
+        instruction="stack the {c1} cube on the {c2} cube",
+        max_episode_steps=120,
+        pick_and_place=True,
+        expert="pick_place",
+        description="three coloured cubes; stack the named cube on the other named cube (6 instructions)",
+    )
+    task(
+        "PlaceCubeOnTarget-v1",
+        "VLAF-PlaceCubeOnTarget-v1",
+        module=f"{_OWN_TASKS}.color_cubes",
+        instruction="put the {cube} cube on the {target} target",
+        max_episode_steps=120,
+        pick_and_place=True,
+        expert="pick_place",
+        description="three coloured cubes and three coloured targets; put the named cube on the named target (9 instructions); the adaptation target",
+    )
+
+
+TASKS = Registry("task", populate=_register_all)
+
+
+def _set_env_defaults() -> None:
+    cache = os.environ.get("VLA_FORGET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vla-forget")
+    os.environ.setdefault("MS_SKIP_ASSET_DOWNLOAD_PROMPT", "1")
+    os.environ.setdefault("MS_ASSET_DIR", os.path.join(cache, "maniskill"))
+
+
+_set_env_defaults()
+
+
+def task_info(task_id: str) -> TaskInfo:
+    """Static facts of a registered task (imports nothing heavy)."""
+    entry = TASKS.get(task_id)
+    m = entry.metadata
+    return TaskInfo(
+        id=task_id,
+        instruction=m["instruction"],
+        max_episode_steps=m["max_episode_steps"],
+        description=entry.description,
+        pick_and_place=m["pick_and_place"],
+        backend="maniskill",
+        extra={"ms_id": entry.kwargs["ms_id"], "expert": entry.kwargs["expert"]},
+    )
+
+
+def make_task_env(
+    task_id: str,
+    *,
+    num_envs: int = 1,
+    image_size: int = 128,
+    render_images: bool = True,
+    privileged: bool = False,
+    sim_backend: str = "auto",
+    device: Optional[str] = None,
+) -> TaskEnv:
+    """Make ``num_envs`` copies of a task (see :class:`vla_forget.envs.base.TaskEnv`).
+
+    ``sim_backend="auto"`` picks ManiSkill's GPU physics when CUDA is present and
+    ``num_envs > 1``, else the CPU (one env per process). ``privileged=True`` adds
+    the simulator state the scripted expert reads.
+    """
+    entry = TASKS.get(task_id)
+    info = task_info(task_id)
+    from vla_forget.envs.vulkan import check_vulkan
+
+    check_vulkan()
+    cls = entry.load()
+    return cls(
+        info,
+        num_envs=num_envs,
+        image_size=image_size,
+        render_images=render_images,
+        privileged=privileged,
+        sim_backend=sim_backend,
+        device=device,
+        **entry.kwargs,
+    )

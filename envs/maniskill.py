@@ -1,0 +1,309 @@
+"""ManiSkill3 backend of the task contract.
+
+One :class:`ManiSkillTaskEnv` holds ``num_envs`` copies of a ManiSkill task with
+the Panda arm under ``pd_ee_delta_pose`` control:
+
+* CPU physics + software (lavapipe) or GPU rendering: one env per process
+  (``num_envs=1``); parallelism on the CPU is processes, not envs;
+* GPU physics (``sim_backend="gpu"``, or ``"auto"`` with CUDA and ``num_envs > 1``):
+  many envs in one process, all tensors on the GPU.
+
+Observation
+-----------
+``state`` (float32 ``[N, 16]``, the same layout for every task)::
+
+    0:7    arm joint positions (rad)
+    7:9    finger joint positions (m, 0 = closed, 0.04 = open)
+    9:12   TCP position (m, world frame; the robot base sits at (-0.615, 0, 0))
+    12:16  TCP orientation quaternion (w, x, y, z)
+
+``image``: uint8 ``[N, S, S, 3]`` from the task's ``base_camera`` (a fixed
+camera looking at the table from the front), or ``None`` when
+``render_images=False``. ``instruction``: one string per env, fixed per seed.
+
+``privileged`` (only with ``privileged=True``; for scripted experts)::
+
+    task_kind      long [N]     index into vla_forget.envs.EXPERT_KINDS
+    tcp_pose       float [N,7]  TCP position + quaternion (wxyz)
+    obj_pose       float [N,7]  the object to move (the named cube, the sphere, ...)
+    obj_half_size  float [N]    half the object's width (cube half size, sphere radius)
+    goal_pos       float [N,3]  where the object's centre must end up
+    release        bool  [N]    whether the object must be let go at the goal
+    align_yaw      bool  [N]    whether the grasp must align with the object's faces
+    is_grasped     bool  [N]    whether the gripper holds the object (simulator contact test)
+
+Actions, rewards, episodes
+--------------------------
+The action ``[N, 7]`` (dx, dy, dz, droll, dpitch, dyaw, gripper) is clipped to
+[-1, 1] and passed to ManiSkill's normalised ``pd_ee_delta_pose`` controller
+(+-1 = +-0.1 m / +-0.1 rad per step; rotation deltas are applied in the world
+frame about the TCP) plus the gripper (+1 open, -1 closed). The reward is the
+success indicator as a float; ManiSkill's normalised dense reward is in
+``info["dense_reward"]``. ManiSkill's own termination is ignored: every episode
+runs to ``max_episode_steps`` (``truncated`` turns true at that step;
+``terminated`` is always false), so that success-at-end is well defined.
+
+Seeds
+-----
+``reset(seeds)`` takes one seed per env. With one env (the CPU) the same seed
+always gives the same scene and instruction. Our own tasks draw from
+ManiSkill's per-env RNG, so that holds in GPU batches too; ManiSkill's
+built-in tasks seed torch with the *first* seed of the batch, so in a GPU batch
+their scenes depend on the whole seed list (reproducible for the same list).
+
+Image size
+----------
+Measured on a 2-core CPU with lavapipe (Mesa 25), one env, PickCube, the base
+camera only (``python -m vla_forget.envs.maniskill --bench``):
+
+======  ==================  ===========
+pixels  steps/s (rendered)  render cost
+======  ==================  ===========
+none    see below           --
+64      see below
+128     see below
+224     see below
+======  ==================  ===========
+
+128 px is the default: OpenVLA-style policies resize to their own input size
+anyway, and 224 px costs ... more per step on the CPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from vla_forget.envs.base import TaskEnv, TaskInfo
+from vla_forget.policies.base import Observation
+
+STATE_DIM = 16
+CAMERA = "base_camera"
+#: gym.make's own time limit is set far beyond ours; the episode length is ours.
+_NO_LIMIT = 10_000
+
+
+# --- per-task simulator facts for the scripted expert --------------------------
+def _cube_above(actor, half: float):
+    def f(e):
+        p = actor(e).pose.p.clone()
+        p[:, 2] += 2 * half
+        return p
+
+    return f
+
+
+def _priv_builtin(obj: Callable, goal: Callable, half: float, release: bool, align: bool):
+    def f(e) -> Dict[str, torch.Tensor]:
+        n = e.num_envs
+        o = obj(e)
+        return dict(
+            obj_pose=o.pose.raw_pose,
+            obj_half_size=torch.full((n,), half, device=e.device),
+            goal_pos=goal(e),
+            release=torch.full((n,), release, dtype=torch.bool, device=e.device),
+            align_yaw=torch.full((n,), align, dtype=torch.bool, device=e.device),
+            is_grasped=e.agent.is_grasping(o),
+        )
+
+    return f
+
+
+def _table_goal(region_attr: str, half: float):
+    def f(e):
+        p = getattr(e, region_attr).pose.p.clone()
+        p[:, 2] = half
+        return p
+
+    return f
+
+
+def _sphere_bin_goal(e):
+    p = e.bin.pose.p.clone()
+    p[:, 2] += e.block_half_size[0] + e.radius
+    return p
+
+
+def _priv_color_cubes(e) -> Dict[str, torch.Tensor]:
+    n = e.num_envs
+    info = e.evaluate()
+    return dict(
+        obj_pose=e.named_cube_pose(),
+        obj_half_size=torch.full((n,), e.cube_half_size, device=e.device),
+        goal_pos=e.goal_pos(),
+        release=torch.ones(n, dtype=torch.bool, device=e.device),
+        align_yaw=torch.ones(n, dtype=torch.bool, device=e.device),
+        is_grasped=info["is_grasped"],
+    )
+
+
+PRIVILEGED: Dict[str, Callable[[Any], Dict[str, torch.Tensor]]] = {
+    "VLAF-PickCubeGoal-v1": _priv_builtin(lambda e: e.cube, lambda e: e.goal_site.pose.p, 0.02, False, True),
+    "PushCube-v1": _priv_builtin(lambda e: e.obj, _table_goal("goal_region", 0.02), 0.02, False, True),
+    "PullCube-v1": _priv_builtin(lambda e: e.obj, _table_goal("goal_region", 0.02), 0.02, False, True),
+    "StackCube-v1": _priv_builtin(lambda e: e.cubeA, _cube_above(lambda e: e.cubeB, 0.02), 0.02, True, True),
+    "PlaceSphere-v1": _priv_builtin(lambda e: e.obj, _sphere_bin_goal, 0.02, True, False),
+    "LiftPegUpright-v1": _priv_builtin(lambda e: e.peg, lambda e: e.peg.pose.p, 0.025, False, False),
+    "VLAF-StackColorCube-v1": _priv_color_cubes,
+    "VLAF-PlaceCubeOnTarget-v1": _priv_color_cubes,
+}
+
+
+def resolve_sim_backend(sim_backend: str, num_envs: int) -> str:
+    if sim_backend == "auto":
+        sim_backend = "gpu" if (num_envs > 1 and torch.cuda.is_available()) else "cpu"
+    if sim_backend not in ("cpu", "gpu"):
+        raise ValueError(f"sim_backend must be 'auto', 'cpu' or 'gpu', not {sim_backend!r}")
+    if sim_backend == "gpu" and not torch.cuda.is_available():
+        raise ValueError("sim_backend='gpu' needs CUDA; use sim_backend='cpu' (one env per process)")
+    if sim_backend == "cpu" and num_envs != 1:
+        raise ValueError(
+            f"num_envs={num_envs} on the CPU simulator: ManiSkill's CPU physics holds one env per process, "
+            "so CPU parallelism is processes (one task env each); many envs in one process need GPU physics"
+        )
+    return sim_backend
+
+
+class ManiSkillTaskEnv(TaskEnv):
+    """``num_envs`` copies of one ManiSkill3 task behind the task contract (see the module docstring)."""
+
+    def __init__(
+        self,
+        info: TaskInfo,
+        *,
+        ms_id: str,
+        ms_module: Optional[str] = None,
+        expert: str = "none",
+        num_envs: int = 1,
+        image_size: int = 128,
+        render_images: bool = True,
+        privileged: bool = False,
+        sim_backend: str = "auto",
+        device: Optional[str] = None,
+        robot_uids: str = "panda",
+    ):
+        import gymnasium as gym
+
+        import mani_skill.envs  # noqa: F401  (registers the built-in tasks)
+        from vla_forget.envs import EXPERT_KINDS
+
+        if ms_module:
+            importlib.import_module(ms_module)
+        self.info = info
+        self.num_envs = int(num_envs)
+        self.image_size = int(image_size)
+        self.render_images = bool(render_images)
+        self.privileged = bool(privileged)
+        self.ms_id = ms_id
+        self.sim_backend = resolve_sim_backend(sim_backend, self.num_envs)
+        self._kind = EXPERT_KINDS.index(expert)
+        kwargs: Dict[str, Any] = dict(
+            obs_mode="rgb" if self.render_images else "state_dict",
+            control_mode="pd_ee_delta_pose",
+            reward_mode="normalized_dense",
+            num_envs=self.num_envs,
+            sim_backend="physx_cuda" if self.sim_backend == "gpu" else "physx_cpu",
+            robot_uids=robot_uids,
+            max_episode_steps=_NO_LIMIT,
+            sensor_configs=dict(width=self.image_size, height=self.image_size),
+            human_render_camera_configs=dict(width=self.image_size, height=self.image_size),
+        )
+        self._env = gym.make(ms_id, **kwargs)
+        self._u = self._env.unwrapped
+        self._priv_fn = PRIVILEGED[ms_id]
+        self._t = 0
+        self._last_image: Optional[torch.Tensor] = None
+        self._instructions: List[str] = []
+
+    # --- contract -----------------------------------------------------------
+    def reset(self, seeds: Sequence[int]) -> Observation:
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"reset needs one seed per env: got {len(seeds)} seeds for {self.num_envs} envs")
+        obs, _ = self._env.reset(seed=seeds)
+        self._t = 0
+        self._instructions = self._make_instructions()
+        return self._observation(obs)
+
+    def step(self, action):
+        a = torch.as_tensor(action, dtype=torch.float32, device=self._u.device)
+        if a.shape != (self.num_envs, 7):
+            raise ValueError(f"action must have shape [{self.num_envs}, 7], got {tuple(a.shape)}")
+        a = a.clamp(-1.0, 1.0)
+        obs, dense, _term, _trunc, ms_info = self._env.step(a)
+        self._t += 1
+        success = torch.as_tensor(ms_info["success"], device=self._u.device).bool().reshape(self.num_envs)
+        n = self.num_envs
+        truncated = torch.full((n,), self._t >= self.info.max_episode_steps, dtype=torch.bool, device=success.device)
+        terminated = torch.zeros(n, dtype=torch.bool, device=success.device)
+        info = {
+            "is_success": success,
+            "dense_reward": torch.as_tensor(dense, dtype=torch.float32).reshape(n),
+            "elapsed_steps": self._t,
+        }
+        return self._observation(obs), success.float(), terminated, truncated, info
+
+    def frames(self) -> np.ndarray:
+        if self._last_image is None:
+            raise RuntimeError("frames() needs render_images=True (and a reset)")
+        return self._last_image.cpu().numpy()
+
+    def instructions(self) -> List[str]:
+        return list(self._instructions)
+
+    def close(self) -> None:
+        if getattr(self, "_env", None) is not None:
+            self._env.close()
+            self._env = None
+
+    # --- internals ------------------------------------------------------------
+    def _make_instructions(self) -> List[str]:
+        own = getattr(self._u, "instructions", None)
+        if own:
+            return list(own)
+        return [self.info.instruction] * self.num_envs
+
+    def _proprio(self) -> torch.Tensor:
+        qpos = self._u.agent.robot.get_qpos()
+        tcp = self._u.agent.tcp.pose.raw_pose
+        return torch.cat([qpos, tcp], dim=1).float()
+
+    def _observation(self, obs) -> Observation:
+        image = None
+        if self.render_images:
+            image = obs["sensor_data"][CAMERA]["rgb"]
+            self._last_image = image
+        privileged: Dict[str, torch.Tensor] = {}
+        if self.privileged:
+            privileged = self._priv_fn(self._u)
+            privileged["tcp_pose"] = self._u.agent.tcp.pose.raw_pose
+            privileged["task_kind"] = torch.full((self.num_envs,), self._kind, dtype=torch.long, device=self._u.device)
+        return Observation(image=image, state=self._proprio(), instruction=list(self._instructions), privileged=privileged)
+
+
+def _bench(task_id: str = "PickCube-v1", steps: int = 50) -> None:  # pragma: no cover - manual measurement
+    from vla_forget.envs import make_task_env
+
+    for size in (None, 64, 128, 224):
+        t0 = time.perf_counter()
+        env = make_task_env(task_id, image_size=size or 64, render_images=size is not None)
+        t1 = time.perf_counter()
+        env.reset([0])
+        a = torch.zeros(1, 7)
+        t2 = time.perf_counter()
+        for _ in range(steps):
+            env.step(a)
+        t3 = time.perf_counter()
+        env.close()
+        print(f"{task_id} image={size}: create {t1 - t0:.1f} s, {steps / (t3 - t2):.1f} steps/s", flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    if "--bench" in sys.argv:
+        _bench()
