@@ -1,0 +1,55 @@
+"""A fake task env and counting policies, for harness tests that need no simulator."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vla_forget.envs import TASKS
+from vla_forget.envs.base import TaskEnv, TaskInfo
+from vla_forget.policies.base import Observation
+
+FAKE_TASKS = ("FakeA-v1", "FakeB-v1", "FakeTarget-v1")
+
+
+def register_fake_tasks() -> None:
+    for t in FAKE_TASKS:
+        if t not in TASKS:
+            TASKS.register(t, "tests.fakes:FakeEnv", description="fake", metadata=dict(
+                instruction=f"do {t}", max_episode_steps=6, pick_and_place=t == "FakeTarget-v1"))
+
+
+class FakeEnv(TaskEnv):
+    """Success iff the mean of the first action dimension over the episode is > 0; seeded noise in images."""
+
+    def __init__(self, task: str, num_envs: int = 1, image_size: int = 16, max_episode_steps: int = 6, **_):
+        self.info = TaskInfo(task, f"do {task}", max_episode_steps)
+        self.num_envs, self.image_size = num_envs, image_size
+        self.closed = False
+
+    def _obs(self):
+        img = torch.from_numpy(self.rng.integers(0, 255, (self.num_envs, self.image_size, self.image_size, 3), dtype=np.uint8))
+        state = torch.from_numpy(self.rng.normal(size=(self.num_envs, 16)).astype(np.float32))
+        return Observation(image=img, state=state, instruction=[f"do {self.info.id} {s % 3}" for s in self.seeds])
+
+    def reset(self, seeds):
+        self.seeds = list(seeds)
+        self.rng = np.random.default_rng(seeds[0])
+        self.t, self.acc = 0, torch.zeros(self.num_envs)
+        return self._obs()
+
+    def step(self, action):
+        self.t += 1
+        self.acc += torch.as_tensor(action)[:, 0].float()
+        ok = self.acc > 0
+        trunc = torch.full((self.num_envs,), self.t >= self.info.max_episode_steps)
+        return self._obs(), ok.float(), torch.zeros(self.num_envs, dtype=torch.bool), trunc, {"is_success": ok}
+
+    def frames(self):
+        return self._obs().image.numpy()
+
+    def instructions(self):
+        return [f"do {self.info.id}"] * self.num_envs
+
+    def close(self):
+        self.closed = True

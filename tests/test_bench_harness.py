@@ -1,0 +1,137 @@
+"""Harness logic on a fake env: resume after an interrupt, base-output caching, results layout."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from tests.fakes import FakeEnv, register_fake_tasks
+from vla_forget import bench as bench_mod
+from vla_forget import rollout
+from vla_forget.bench import BenchConfig, BenchError, run_bench
+
+register_fake_tasks()
+
+
+@pytest.fixture()
+def fake_world(tmp_path, monkeypatch):
+    battery = tmp_path / "fake-v1.yaml"
+    battery.write_text("id: fake\nversion: 1\nepisodes: 5\nseed_start: 10\ntasks: [FakeA-v1, FakeB-v1]\n")
+    target = tmp_path / "fake-target-v1.yaml"
+    target.write_text("id: fake-target\nversion: 1\ntask: FakeTarget-v1\nepisodes: 4\nseed_start: 500\n")
+    calls = {"episodes": 0, "interrupt_after": None}
+
+    def fake_get_env(task, **kw):
+        return FakeEnv(task, num_envs=kw.get("num_envs", 1), max_episode_steps=kw.get("max_steps") or 6)
+
+    real_run_job = rollout.run_job
+
+    def counting_run_job(job):
+        if calls["interrupt_after"] is not None and calls["episodes"] >= calls["interrupt_after"]:
+            raise KeyboardInterrupt
+        calls["episodes"] += len(job.seeds)
+        return real_run_job(job)
+
+    monkeypatch.setattr(rollout, "_get_env", fake_get_env)
+    monkeypatch.setattr(rollout, "run_job", counting_run_job)
+    monkeypatch.setattr("vla_forget.envs.vulkan.check_vulkan", lambda *a, **k: "fake")
+    monkeypatch.setenv("VLA_FORGET_CACHE", str(tmp_path / "cache"))
+    return tmp_path, str(battery), str(target), calls
+
+
+def config(tmp_path, battery, target, out="run", **kw):
+    return BenchConfig(policies=["small-vla-random-v1", "zero-v1"], base="small-vla-random-v1", out=str(tmp_path / out),
+                       battery=battery, target=target, workers=0, image_size=16, videos_per_task=1,
+                       kl_states_per_task=6, kl_samples_per_state=2, progress=False, **kw)
+
+
+def strip_volatile(results):
+    r = dict(results)
+    for k in ("software", "wall_s"):
+        r.pop(k)
+    r["divergences"] = {k: v for k, v in r["divergences"].items() if k not in ("base_passes", "cache_hits")}
+    return r
+
+
+def test_interrupted_run_resumes_without_redoing_episodes(fake_world):
+    tmp, battery, target, calls = fake_world
+    full = run_bench(config(tmp, battery, target, out="full"), log=lambda *_: None)
+    n_total = 2 * (5 + 5 + 4)
+    assert full["episodes"] == n_total and calls["episodes"] == n_total
+
+    calls["episodes"], calls["interrupt_after"] = 0, 9
+    with pytest.raises(BenchError, match="interrupted: 9 finished episodes are saved"):
+        run_bench(config(tmp, battery, target, out="cut"), log=lambda *_: None)
+    lines = open(tmp / "cut" / "episodes.jsonl").read().splitlines()
+    assert len(lines) == 9
+
+    with pytest.raises(BenchError, match="already holds a run"):
+        run_bench(config(tmp, battery, target, out="cut"), log=lambda *_: None)
+
+    calls["episodes"], calls["interrupt_after"] = 0, None
+    resumed = run_bench(config(tmp, battery, target, out="cut"), resume=True, log=lambda *_: None)
+    assert calls["episodes"] == n_total - 9  # nothing that finished is redone
+    assert strip_volatile(resumed) == strip_volatile(full)
+
+
+def test_resume_refuses_a_changed_configuration(fake_world):
+    tmp, battery, target, calls = fake_world
+    run_bench(config(tmp, battery, target, out="r"), log=lambda *_: None)
+    with pytest.raises(BenchError, match="different configuration.*image_size"):
+        cfg = config(tmp, battery, target, out="r")
+        cfg.image_size = 32
+        run_bench(cfg, resume=True, log=lambda *_: None)
+
+
+def test_results_layout_and_base_cache(fake_world, monkeypatch):
+    tmp, battery, target, calls = fake_world
+    res = run_bench(config(tmp, battery, target, out="a"), log=lambda *_: None)
+    out = tmp / "a"
+    for f in ("config.json", "episodes.jsonl", "results.json", "report.md"):
+        assert (out / f).exists(), f
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["battery"]["id"] == "fake-v1" and on_disk["battery"]["version"] == 1
+    assert {p["id"] for p in on_disk["policies"]} == {"small-vla-random-v1", "zero-v1"}
+    assert all(len(p["checkpoint_hash"]) > 0 for p in on_disk["policies"])
+    s = on_disk["success"]["zero-v1"]["FakeA-v1"]
+    assert set(s) >= {"rate", "ci_low", "ci_high", "n"} and s["n"] == 5
+    assert on_disk["seeds"]["FakeA-v1"] == list(range(10, 15))
+    assert "torch" in on_disk["software"]
+    # zero-v1 has no action distribution; the base has zero divergence to itself
+    assert on_disk["kl_to_base"]["zero-v1"] is None
+    assert on_disk["kl_to_base"]["small-vla-random-v1"]["forward"] == 0.0
+    assert res["divergences"]["base_passes"] == 2  # target and battery state sets, computed once each
+    vids = os.listdir(out / "videos" / "zero-v1")
+    assert any(v.startswith("FakeA-v1__seed10__") and v.endswith(".mp4") for v in vids)
+    report = (out / "report.md").read_text()
+    assert "Success at the end" in report and "FakeTarget-v1" in report
+
+
+def test_n_policies_cost_one_base_pass_and_cache_is_reused(fake_world, monkeypatch):
+    tmp, battery, target, calls = fake_world
+    from vla_forget.policies import small_vla
+
+    # two distinct token policies + the base: base sampled once per state set, each policy teacher-forced once
+    counts = {"sample": 0, "logits": 0}
+    real_sample, real_logits = small_vla.SmallVLA.sample_tokens, small_vla.SmallVLA.action_logits
+
+    def count_sample(self, *a, **k):
+        counts["sample"] += 1
+        return real_sample(self, *a, **k)
+
+    def count_logits(self, *a, **k):
+        counts["logits"] += 1
+        return real_logits(self, *a, **k)
+
+    cfg = config(tmp, battery, target, out="kl1")
+    cfg.policies = ["small-vla-random-v1", str(tmp / "other")]
+    small_vla.SmallVLA.random_init(seed=1).save(str(tmp / "other"))
+    run_bench(cfg, log=lambda *_: None)
+    monkeypatch.setattr(small_vla.SmallVLA, "sample_tokens", count_sample)
+    monkeypatch.setattr(small_vla.SmallVLA, "action_logits", count_logits)
+    res = bench_mod.compute_divergences(bench_mod.make_plan(cfg), cfg.out)
+    assert counts["sample"] == 0 and res["base_passes"] == 0  # cached by content
+    assert counts["logits"] == 2  # one teacher-forced pass per (policy, state set), batch fits in one
+    kl = res["policies"][str(tmp / "other")]["target"]
+    assert kl["forward"] > 0 and kl["n_states"] > 0

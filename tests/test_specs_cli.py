@@ -1,0 +1,81 @@
+"""Spec validation messages and the thin CLI commands that need no simulator."""
+
+import pytest
+
+from vla_forget.cli import main
+from vla_forget.registry import UnknownIdError
+from vla_forget.spec import SpecError, available, load_battery, load_target, validate
+
+
+def test_shipped_specs_validate():
+    assert "tabletop-v1" in available("batteries")
+    b = load_battery("tabletop-v1")
+    assert b.full_id == "tabletop-v1" and len(b.tasks) >= 6
+    t = load_target(b.target)
+    assert t.task.task not in b.task_ids
+    assert all(s >= 100000 for e in b.tasks for s in e.seeds)
+
+
+def write(tmp_path, text):
+    p = tmp_path / "spec.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_battery_errors_say_exactly_what_is_wrong(tmp_path):
+    path = write(tmp_path, """
+id: mine
+episodes: -3
+tasks:
+  - task: PickCub-v1
+  - task: PushCube-v1
+    seeds: [1, 1]
+  - task: PushCube-v1
+    colour: red
+""")
+    with pytest.raises(SpecError) as e:
+        validate(path)
+    errs = "\n".join(e.value.errors)
+    assert "version: missing" in errs
+    assert "episodes: must be an integer >= 1, got -3" in errs
+    assert "tasks[0].task: unknown task id 'PickCub-v1'. Did you mean PickCube-v1" in errs
+    assert "tasks[1].seeds: contains duplicates" in errs
+    assert "tasks[2].task: 'PushCube-v1' appears twice" in errs
+    assert "tasks[2].colour: unknown field" in errs
+
+
+def test_target_inside_battery_is_refused(tmp_path):
+    path = write(tmp_path, "id: x\nversion: 1\nepisodes: 2\ntarget: place-cube-on-target-v1\ntasks: [PlaceCubeOnTarget-v1]\n")
+    with pytest.raises(SpecError, match="also in the battery"):
+        load_battery(path)
+
+
+def test_unknown_ids_list_the_valid_ones():
+    with pytest.raises(UnknownIdError, match="Valid ids: tabletop-v1"):
+        load_battery("tabletop-v9")
+
+
+def test_cli_validate_and_ls(tmp_path, capsys):
+    assert main(["validate", "tabletop-v1", "place-cube-on-target-v1"]) == 0
+    assert "OK battery tabletop-v1" in capsys.readouterr().out
+    bad = write(tmp_path, "id: x\nversion: 1\ntasks: []\n")
+    assert main(["validate", bad]) == 1
+    assert "tasks: must be a non-empty list" in capsys.readouterr().err
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    for word in ("PickCube-v1", "tabletop-v1", "expert-v1", "small-vla-random-v1", "smoke"):
+        assert word in out
+
+
+def test_cli_bench_unknown_policy_lists_valid_ids(tmp_path, capsys):
+    assert main(["bench", "--policy", "nope-v1", "--base", "small-vla-random-v1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown policy id 'nope-v1'" in err and "expert-v1" in err
+
+
+def test_cli_bench_bad_checkpoint_is_a_clear_error(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "config.json").write_text('{"policy_class": "Nope"}')
+    assert main(["bench", "--policy", str(ck), "--base", "small-vla-random-v1", "--out", str(tmp_path / "r")]) == 2
+    assert "known classes: SmallVLA" in capsys.readouterr().err
