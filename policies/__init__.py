@@ -31,6 +31,12 @@ POLICIES.register(
     "vla_forget.policies.simple:ZeroPolicy",
     description="outputs the zero action with the gripper open (zero-cost baseline for harness benchmarks)",
 )
+POLICIES.register(
+    "zero-image-v1",
+    "vla_forget.policies.simple:ZeroPolicy",
+    description="zero-v1 that asks for camera images, so the env renders as for a VLA (harness benchmarks)",
+    needs_image=True,
+)
 
 # Checkpoint folders name their class in config.json under this key.
 CLASS_KEY = "policy_class"

@@ -12,7 +12,8 @@ from vla_forget.policies.base import Observation, Policy
 class ZeroPolicy(Policy):
     """The zero end-effector delta with the gripper open: costs nothing, reads nothing."""
 
-    needs_image = False
+    def __init__(self, needs_image: bool = False):
+        self.needs_image = needs_image
 
     def act(self, obs: Observation, *, greedy: bool = False, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         a = torch.zeros(obs.batch_size, 7)
@@ -20,4 +21,4 @@ class ZeroPolicy(Policy):
         return a
 
     def checkpoint_hash(self) -> str:
-        return "zero-v1"
+        return "zero-image-v1" if self.needs_image else "zero-v1"

@@ -1,0 +1,103 @@
+"""Latency of the small VLA on one CPU thread: the cost the bench pays at every env step.
+
+Measures the median wall time of ``sample_tokens`` (encode once + 7 cached decoding
+steps) for a batch of 8 and of 1 observations, and of one teacher-forced
+``action_logits`` pass, at 128x128 images; prints a table, optionally writes JSON.
+
+    python benchmarks/perf/small_vla_latency.py
+    python benchmarks/perf/small_vla_latency.py --json runs/perf/small_vla_latency.json --repeats 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from vla_forget.policies.base import Observation
+from vla_forget.policies.small_vla import SmallVLA
+
+TARGET_SAMPLE_B8_MS = 20.0
+
+
+def synthetic_obs(batch: int, image_size: int, state_dim: int, seed: int = 0) -> Observation:
+    g = torch.Generator().manual_seed(seed)
+    return Observation(
+        image=torch.randint(0, 256, (batch, image_size, image_size, 3), dtype=torch.uint8, generator=g),
+        state=torch.randn(batch, state_dim, generator=g),
+        instruction=["put the red cube on the blue target"] * batch,
+    )
+
+
+def time_ms(fn, repeats: int, warmup: int = 5) -> dict:
+    for _ in range(warmup):
+        fn()
+    wall = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        wall.append((time.perf_counter() - t0) * 1e3)
+    wall.sort()
+    return {"median_ms": statistics.median(wall), "p10_ms": wall[len(wall) // 10], "p90_ms": wall[(9 * len(wall)) // 10]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=50, help="timed calls per measurement")
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--json", metavar="PATH", help="also write the results here")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(1)
+    policy = SmallVLA.random_init(seed=0)
+    cfg = policy.config
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    with torch.no_grad():
+        for batch in (8, 1):
+            obs = synthetic_obs(batch, args.image_size, cfg.state_dim)
+            r = time_ms(lambda: policy.sample_tokens(obs, generator=gen), args.repeats)
+            rows.append({"measure": f"sample_tokens B={batch}", "batch": batch, **r})
+        obs = synthetic_obs(8, args.image_size, cfg.state_dim)
+        tokens, _ = policy.sample_tokens(obs, generator=gen)
+        r = time_ms(lambda: policy.action_logits(obs, tokens), args.repeats)
+        rows.append({"measure": "action_logits B=8 (teacher-forced)", "batch": 8, **r})
+
+    n_params = policy.num_parameters()
+    print(f"SmallVLA {n_params / 1e6:.2f} M parameters, 1 thread, {args.image_size}x{args.image_size} images, torch {torch.__version__}")
+    print(f"{'measure':<38}{'median ms':>11}{'p10':>9}{'p90':>9}")
+    for row in rows:
+        print(f"{row['measure']:<38}{row['median_ms']:>11.2f}{row['p10_ms']:>9.2f}{row['p90_ms']:>9.2f}")
+    ok = rows[0]["median_ms"] <= TARGET_SAMPLE_B8_MS
+    print(f"target: sample_tokens B=8 <= {TARGET_SAMPLE_B8_MS:.0f} ms: {'met' if ok else 'NOT met'}")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "benchmark": "small_vla_latency",
+                    "parameters": n_params,
+                    "threads": 1,
+                    "image_size": args.image_size,
+                    "torch": torch.__version__,
+                    "machine": platform.machine(),
+                    "processor": platform.processor(),
+                    "cpu_count": os.cpu_count(),
+                    "target_sample_b8_ms": TARGET_SAMPLE_B8_MS,
+                    "target_met": ok,
+                    "config": cfg.to_dict(),
+                    "results": rows,
+                },
+                f,
+                indent=2,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
