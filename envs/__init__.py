@@ -170,15 +170,23 @@ def make_task_env(
     privileged: bool = False,
     sim_backend: str = "auto",
     device: Optional[str] = None,
+    max_episode_steps: Optional[int] = None,
 ) -> TaskEnv:
     """Make ``num_envs`` copies of a task (see :class:`vla_forget.envs.base.TaskEnv`).
 
     ``sim_backend="auto"`` picks ManiSkill's GPU physics when CUDA is present and
     ``num_envs > 1``, else the CPU (one env per process). ``privileged=True`` adds
-    the simulator state the scripted expert reads.
+    the simulator state the scripted expert reads. ``max_episode_steps``
+    overrides the task's episode length.
     """
     entry = TASKS.get(task_id)
     info = task_info(task_id)
+    if max_episode_steps is not None:  # a battery may set its own episode length
+        import dataclasses
+
+        if max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        info = dataclasses.replace(info, max_episode_steps=int(max_episode_steps))
     from vla_forget.envs.vulkan import check_vulkan
 
     check_vulkan()
