@@ -15,13 +15,17 @@ Architecture (defaults in :class:`SmallVLAConfig`)::
     proprio state --standardise, MLP--> state token [1, d]
 
     memory = [image tokens; text tokens; state token]         (the prefix)
-    decoder input j = start token (j = 0) or embedding of bin tokens[j-1],
-                      plus a per-dimension position embedding
-    n_layers decoder layers: one attention whose keys are the memory and the
-        action positions <= j (causal), then an MLP; logits = Linear(d, 256)
+    context_layers: 7 per-dimension queries (position embeddings) attend to the
+        memory and to each other -> a context c_j per action dimension; they
+        never see the tokens, so they run once per observation
+    decoder input j = c_j + (start token if j = 0 else embedding of bin tokens[j-1])
+    n_layers causal decoder layers: one attention whose keys are the memory and
+        the action positions <= j, then an MLP; logits = Linear(d, 256)
 
 The memory never attends to the actions, so sampling encodes the observation
-once and runs the decoder one position at a time with a key/value cache.
+(memory and contexts) once and runs only the n_layers causal layers one
+position at a time with a key/value cache: on one CPU thread the 7 x n_layers
+sequential layer steps, not the FLOPs, set the latency.
 Instructions are encoded once per *distinct* string in a batch (a batch of
 envs running one task shares one encoding) — exact, and differentiable.
 """
@@ -74,8 +78,10 @@ class SmallVLAConfig:
     """proprio state size; shorter states are zero-padded, longer ones are an error"""
     d_model: int = 128
     """width of every token (image, text, state, action)"""
-    n_layers: int = 3
-    """action decoder layers"""
+    n_layers: int = 2
+    """causal (autoregressive) decoder layers: run 7 times per sample"""
+    context_layers: int = 2
+    """decoder layers before the causal ones whose 7 queries read the observation but not the tokens (run once)"""
     heads: int = 4
     """attention heads (d_model must divide by it)"""
     ff_mult: int = 4
@@ -338,22 +344,23 @@ class DecoderLayer(nn.Module):
         k, v = self.mem_kv(memory).chunk(2, dim=-1)
         return _split_heads(k, self.heads), _split_heads(v, self.heads)
 
-    def forward(self, x: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced: ``x`` is all action positions ``[B, 7, d]``; ``mask`` ``[7, P + 7]``."""
+    def forward(self, x: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """All 7 positions ``x`` ``[B, 7, d]``; ``mask`` ``[7, P + 7]`` (causal on the actions) or None (full)."""
         q, k, v = (_split_heads(t, self.heads) for t in self.qkv(self.ln1(x)).chunk(3, dim=-1))
         a = F.scaled_dot_product_attention(q, torch.cat([mem_k, k], 2), torch.cat([mem_v, v], 2), attn_mask=mask)
         x = x + self.drop(self.out(_merge_heads(a)))
         h = F.gelu(self.fc1(self.ln2(x)), approximate="tanh")
         return x + self.drop(self.fc2(h))
 
-    def step(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int) -> torch.Tensor:
+    def step(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: int, mask: torch.Tensor) -> torch.Tensor:
         """One position ``x`` ``[B, d]`` (eval only); the caches ``[B, h, P + 7, dh]`` hold the
-        memory and earlier positions, and get this position's key and value at ``pos``."""
+        memory and earlier positions, and get this position's key and value at ``pos``; ``mask``
+        (additive, ``-inf`` after ``pos``) hides the later slots (faster than slicing the caches)."""
         B, d = x.shape
         qkv = torch.mm(F.layer_norm(x, (d,), self.ln1.weight, self.ln1.bias), self.qkv.weight).view(B, 3, self.heads, d // self.heads)
         k_cache[:, :, pos] = qkv[:, 1]
         v_cache[:, :, pos] = qkv[:, 2]
-        a = F.scaled_dot_product_attention(qkv[:, 0].unsqueeze(2), k_cache[:, :, : pos + 1], v_cache[:, :, : pos + 1])
+        a = F.scaled_dot_product_attention(qkv[:, 0].unsqueeze(2), k_cache, v_cache, attn_mask=mask)
         x = torch.addmm(x, a.reshape(B, d), self.out.weight)
         h = F.gelu(torch.addmm(self.fc1.bias, F.layer_norm(x, (d,), self.ln2.weight, self.ln2.bias), self.fc1.weight), approximate="tanh")
         return torch.addmm(x, h, self.fc2.weight)
@@ -390,6 +397,7 @@ class SmallVLA(TokenPolicy):
         self.bin_value = nn.Linear(1, d)  # neighbouring bins start close: a feature of the bin's value
         self.dim_pos = nn.Parameter(torch.randn(cfg.action_dim, d) * 0.02)
         self.emb_drop = nn.Dropout(cfg.dropout)
+        self.context = nn.ModuleList(DecoderLayer(d, cfg.heads, cfg.ff_mult, cfg.dropout) for _ in range(cfg.context_layers))
         self.layers = nn.ModuleList(DecoderLayer(d, cfg.heads, cfg.ff_mult, cfg.dropout) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
         self.head = Dense(d, cfg.n_bins)
@@ -406,8 +414,8 @@ class SmallVLA(TokenPolicy):
     # --- construction -----------------------------------------------------
     def _init_weights(self, generator: torch.Generator) -> None:
         """GPT-style init from ``generator``: normal(0.02) linears and embeddings, zero biases,
-        residual output projections scaled by 1/sqrt(2 n_layers), FiLM and the head's bias at zero."""
-        resid_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        residual output projections scaled by 1/sqrt(2 * decoder depth), FiLM at the identity."""
+        resid_std = 0.02 / math.sqrt(2 * (self.config.n_layers + self.config.context_layers))
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding, Dense)):
                 std = resid_std if name.endswith(("out", "fc2", "mlp.2")) else 0.02
@@ -524,12 +532,19 @@ class SmallVLA(TokenPolicy):
         """Embeddings of the 256 bins ``[256, d]``: a free vector plus a linear function of the bin's value."""
         return self.bin_emb.weight + self.bin_value(self.bin_values)
 
-    def _action_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Decoder inputs ``[B, 7, d]``: start, then the embeddings of tokens[:, :6], plus dimension positions."""
+    def _contexts(self, memory: torch.Tensor) -> torch.Tensor:
+        """Per-dimension contexts ``[B, 7, d]`` from the memory alone (no tokens)."""
+        x = self.dim_pos.expand(memory.shape[0], -1, -1)
+        for layer in self.context:
+            x = layer(x, *layer.memory_kv(memory), None)
+        return x
+
+    def _action_inputs(self, tokens: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
+        """Causal-decoder inputs ``[B, 7, d]``: contexts plus start, then the embeddings of tokens[:, :6]."""
         B = tokens.shape[0]
         emb = F.embedding(tokens[:, : self.action_dim - 1], self._bin_table())
         x = torch.cat([self.start.expand(B, 1, -1), emb], dim=1)
-        return self.emb_drop(x + self.dim_pos)
+        return self.emb_drop(x + contexts)
 
     def _attn_mask(self, device: torch.device) -> torch.Tensor:
         A, P = self.action_dim, self.n_memory
@@ -542,7 +557,7 @@ class SmallVLA(TokenPolicy):
         tokens = tokens.to(memory.device).long()
         if tokens.shape != (memory.shape[0], self.action_dim):
             raise ValueError(f"tokens must be [B, {self.action_dim}], got {tuple(tokens.shape)}")
-        x = self._action_inputs(tokens)
+        x = self._action_inputs(tokens, self._contexts(memory))
         mask = self._attn_mask(x.device)
         for layer in self.layers:
             mem_k, mem_v = layer.memory_kv(memory)
@@ -568,11 +583,13 @@ class SmallVLA(TokenPolicy):
         B, P, _ = memory.shape
         caches = []
         table = self._bin_table()
+        masks = torch.full((self.action_dim, P + self.action_dim), float("-inf"), device=memory.device).triu_(P + 1)
+        masks = masks.view(self.action_dim, 1, 1, 1, P + self.action_dim)
         d = self.config.d_model
         for layer in self.layers:
             mem_k, mem_v = layer.memory_kv(memory)
             shape = (B, mem_k.shape[1], P + self.action_dim, mem_k.shape[3])
-            k_cache, v_cache = mem_k.new_empty(shape), mem_v.new_empty(shape)
+            k_cache, v_cache = mem_k.new_zeros(shape), mem_v.new_zeros(shape)  # zeros: finite under the mask
             k_cache[:, :, :P] = mem_k
             v_cache[:, :, :P] = mem_v
             caches.append((k_cache, v_cache))
@@ -582,10 +599,11 @@ class SmallVLA(TokenPolicy):
         if sample:  # one uniform per token, drawn up front: inverse-CDF sampling (cheaper than multinomial)
             uniforms = torch.rand(B, self.action_dim, generator=generator, device=generator.device if generator else None)
             uniforms = uniforms.to(memory.device)
-        x = (self.start + self.dim_pos[0]).expand(B, -1)
+        contexts = self._contexts(memory)
+        x = self.start + contexts[:, 0]
         for j in range(self.action_dim):
             for layer, (k_cache, v_cache) in zip(self.layers, caches):
-                x = layer.step(x, k_cache, v_cache, P + j)
+                x = layer.step(x, k_cache, v_cache, P + j, masks[j])
             logits = torch.addmm(self.head.bias, F.layer_norm(x, (d,), self.ln_f.weight, self.ln_f.bias), self.head.weight)
             rows.append(logits)
             if sample:
@@ -595,7 +613,7 @@ class SmallVLA(TokenPolicy):
                 tok = logits.argmax(-1)
             tokens[:, j] = tok
             if j + 1 < self.action_dim:
-                x = table[tok] + self.dim_pos[j + 1]
+                x = table[tok] + contexts[:, j + 1]
         return tokens, torch.stack(rows, dim=1)
 
     def features(self, obs: Observation) -> torch.Tensor:
