@@ -30,6 +30,7 @@ from vla_forget.spec import Battery, Target, load_battery, load_target
 from vla_forget.video import slug
 
 RESULTS_FORMAT = 1
+SHARE_RENDER_ENV_EPISODES = 4
 
 
 class BenchError(RuntimeError):
@@ -89,6 +90,7 @@ class PolicyRef:
     kind: str
     role: str  # "base" or "policy" or "base+policy"
     has_distribution: bool
+    needs_image: bool = True
 
 
 def _policy_ref(spec: str, role: str) -> PolicyRef:
@@ -97,7 +99,7 @@ def _policy_ref(spec: str, role: str) -> PolicyRef:
 
     p = load_policy(spec)
     return PolicyRef(key=spec.rstrip("/"), spec=spec, hash=p.checkpoint_hash(), kind=type(p).__name__, role=role,
-                     has_distribution=isinstance(p, TokenPolicy))
+                     has_distribution=isinstance(p, TokenPolicy), needs_image=bool(getattr(p, "needs_image", True)))
 
 
 # --------------------------------------------------------------------------
@@ -226,7 +228,11 @@ def plan_jobs(plan: Plan, out: str, done: Iterable[Tuple[str, str, int]]) -> Lis
     cfg = plan.config
     done_set = set(done)
     jobs: List[EpisodeJob] = []
+    any_images = any(r.needs_image for r in plan.refs)
     for task, seeds, max_steps in plan.tasks():  # task-major: workers reuse their env across policies
+        # With few episodes per task, one rendering env per worker serves every policy: creating a
+        # second, state-only env (seconds) would cost more than rendering the few extra steps.
+        render = True if (any_images and len(seeds) <= SHARE_RENDER_ENV_EPISODES) else None
         for ref in plan.refs:
             record_states = ref.key == plan.base.key and ref.has_distribution and cfg.kl_states_per_task > 0
             per_ep = math.ceil(cfg.kl_states_per_task / max(1, len(seeds))) if record_states else 0
@@ -242,7 +248,7 @@ def plan_jobs(plan: Plan, out: str, done: Iterable[Tuple[str, str, int]]) -> Lis
                     video_dir=os.path.join(out, "videos", slug(ref.key, 80)),
                     states_dir=os.path.join(out, "states") if per_ep else None,
                     state_stride=cfg.kl_state_stride, states_per_episode=per_ep, device=cfg.device,
-                    num_envs=cfg.num_envs, sim_backend="gpu" if cfg.num_envs > 1 else "cpu",
+                    num_envs=cfg.num_envs, sim_backend="gpu" if cfg.num_envs > 1 else "cpu", render=render,
                 ))
     return jobs
 
@@ -370,6 +376,11 @@ def compute_divergences(plan: Plan, out: str, cache=None, batch_size: int = 64) 
                 instruction=[s for o in obs_parts for s in o.instruction])
     if not sets:
         result["skipped"] = "no recorded base states"
+        return result
+    others = [r for r in plan.refs if r.key != plan.base.key and r.has_distribution]
+    if not others:
+        result["skipped"] = "no policy besides the base has an action distribution"
+        result["n_states"] = {k: v.batch_size for k, v in sets.items()}
         return result
 
     base = load_policy(plan.base.spec, device=cfg.device).eval()

@@ -38,6 +38,8 @@ class EpisodeJob:
     device: str = "cpu"
     num_envs: int = 1
     sim_backend: str = "auto"
+    #: render camera images even if the policy does not read them (None: as the policy, videos and states need)
+    render: Optional[bool] = None
 
 
 # --- per-process caches (worker processes live for the whole run) ----------
@@ -95,7 +97,7 @@ def run_job(job: EpisodeJob) -> List[Dict[str, Any]]:
     """Run a job in this process, with cached env and policy."""
     policy = _get_policy(job.policy_spec, job.device)
     want_frames = bool(job.video_seeds) and job.video_dir is not None
-    render = bool(getattr(policy, "needs_image", True) or want_frames or job.states_per_episode > 0)
+    render = bool(job.render or getattr(policy, "needs_image", True) or want_frames or job.states_per_episode > 0)
     env = _get_env(job.task, image_size=job.image_size, render=render, num_envs=job.num_envs,
                    max_steps=job.max_episode_steps, sim_backend=job.sim_backend, device=job.device)
     return run_episodes(env, policy, job)
