@@ -54,7 +54,7 @@ test-gpu: setup
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
 perf: setup
-	$(PY) benchmarks/perf/run_all.py
+	$(PY) benchmarks/perf/run_all.py --out runs/perf.json
 
 clean:
 	rm -rf runs .pytest_cache
