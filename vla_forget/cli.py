@@ -76,6 +76,56 @@ def cmd_bench(args) -> int:
     return 0
 
 
+EPILOG_DEMOS = """\
+examples:
+  vla-forget demos --task PickCube-v1 --episodes 200 --out data/pick_cube --workers 2
+  vla-forget demos --task PullCube-v1 --episodes 2 --out data/pull_small --image-size 64
+  vla-forget demos --task PickCube-v1 --episodes 200 --out data/pick_cube --resume
+
+Seeds SEED_START, SEED_START+1, ... are tried until EPISODES of them succeed;
+failed episodes are dropped and the kept fraction is reported. Training seeds
+stay below 100000 (evaluation seeds start there). The dataset is RLDS (Open
+X-Embodiment step layout) in array_record files that tensorflow-datasets reads
+without TensorFlow, with OpenVLA's dataset_statistics.json; open it with
+vla_forget.datasets.open_dataset(OUT). Ctrl-C keeps every finished episode;
+rerun with --resume to continue.
+"""
+
+
+def _demos_parser(sub) -> None:
+    p = sub.add_parser("demos", help="collect expert demonstrations on a task as an RLDS dataset",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_DEMOS)
+    p.add_argument("--task", required=True, help="task id (`vla-forget ls tasks`)")
+    p.add_argument("--episodes", type=int, required=True, help="successful demonstrations wanted")
+    p.add_argument("--out", required=True, help="dataset folder")
+    p.add_argument("--workers", type=int, default=1, help="simulator worker processes (default 1; 0 = in-process)")
+    p.add_argument("--seed-start", type=int, default=0, help="first seed tried (default 0; below 100000)")
+    p.add_argument("--image-size", type=int, default=128, help="camera image size in pixels (default 128)")
+    p.add_argument("--success-hold", type=int, default=5,
+                   help="end an episode after this many consecutive successful steps (default 5; 0 = full length)")
+    p.add_argument("--max-attempts", type=int, help="seeds to try at most (default 3 x EPISODES + 10)")
+    p.add_argument("--name", help="dataset name and unnorm_key (default from the task: PickCube-v1 -> pick_cube_v1)")
+    p.add_argument("--resume", action="store_true", help="continue the collection in OUT, redoing no finished episode")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_demos(args) -> int:
+    from vla_forget.demos import DemoConfig, collect_demos
+
+    cfg = DemoConfig(task=args.task, episodes=args.episodes, out=args.out, workers=args.workers,
+                     seed_start=args.seed_start, image_size=args.image_size, success_hold=args.success_hold,
+                     max_attempts=args.max_attempts, name=args.name, progress=not args.no_progress)
+    s = collect_demos(cfg, resume=args.resume)
+    rate = f", {s['demos_per_min']} demos/min" if s["demos_per_min"] else ""
+    print(f"{s['task']}: {s['episodes']} demonstrations by {s['source']}, kept {s['episodes']}/{s['attempts']} "
+          f"attempts ({100 * s['kept_fraction']:.0f}%), mean {s['mean_steps']} steps{rate}")
+    if s["mean_steps"] and s["mean_steps"] > s["horizon"]:
+        print(f"note: the demonstrations ({s['mean_steps']} steps on average) are longer than the task's "
+              f"evaluation length ({s['horizon']} steps)", file=sys.stderr)
+    print(f"dataset: {args.out} (unnorm_key {s['dataset']})")
+    return 0 if s["episodes"] == s["wanted"] else 1
+
+
 def cmd_ls(args) -> int:
     from vla_forget.envs import TASKS
     from vla_forget.policies import POLICIES
@@ -156,11 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check battery or target specs and say exactly what is wrong",
                        epilog="example: vla-forget validate tabletop-v1 my_battery.yaml")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="spec id or YAML path")
+    _demos_parser(sub)
     sub.add_parser("doctor", help="print versions and check that a Vulkan device works for the simulator")
     return parser
 
 
 COMMANDS = {"bench": cmd_bench, "ls": cmd_ls, "validate": cmd_validate, "doctor": cmd_doctor}
+COMMANDS["demos"] = cmd_demos
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -180,6 +232,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from vla_forget.tokenizer import StatisticsError
 
         expected += [VulkanUnavailableError, CheckpointError, StatisticsError]
+        from vla_forget.datasets import DatasetError
+        from vla_forget.demos import DemoError
+
+        expected += [DatasetError, DemoError]
     except ImportError:  # pragma: no cover
         pass
     try:

@@ -1,0 +1,478 @@
+"""`vla-forget demos`: expert demonstrations on ManiSkill3, written as an RLDS dataset.
+
+Every demonstration is executed in the task env itself: the 7-D end-effector
+delta action the policies use, the task's camera and its per-episode
+instruction. Where the actions come from (:func:`demo_source`):
+
+* ``expert-v1`` — the project's scripted state-feedback expert, on every task
+  it solves (PickCube, PushCube, PullCube, StackCube, PlaceSphere,
+  StackColorCube, PlaceCubeOnTarget);
+* ``maniskill-motionplanning`` — for LiftPegUpright-v1, ManiSkill's shipped
+  motion-planning solution: planned in a ``pd_joint_pos`` copy of the task,
+  then re-executed in the task env's ``pd_ee_delta_pose`` control with
+  ManiSkill's own converter (``from_pd_joint_pos``, what its
+  ``replay_trajectory`` uses).
+
+What is kept
+------------
+Seeds ``seed_start, seed_start + 1, ...`` are tried in order; an episode ends
+once the task has been solved for ``success_hold`` consecutive steps (or at the
+task's episode length), and only episodes that end in success are kept. The
+dataset holds the first ``episodes`` successful seeds — the same dataset
+whatever the number of workers. Training seeds must stay below
+``TRAIN_SEED_LIMIT`` (100000): evaluation seeds start there.
+
+Run folder (``--out DIR``)::
+
+    DIR/raw/config.json          what defines the collection (a resumed run must match it)
+    DIR/raw/attempts.jsonl       one record per attempted seed (success, steps, instruction)
+    DIR/raw/TASK__seedS.npz      every successful episode, written by the worker as it ends
+    DIR/dataset.json, DIR/dataset_statistics.json, DIR/rlds/   the dataset (vla_forget.datasets)
+
+An interrupted run loses no finished episode: ``--resume`` skips every seed in
+``attempts.jsonl`` (or with an episode file) and rebuilds the dataset at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+
+TRAIN_SEED_LIMIT = 100_000
+EXPERT = "expert-v1"
+MOTION_PLANNING = "maniskill-motionplanning"
+#: ManiSkill's shipped planner solutions for tasks the scripted expert does not solve.
+PLANNER_SOLUTIONS = {
+    "LiftPegUpright-v1": "mani_skill.examples.motionplanning.panda.solutions.lift_peg_upright:solve",
+}
+#: After a converted plan ends, hold the last gripper command (no motion) at most this many steps for success to settle.
+PLANNER_SETTLE_STEPS = 30
+RAW = "raw"
+ATTEMPTS = "attempts.jsonl"
+CONFIG = "config.json"
+#: fields of DemoConfig that a resumed run may change
+VOLATILE = ("episodes", "out", "workers", "seed_start", "max_attempts", "progress", "name")
+
+
+class DemoError(RuntimeError):
+    """A demonstration run that cannot start or continue; the message says what to do."""
+
+
+@dataclass
+class DemoConfig:
+    """Everything that defines a demonstration run."""
+
+    task: str
+    """task id (``vla-forget ls tasks``)"""
+    episodes: int
+    """successful demonstrations wanted"""
+    out: str
+    """dataset folder"""
+    workers: int = 1
+    """worker processes (one simulator each); 0 runs in this process"""
+    seed_start: int = 0
+    """first seed tried; seeds go up by one and must stay below TRAIN_SEED_LIMIT"""
+    image_size: int = 128
+    """camera image size in pixels (square)"""
+    success_hold: int = 5
+    """end an episode once the task has been solved this many consecutive steps (0: run to the task's length)"""
+    max_attempts: Optional[int] = None
+    """give up after this many seeds (default: 3 x episodes + 10)"""
+    name: Optional[str] = None
+    """dataset name and unnorm_key (default: from the task id, PickCube-v1 -> pick_cube_v1)"""
+    progress: bool = True
+    """show a progress bar"""
+
+    def attempts_cap(self) -> int:
+        return int(self.max_attempts) if self.max_attempts is not None else 3 * int(self.episodes) + 10
+
+
+def demo_source(task: str) -> str:
+    """Where the demonstrations of ``task`` come from; a DemoError names the tasks that have one."""
+    from vla_forget.envs import TASKS, task_info
+
+    info = task_info(task)
+    if info.extra.get("expert", "none") != "none":
+        return EXPERT
+    if task in PLANNER_SOLUTIONS:
+        return MOTION_PLANNING
+    ok = [t for t in TASKS.ids() if task_info(t).extra.get("expert", "none") != "none" or t in PLANNER_SOLUTIONS]
+    raise DemoError(f"no demonstrator for {task}: demonstrations exist for {', '.join(ok)}")
+
+
+# --------------------------------------------------------------------------
+# one episode (runs in a worker process)
+
+@dataclass
+class DemoJob:
+    """One seed to demonstrate (picklable: sent to worker processes)."""
+
+    task: str
+    seed: int
+    source: str
+    image_size: int
+    success_hold: int
+    raw_dir: str
+
+
+class _Recorder:
+    """Per-step observation, action and reward of one episode."""
+
+    def __init__(self) -> None:
+        self.image: List[np.ndarray] = []
+        self.state: List[np.ndarray] = []
+        self.action: List[np.ndarray] = []
+        self.reward: List[float] = []
+        self.success: List[bool] = []
+
+    def add(self, obs, action, reward, success) -> None:
+        self.image.append(obs.image[0].cpu().numpy().astype(np.uint8))
+        self.state.append(obs.state[0].cpu().numpy().astype(np.float32))
+        self.action.append(np.asarray(action, dtype=np.float32).reshape(-1))
+        self.reward.append(float(np.asarray(reward).reshape(-1)[0]))
+        self.success.append(bool(np.asarray(success).reshape(-1)[0]))
+
+    def held(self) -> int:
+        """How many of the last steps were successes in a row."""
+        n = 0
+        for s in reversed(self.success):
+            if not s:
+                break
+            n += 1
+        return n
+
+
+def _step(env, rec: _Recorder, obs, action):
+    """Record ``obs`` and the executed (clipped) action, step the task env; returns the next observation."""
+    import torch
+
+    a = torch.as_tensor(action, dtype=torch.float32).reshape(1, 7).clamp(-1.0, 1.0)
+    nxt, reward, _term, _trunc, info = env.step(a)
+    rec.add(obs, a.numpy(), reward.cpu().numpy(), info["is_success"].cpu().numpy())
+    return nxt, info
+
+
+def _expert_episode(env, job: DemoJob, rec: _Recorder) -> str:
+    from vla_forget.rollout import _get_policy
+
+    policy = _get_policy(EXPERT, "cpu")
+    obs = env.reset([job.seed])
+    policy.reset(1)
+    for _ in range(env.info.max_episode_steps):
+        obs, _ = _step(env, rec, obs, policy.act(obs, greedy=True))
+        if job.success_hold and rec.held() >= job.success_hold:
+            break
+    return obs.instruction[0]
+
+
+class _ActionLog:
+    """A gym wrapper that keeps the actions passed to ``step`` (the planner's pd_joint_pos trajectory)."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+        self.actions: List[np.ndarray] = []
+
+    @property
+    def unwrapped(self):
+        return self.env.unwrapped
+
+    def reset(self, **kwargs):
+        self.actions.clear()
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        self.actions.append(np.asarray(action.cpu() if hasattr(action, "cpu") else action, dtype=np.float32).copy())
+        return self.env.step(action)
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+
+class _TaskEnvAsGym:
+    """The task env behind a gym-like ``step`` for ManiSkill's converter, recording every step."""
+
+    def __init__(self, env, rec: _Recorder, obs) -> None:
+        self.env, self.rec, self.obs = env, rec, obs
+        self.unwrapped = env._u
+
+    def step(self, action):
+        self.obs, info = _step(self.env, self.rec, self.obs, action)
+        return None, None, None, None, info
+
+
+_PLAN_ENVS: Dict[str, Any] = {}
+
+
+def _planner_episode(env, job: DemoJob, rec: _Recorder) -> str:
+    import importlib
+
+    import gymnasium as gym
+    import torch
+
+    from mani_skill.trajectory.utils.actions.conversion import from_pd_joint_pos
+
+    module, _, fn = PLANNER_SOLUTIONS[job.task].partition(":")
+    solve = getattr(importlib.import_module(module), fn)
+    if env.ms_id not in _PLAN_ENVS:
+        _PLAN_ENVS[env.ms_id] = _ActionLog(gym.make(env.ms_id, obs_mode="none", control_mode="pd_joint_pos",
+                                                    sim_backend="physx_cpu", render_mode=None))
+    plan_env = _PLAN_ENVS[env.ms_id]
+    # 1. plan (the solution resets with the seed and steps the env in pd_joint_pos)
+    plan_env.reset(seed=job.seed)
+    res = solve(plan_env, seed=job.seed, debug=False, vis=False)
+    plan = list(plan_env.actions)
+    obs = env.reset([job.seed])
+    if isinstance(res, int) and res == -1 or not plan:
+        return obs.instruction[0]  # planning failed: no steps, not a success
+    # 2. re-execute in pd_ee_delta_pose in the task env, from the same initial state
+    plan_env.reset(seed=job.seed)
+    s_plan, s_task = plan_env.unwrapped.get_state(), env._u.get_state()
+    if s_plan.shape != s_task.shape or not torch.allclose(s_plan, s_task, atol=1e-4):
+        raise DemoError(f"{job.task} seed {job.seed}: the planner's env and the task env start in different states")
+    proxy = _TaskEnvAsGym(env, rec, obs)
+    from_pd_joint_pos("pd_ee_delta_pose", np.stack(plan), plan_env, proxy)
+    # 3. hold the last gripper command, no motion, until success settles
+    hold = np.zeros(7, np.float32)
+    hold[6] = rec.action[-1][6] if rec.action else 1.0
+    for _ in range(PLANNER_SETTLE_STEPS):
+        if job.success_hold and rec.held() >= job.success_hold:
+            break
+        proxy.step(hold)
+    return obs.instruction[0]
+
+
+def episode_path(raw_dir: str, task: str, seed: int) -> str:
+    return os.path.join(raw_dir, f"{task}__seed{int(seed):05d}.npz")
+
+
+def collect_episode(job: DemoJob) -> Dict[str, Any]:
+    """Demonstrate one seed in this process (cached env); a success is saved to ``raw_dir``; returns the record."""
+    from vla_forget.rollout import _get_env
+
+    t0 = time.perf_counter()
+    env = _get_env(job.task, image_size=job.image_size, render=True, num_envs=1, max_steps=None, sim_backend="cpu",
+                   device="cpu")
+    rec = _Recorder()
+    if job.source == EXPERT:
+        instruction = _expert_episode(env, job, rec)
+    else:
+        instruction = _planner_episode(env, job, rec)
+    T = len(rec.action)
+    success = bool(T and rec.success[-1])
+    solved = bool(job.success_hold and rec.held() >= job.success_hold)
+    record = {
+        "task": job.task, "seed": int(job.seed), "source": job.source, "instruction": instruction,
+        "success": success, "success_once": bool(any(rec.success)), "steps": T,
+        "horizon": int(env.info.max_episode_steps), "wall_s": round(time.perf_counter() - t0, 3),
+    }
+    if success:
+        path = episode_path(job.raw_dir, job.task, job.seed)
+        tmp = path + ".tmp.npz"
+        np.savez_compressed(
+            tmp, image=np.stack(rec.image), state=np.stack(rec.state), action=np.stack(rec.action),
+            reward=np.asarray(rec.reward, np.float32), is_terminal=np.bool_(solved),
+            record=np.array(json.dumps(record)),
+        )
+        os.replace(tmp, path)
+    return record
+
+
+# --------------------------------------------------------------------------
+# the run
+
+def _read_attempts(raw_dir: str, task: str) -> Dict[int, Dict[str, Any]]:
+    """Attempted seeds -> records; successes whose episode file is missing are dropped (redone)."""
+    out: Dict[int, Dict[str, Any]] = {}
+    path = os.path.join(raw_dir, ATTEMPTS)
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line (killed mid-write)
+                out[int(r["seed"])] = r
+    for s in [s for s, r in out.items() if r["success"] and not os.path.exists(episode_path(raw_dir, task, s))]:
+        del out[s]
+    prefix = f"{task}__seed"
+    for fn in os.listdir(raw_dir) if os.path.isdir(raw_dir) else []:
+        if fn.startswith(prefix) and fn.endswith(".npz") and not fn.endswith(".tmp.npz"):
+            seed = int(fn[len(prefix):-4])
+            if seed not in out:  # written, but the run stopped before logging it
+                try:
+                    with np.load(os.path.join(raw_dir, fn)) as z:
+                        out[seed] = json.loads(str(z["record"]))
+                except Exception:
+                    os.remove(os.path.join(raw_dir, fn))  # unreadable: redo it
+    return out
+
+
+def _check_config(raw_dir: str, cfg: DemoConfig, source: str, resume: bool) -> None:
+    want = {k: v for k, v in asdict(cfg).items() if k not in VOLATILE}
+    want["source"] = source
+    path = os.path.join(raw_dir, CONFIG)
+    if os.path.exists(path):
+        if not resume:
+            raise DemoError(f"{cfg.out} already holds demonstrations: add --resume to continue them, or choose another --out")
+        with open(path) as f:
+            have = json.load(f)
+        diff = [f"{k}: {have.get(k)!r} -> {v!r}" for k, v in want.items() if have.get(k) != v]
+        if diff:
+            raise DemoError(f"{cfg.out} was collected with other settings ({'; '.join(diff)}); use another --out")
+        return
+    os.makedirs(raw_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(want, f, indent=1)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="demo", desc="demos", disable=not enabled, dynamic_ncols=True,
+                file=sys.stderr)
+
+
+def _kept(attempts: Dict[int, Dict[str, Any]], seeds: List[int]) -> List[int]:
+    return [s for s in seeds if s in attempts and attempts[s]["success"]]
+
+
+def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
+    """Collect ``cfg.episodes`` successful demonstrations and write the dataset; returns a summary."""
+    from vla_forget import rollout
+    from vla_forget.envs import task_info
+
+    info = task_info(cfg.task)  # unknown ids raise with the list of tasks
+    source = demo_source(cfg.task)
+    if cfg.episodes < 1:
+        raise DemoError(f"--episodes must be >= 1, got {cfg.episodes}")
+    if cfg.seed_start < 0 or cfg.seed_start + cfg.attempts_cap() > TRAIN_SEED_LIMIT:
+        raise DemoError(f"seeds {cfg.seed_start}..{cfg.seed_start + cfg.attempts_cap() - 1} reach the evaluation seeds: "
+                        f"training seeds must be in 0..{TRAIN_SEED_LIMIT - 1} (lower --seed-start or --max-attempts)")
+    raw_dir = os.path.join(cfg.out, RAW)
+    _check_config(raw_dir, cfg, source, resume)
+    attempts = _read_attempts(raw_dir, cfg.task)
+    candidates = list(range(cfg.seed_start, cfg.seed_start + cfg.attempts_cap()))
+    log_path = os.path.join(raw_dir, ATTEMPTS)
+    bar = _progress(cfg.episodes, min(cfg.episodes, len(_kept(attempts, candidates))), cfg.progress)
+    t0 = time.perf_counter()
+    ran: List[Dict[str, Any]] = []
+
+    def finish(r: Dict[str, Any]) -> None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(r) + "\n")
+        attempts[int(r["seed"])] = r
+        ran.append(r)
+        if r["success"]:
+            bar.update(1)
+        tried = [s for s in candidates if s in attempts]
+        bar.set_postfix_str(f"kept {len(_kept(attempts, candidates))}/{len(tried)}", refresh=False)
+
+    todo = (DemoJob(cfg.task, s, source, cfg.image_size, cfg.success_hold, raw_dir)
+            for s in candidates if s not in attempts)
+    need = lambda pending: cfg.episodes - len(_kept(attempts, candidates)) - pending  # noqa: E731
+    try:
+        if cfg.workers <= 0:
+            rollout.worker_init()
+            for job in todo:
+                if need(0) <= 0:
+                    break
+                finish(collect_episode(job))
+            rollout.close_all()
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx, initializer=rollout.worker_init) as pool:
+                pending: set = set()
+
+                def refill() -> None:
+                    while len(pending) < 2 * cfg.workers and need(len(pending)) > 0:
+                        job = next(todo, None)
+                        if job is None:
+                            return
+                        pending.add(pool.submit(collect_episode, job))
+
+                refill()
+                try:
+                    while pending:
+                        done, pending_left = wait(pending, return_when=FIRST_COMPLETED)
+                        pending.clear()
+                        pending.update(pending_left)
+                        for f in done:
+                            finish(f.result())
+                        refill()
+                except BaseException:
+                    for f in pending:
+                        f.cancel()
+                    raise
+    finally:
+        bar.close()
+    wall = time.perf_counter() - t0
+
+    tried = [s for s in candidates if s in attempts]
+    kept = _kept(attempts, candidates)[: cfg.episodes]
+    last = kept[-1] if len(kept) == cfg.episodes else (tried[-1] if tried else cfg.seed_start)
+    considered = [s for s in tried if s <= last]
+    kept_fraction = len(_kept(attempts, considered)) / max(1, len(considered))
+    summary: Dict[str, Any] = {
+        "task": cfg.task, "source": source, "episodes": len(kept), "wanted": cfg.episodes,
+        "attempts": len(considered), "kept_fraction": round(kept_fraction, 4),
+        "seeds": kept, "ran": len(ran), "wall_s": round(wall, 2),
+        "demos_per_min": round(60.0 * sum(r["success"] for r in ran) / wall, 2) if ran and wall > 0 else None,
+        "mean_steps": round(float(np.mean([attempts[s]["steps"] for s in kept])), 1) if kept else None,
+        "horizon": int(info.max_episode_steps),
+    }
+    if not kept:
+        raise DemoError(f"{cfg.task}: no successful demonstration in {len(tried)} attempts (seeds "
+                        f"{cfg.seed_start}..{cfg.seed_start + len(tried) - 1}); nothing to write")
+    if len(kept) < cfg.episodes:
+        print(f"vla-forget demos: only {len(kept)} of {cfg.episodes} demonstrations succeeded in "
+              f"{cfg.attempts_cap()} attempts; writing those (raise --max-attempts for more)", file=sys.stderr)
+    summary["dataset"] = build_dataset(cfg, source, kept, summary)
+    return summary
+
+
+def _episodes(raw_dir: str, task: str, seeds: List[int]) -> Iterator[Dict[str, Any]]:
+    for s in seeds:
+        with np.load(episode_path(raw_dir, task, s)) as z:
+            rec = json.loads(str(z["record"]))
+            yield dict(image=z["image"], state=z["state"], action=z["action"], reward=z["reward"],
+                       is_terminal=bool(z["is_terminal"]), instruction=rec["instruction"], seed=s, task=task,
+                       source=rec["source"])
+
+
+def build_dataset(cfg: DemoConfig, source: str, seeds: List[int], summary: Dict[str, Any]) -> str:
+    """(Re)write the RLDS dataset in ``cfg.out`` from the saved episodes of ``seeds``; returns its name."""
+    from vla_forget import datasets
+    from vla_forget.versions import software_versions
+
+    name = cfg.name or datasets.dataset_name(cfg.task)
+    raw_dir = os.path.join(cfg.out, RAW)
+    mpath = os.path.join(cfg.out, datasets.MANIFEST)
+    if os.path.exists(mpath):
+        with open(mpath) as f:
+            old = json.load(f)
+        if old.get("seeds") == seeds and old.get("name") == name:
+            return name  # already written (a resumed run with nothing new)
+    with np.load(episode_path(raw_dir, cfg.task, seeds[0])) as z:
+        image_shape, state_dim = tuple(z["image"].shape[1:]), int(z["state"].shape[1])
+    extra = {
+        "source": source,
+        "collection": {k: summary[k] for k in ("attempts", "kept_fraction", "mean_steps", "horizon")},
+        "seed_start": cfg.seed_start,
+        "success_hold": cfg.success_hold,
+        "image_size": cfg.image_size,
+        "software": software_versions(),
+    }
+    datasets.write_dataset(
+        cfg.out, _episodes(raw_dir, cfg.task, seeds), name=name, image_shape=image_shape, state_dim=state_dim,
+        description=f"vla-forget demonstrations of {cfg.task} by {source}", manifest_extra=extra,
+    )
+    return name
