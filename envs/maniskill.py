@@ -85,6 +85,11 @@ STATE_DIM = 16
 CAMERA = "base_camera"
 #: gym.make's own time limit is set far beyond ours; the episode length is ours.
 _NO_LIMIT = 10_000
+#: One render system kept alive for the life of the process. SAPIEN frees its
+#: compiled shaders with the last render system; with lavapipe recompiling them
+#: costs 8-15 s at the next env's first picture (measured), so an env made after
+#: another was closed would pay that again.
+_RENDER_KEEPALIVE: list = []
 
 
 # --- per-task simulator facts for the scripted expert --------------------------
@@ -98,7 +103,7 @@ def _cube_above(actor, half: float):
 
 
 def _priv_builtin(obj: Callable, goal: Callable, half: float, release: bool, align: bool):
-    def f(e) -> Dict[str, torch.Tensor]:
+    def f(e, ms_info) -> Dict[str, torch.Tensor]:
         n = e.num_envs
         o = obj(e)
         return dict(
@@ -128,9 +133,9 @@ def _sphere_bin_goal(e):
     return p
 
 
-def _priv_color_cubes(e) -> Dict[str, torch.Tensor]:
+def _priv_color_cubes(e, ms_info) -> Dict[str, torch.Tensor]:
     n = e.num_envs
-    info = e.evaluate()
+    info = ms_info if "is_grasped" in ms_info else e.evaluate()
     return dict(
         obj_pose=e.named_cube_pose(),
         obj_half_size=torch.full((n,), e.cube_half_size, device=e.device),
@@ -141,7 +146,7 @@ def _priv_color_cubes(e) -> Dict[str, torch.Tensor]:
     )
 
 
-PRIVILEGED: Dict[str, Callable[[Any], Dict[str, torch.Tensor]]] = {
+PRIVILEGED: Dict[str, Callable[[Any, Dict[str, Any]], Dict[str, torch.Tensor]]] = {
     "VLAF-PickCubeGoal-v1": _priv_builtin(lambda e: e.cube, lambda e: e.goal_site.pose.p, 0.02, False, True),
     "PushCube-v1": _priv_builtin(lambda e: e.obj, _table_goal("goal_region", 0.02), 0.02, False, True),
     "PullCube-v1": _priv_builtin(lambda e: e.obj, _table_goal("goal_region", 0.02), 0.02, False, True),
@@ -214,6 +219,10 @@ class ManiSkillTaskEnv(TaskEnv):
         )
         self._env = gym.make(ms_id, **kwargs)
         self._u = self._env.unwrapped
+        if not _RENDER_KEEPALIVE:
+            render_system = getattr(self._u.scene.sub_scenes[0], "render_system", None)
+            if render_system is not None:
+                _RENDER_KEEPALIVE.append(render_system)
         self._priv_fn = PRIVILEGED[ms_id]
         self._t = 0
         self._last_image: Optional[torch.Tensor] = None
@@ -224,10 +233,10 @@ class ManiSkillTaskEnv(TaskEnv):
         seeds = [int(s) for s in seeds]
         if len(seeds) != self.num_envs:
             raise ValueError(f"reset needs one seed per env: got {len(seeds)} seeds for {self.num_envs} envs")
-        obs, _ = self._env.reset(seed=seeds)
+        obs, ms_info = self._env.reset(seed=seeds)
         self._t = 0
         self._instructions = self._make_instructions()
-        return self._observation(obs)
+        return self._observation(obs, ms_info)
 
     def step(self, action):
         a = torch.as_tensor(action, dtype=torch.float32, device=self._u.device)
@@ -245,7 +254,7 @@ class ManiSkillTaskEnv(TaskEnv):
             "dense_reward": torch.as_tensor(dense, dtype=torch.float32).reshape(n),
             "elapsed_steps": self._t,
         }
-        return self._observation(obs), success.float(), terminated, truncated, info
+        return self._observation(obs, ms_info), success.float(), terminated, truncated, info
 
     def frames(self) -> np.ndarray:
         if self._last_image is None:
@@ -272,14 +281,14 @@ class ManiSkillTaskEnv(TaskEnv):
         tcp = self._u.agent.tcp.pose.raw_pose
         return torch.cat([qpos, tcp], dim=1).float()
 
-    def _observation(self, obs) -> Observation:
+    def _observation(self, obs, ms_info: Dict[str, Any]) -> Observation:
         image = None
         if self.render_images:
             image = obs["sensor_data"][CAMERA]["rgb"]
             self._last_image = image
         privileged: Dict[str, torch.Tensor] = {}
         if self.privileged:
-            privileged = self._priv_fn(self._u)
+            privileged = self._priv_fn(self._u, ms_info)
             privileged["tcp_pose"] = self._u.agent.tcp.pose.raw_pose
             privileged["task_kind"] = torch.full((self.num_envs,), self._kind, dtype=torch.long, device=self._u.device)
         return Observation(image=image, state=self._proprio(), instruction=list(self._instructions), privileged=privileged)

@@ -1,0 +1,128 @@
+"""Conformance of every registered task with the task contract (``envs/base.py``).
+
+Generated from the task registry: each id gets the same reset / step / seed /
+shape / success-flag / truncation checks on the real CPU simulator (one env
+per task, shared by the tests of that task, 64 px images).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vla_forget.envs import TASKS, task_info
+from vla_forget.registry import UnknownIdError
+
+IDS = TASKS.ids()
+IMAGE = 64
+
+
+@pytest.fixture(scope="module", params=IDS)
+def env(request):
+    from vla_forget.envs import make_task_env
+
+    e = make_task_env(request.param, image_size=IMAGE, render_images=True)
+    yield e
+    e.close()
+
+
+def test_registry_lists_at_least_six_panda_tasks_with_facts():
+    assert len(IDS) >= 6
+    for tid in IDS:
+        info = task_info(tid)
+        assert info.id == tid and info.instruction and info.max_episode_steps > 0
+    assert task_info("PlaceCubeOnTarget-v1").pick_and_place
+    assert sum(task_info(t).pick_and_place for t in IDS) >= 3
+
+
+def test_import_is_light():
+    code = (
+        "import sys, vla_forget.envs as e; e.TASKS.ids(); e.task_info('PickCube-v1');"
+        "heavy = [m for m in ('torch', 'mani_skill', 'sapien') if m in sys.modules]; print(heavy); assert not heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_id_lists_valid_ids():
+    from vla_forget.envs import make_task_env
+
+    with pytest.raises(UnknownIdError) as err:
+        make_task_env("NoSuchTask-v1")
+    for tid in IDS:
+        assert tid in str(err.value)
+    with pytest.raises(UnknownIdError):
+        task_info("PickCube-v9")
+
+
+def test_reset_and_step_shapes(env):
+    import torch
+
+    obs = env.reset([0])
+    assert obs.image.shape == (1, IMAGE, IMAGE, 3) and obs.image.dtype == torch.uint8
+    assert obs.state.shape == (1, 16) and obs.state.dtype == torch.float32
+    assert len(obs.instruction) == 1 and obs.instruction[0] and "{" not in obs.instruction[0]
+    assert obs.instruction == env.instructions()
+    assert obs.privileged == {}
+    assert env.frames().shape == (1, IMAGE, IMAGE, 3) and env.frames().dtype == np.uint8
+    obs, reward, terminated, truncated, info = env.step(torch.zeros(1, 7))
+    assert obs.state.shape == (1, 16) and obs.image.shape == (1, IMAGE, IMAGE, 3)
+    assert reward.shape == (1,) and reward.dtype == torch.float32
+    assert terminated.dtype == torch.bool and truncated.dtype == torch.bool
+    assert info["is_success"].shape == (1,) and info["is_success"].dtype == torch.bool
+    assert info["dense_reward"].shape == (1,)
+    with pytest.raises(ValueError):
+        env.step(torch.zeros(1, 6))
+    with pytest.raises(ValueError):
+        env.reset([0, 1])
+
+
+def test_seed_determinism(env):
+    import torch
+
+    a = env.reset([3])
+    env.step(torch.zeros(1, 7))
+    b = env.reset([3])
+    assert torch.equal(a.state, b.state)
+    assert torch.equal(a.image, b.image)
+    assert a.instruction == b.instruction
+    c = env.reset([4])
+    assert not torch.equal(a.state, c.state)
+    assert not torch.equal(a.image, c.image)
+
+
+def test_runs_to_max_episode_steps_with_success_flag_every_step(env):
+    import torch
+
+    T = env.info.max_episode_steps
+    env.reset([1])
+    gen = torch.Generator().manual_seed(0)
+    for t in range(1, T + 1):
+        action = torch.rand(1, 7, generator=gen) * 4 - 2  # out of range on purpose: the env clips
+        obs, reward, terminated, truncated, info = env.step(action)
+        assert info["is_success"].dtype == torch.bool and info["is_success"].shape == (1,)
+        assert not bool(terminated[0])
+        assert bool(truncated[0]) == (t == T), t
+        assert torch.isfinite(obs.state).all()
+
+
+def test_language_grounded_tasks_vary_the_instruction():
+    from vla_forget.envs import make_task_env
+
+    for tid in ("StackColorCube-v1", "PlaceCubeOnTarget-v1"):
+        with make_task_env(tid, render_images=False) as e:
+            seen = {e.reset([s]).instruction[0] for s in range(8)}
+        assert len(seen) >= 3, (tid, seen)
+
+
+def test_cpu_parallel_envs_are_refused():
+    import torch
+
+    from vla_forget.envs import make_task_env
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: num_envs > 1 uses GPU physics")
+    with pytest.raises(ValueError, match="processes"):
+        make_task_env("PickCube-v1", num_envs=2)
