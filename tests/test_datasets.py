@@ -76,6 +76,25 @@ def test_round_trip_every_field(tiny):
     assert ds.instructions == [e["instruction"] for e in eps]
 
 
+def test_step_decoding_paths_agree(tiny):
+    from vla_forget.datasets import _stacked_steps
+
+    path, _ = tiny
+    steps = open_dataset(str(path))._source[2]["steps"]
+
+    class PublicOnly:  # what the slow path sees: len and per-step access only
+        def __len__(self):
+            return len(steps)
+
+        def __getitem__(self, t):
+            return steps[t]
+
+    fast, slow = _stacked_steps(steps), _stacked_steps(PublicOnly())
+    for get in (lambda c: c["action"], lambda c: c["observation"]["image"], lambda c: c["observation"]["state"],
+                lambda c: c["language_instruction"], lambda c: c["is_last"]):
+        np.testing.assert_array_equal(get(fast), get(slow))
+
+
 def test_readable_by_plain_tfds_without_tensorflow(tiny):
     import tensorflow_datasets as tfds
 

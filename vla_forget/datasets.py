@@ -65,6 +65,8 @@ FORMAT_VERSION = 1
 RLDS_DIR = "rlds"
 TFDS_VERSION = "1.0.0"
 SPLIT = "train"
+#: default memory for decoded episodes per open dataset
+CACHE_BYTES = 2 << 30
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 __all__ = [
@@ -372,6 +374,32 @@ def _text(v: Any) -> str:
     return v.decode("utf-8") if isinstance(v, (bytes, np.bytes_)) else str(v)
 
 
+def _stacked_steps(steps) -> Dict[str, Any]:
+    """The nested steps of one episode as stacked arrays ``{key: [T, ...]}``.
+
+    tfds's numpy path returns the steps as a lazy data source that decodes one
+    step per access; its ``getitem`` already holds every feature stacked over
+    the steps, which is taken directly when it has the expected shapes (half
+    the decoding time), else the steps are read one by one and stacked.
+    """
+    g = getattr(steps, "getitem", None)
+    T = len(steps)
+    try:
+        cols = g.nest(g.flat_example)
+        if len(cols["action"]) == T and np.asarray(cols["observation"]["image"]).ndim == 4:
+            return cols
+    except Exception:  # another tfds version: the public, slower path
+        pass
+    rows = [steps[t] for t in range(T)]
+
+    def stack(a: List[Any]) -> Any:
+        if isinstance(a[0], dict):
+            return {k: stack([r[k] for r in a]) for k in a[0]}
+        return np.stack([np.asarray(x) for x in a])
+
+    return stack(rows) if rows else {"action": np.zeros((0, ACTION_DIM), np.float32)}
+
+
 def _find_root(path: str) -> Tuple[str, str]:
     """(dataset folder, tfds builder folder) for a dataset folder or a bare tfds version folder."""
     path = os.path.abspath(path.rstrip("/"))
@@ -397,7 +425,8 @@ def _find_root(path: str) -> Tuple[str, str]:
 class RLDSDataset:
     """A dataset opened for reading (see :func:`open_dataset`)."""
 
-    def __init__(self, path: str, unnorm_key: Optional[str] = None, cache_episodes: int = 64):
+    def __init__(self, path: str, unnorm_key: Optional[str] = None, cache_episodes: Optional[int] = None,
+                 cache_bytes: int = CACHE_BYTES):
         tfds = _tfds()
         root, builder_dir = _find_root(path)
         self.root = root
@@ -462,6 +491,11 @@ class RLDSDataset:
             self.seeds = [e.metadata.get("seed") for e in eps]
         self.name = self.manifest.get("name", self.builder.name)
         self._cache: "OrderedDict[int, Episode]" = OrderedDict()
+        if cache_episodes is None:  # as many as fit in cache_bytes (a small dataset stays in memory whole)
+            H, W, C = self.image_shape
+            per_episode = max(1.0, float(self.lengths.mean()) if len(self.lengths) else 1.0) * (
+                H * W * C + 4 * (self.state_dim + self.action_dim + 3))
+            cache_episodes = int(min(max(1, len(self.lengths)), max(1, cache_bytes // per_episode)))
         self.cache_episodes = int(cache_episodes)
         self._offsets = np.concatenate([[0], np.cumsum(self.lengths)])
 
@@ -540,27 +574,26 @@ class RLDSDataset:
     def _read(self, i: int) -> Episode:
         try:
             ex = self._source[i]
-            steps = ex["steps"]
-            rows = [steps[t] for t in range(len(steps))]
+            cols = _stacked_steps(ex["steps"])
         except Exception as e:
             files = ", ".join(self.data_files()) or self.builder_dir
             raise DatasetError(f"episode {i} cannot be decoded from {files} ({type(e).__name__}: {e}): "
                                "the data files are corrupt or partial; rebuild the dataset") from e
-        if not rows:
+        if len(cols["action"]) == 0:
             raise DatasetError(f"{self.builder_dir}: episode {i} has no steps")
-        stack = lambda f: np.stack([f(r) for r in rows])  # noqa: E731
         meta = {k: (_text(v) if isinstance(v, (bytes, np.bytes_)) else v.item() if hasattr(v, "item") else v)
                 for k, v in ex.get("episode_metadata", {}).items()}
+        obs = cols["observation"]
         return Episode(
-            image=stack(lambda r: r["observation"]["image"]).astype(np.uint8, copy=False),
-            state=stack(lambda r: r["observation"]["state"]).astype(np.float32, copy=False),
-            action=stack(lambda r: r["action"]).astype(np.float32, copy=False),
-            instruction=_text(rows[0]["language_instruction"]),
-            reward=stack(lambda r: r["reward"]).astype(np.float32),
-            discount=stack(lambda r: r["discount"]).astype(np.float32),
-            is_first=stack(lambda r: r["is_first"]).astype(bool),
-            is_last=stack(lambda r: r["is_last"]).astype(bool),
-            is_terminal=stack(lambda r: r["is_terminal"]).astype(bool),
+            image=np.asarray(obs["image"], dtype=np.uint8),
+            state=np.asarray(obs["state"], dtype=np.float32),
+            action=np.asarray(cols["action"], dtype=np.float32),
+            instruction=_text(cols["language_instruction"][0]),
+            reward=np.asarray(cols["reward"], dtype=np.float32),
+            discount=np.asarray(cols["discount"], dtype=np.float32),
+            is_first=np.asarray(cols["is_first"], dtype=bool),
+            is_last=np.asarray(cols["is_last"], dtype=bool),
+            is_terminal=np.asarray(cols["is_terminal"], dtype=bool),
             metadata=meta,
         )
 
@@ -661,15 +694,16 @@ class StepSampler:
         )
 
 
-def open_dataset(path: str, *, unnorm_key: Optional[str] = None, cache_episodes: int = 64) -> RLDSDataset:
+def open_dataset(path: str, *, unnorm_key: Optional[str] = None, cache_episodes: Optional[int] = None,
+                 cache_bytes: int = CACHE_BYTES) -> RLDSDataset:
     """Open a dataset folder written by :func:`write_dataset` (or a tfds version folder with the same layout).
 
     ``unnorm_key`` picks the statistics in ``dataset_statistics.json`` (default:
-    the dataset's own). ``cache_episodes`` decoded episodes are kept in memory
-    (least recently used first out); set it to the number of episodes to hold a
-    small dataset entirely in memory.
+    the dataset's own). Decoded episodes stay in memory (least recently used
+    first out): ``cache_episodes`` of them, by default as many as fit in
+    ``cache_bytes`` (2 GiB) — a dataset of that size is read from disk once.
     """
-    return RLDSDataset(path, unnorm_key=unnorm_key, cache_episodes=cache_episodes)
+    return RLDSDataset(path, unnorm_key=unnorm_key, cache_episodes=cache_episodes, cache_bytes=cache_bytes)
 
 
 # --------------------------------------------------------------------------
@@ -726,7 +760,7 @@ def mix_datasets(
     *,
     statistics: str = "pooled",
     name: str = "mix",
-    cache_episodes: int = 64,
+    cache_episodes: Optional[int] = None,
 ) -> MixedDataset:
     """Sample several datasets with the given weights: ``mix_datasets([(path, 2.0), (path2, 1.0)])``.
 

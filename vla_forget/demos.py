@@ -226,10 +226,14 @@ def _planner_episode(env, job: DemoJob, rec: _Recorder) -> str:
     plan_env = _PLAN_ENVS[env.ms_id]
     # 1. plan (the solution resets with the seed and steps the env in pd_joint_pos)
     plan_env.reset(seed=job.seed)
-    res = solve(plan_env, seed=job.seed, debug=False, vis=False)
+    try:
+        res = solve(plan_env, seed=job.seed, debug=False, vis=False)
+    except Exception as e:  # the planner gives up on some scenes (no IK solution, ...): a failed attempt
+        print(f"{job.task} seed {job.seed}: the motion planner failed ({type(e).__name__}: {e})", file=sys.stderr)
+        res = -1
     plan = list(plan_env.actions)
     obs = env.reset([job.seed])
-    if isinstance(res, int) and res == -1 or not plan:
+    if (isinstance(res, int) and res == -1) or not plan:
         return obs.instruction[0]  # planning failed: no steps, not a success
     # 2. re-execute in pd_ee_delta_pose in the task env, from the same initial state
     plan_env.reset(seed=job.seed)
@@ -369,7 +373,7 @@ def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
             f.write(json.dumps(r) + "\n")
         attempts[int(r["seed"])] = r
         ran.append(r)
-        if r["success"]:
+        if r["success"] and bar.n < bar.total:
             bar.update(1)
         tried = [s for s in candidates if s in attempts]
         bar.set_postfix_str(f"kept {len(_kept(attempts, candidates))}/{len(tried)}", refresh=False)
