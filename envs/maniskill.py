@@ -17,9 +17,10 @@ Observation
     9:12   TCP position (m, world frame; the robot base sits at (-0.615, 0, 0))
     12:16  TCP orientation quaternion (w, x, y, z)
 
-``image``: uint8 ``[N, S, S, 3]`` from the task's ``base_camera`` (a fixed
-camera looking at the table from the front), or ``None`` when
-``render_images=False``. ``instruction``: one string per env, fixed per seed.
+``image``: uint8 ``[N, S, S, 3]`` from ``base_camera``, the same fixed camera
+for every task (in front of the table at (0.35, 0, 0.45) m looking at
+(-0.05, 0, 0), 1.2 rad field of view: the whole workspace and the gripper), or
+``None`` when ``render_images=False``. ``instruction``: one string per env, fixed per seed.
 
 ``privileged`` (only with ``privileged=True``; for scripted experts)::
 
@@ -51,22 +52,28 @@ ManiSkill's per-env RNG, so that holds in GPU batches too; ManiSkill's
 built-in tasks seed torch with the *first* seed of the batch, so in a GPU batch
 their scenes depend on the whole seed list (reproducible for the same list).
 
-Image size
-----------
-Measured on a 2-core CPU with lavapipe (Mesa 25), one env, PickCube, the base
-camera only (``python -m vla_forget.envs.maniskill --bench``):
+Image size and speed
+--------------------
+Measured on the 2-core CPU machine with lavapipe (Mesa 25), one env, the
+scripted expert acting, while other jobs kept the load at ~3 (so roughly one
+core each; an idle machine is faster):
 
-======  ==================  ===========
-pixels  steps/s (rendered)  render cost
-======  ==================  ===========
-none    see below           --
-64      see below
-128     see below
-224     see below
-======  ==================  ===========
+======  =====================  ==========================
+pixels  PickCube ms/step       PlaceCubeOnTarget ms/step
+======  =====================  ==========================
+none    18 (55 steps/s)        22 (46 steps/s)
+64      58                     71
+128     91 (11 steps/s)        81 (12 steps/s)
+224     89                     93
+======  =====================  ==========================
 
-128 px is the default: OpenVLA-style policies resize to their own input size
-anyway, and 224 px costs ... more per step on the CPU.
+The camera capture costs ~40-70 ms per frame and depends little on the size
+(a fixed cost per frame dominates lavapipe), so 128 px is the default: enough
+for the small VLA and for videos; 224 px (OpenVLA's input) costs ~10% more per
+step but triples the stored demonstration size. Making an env takes ~0.3 s,
+except the first one in a process with rendering (~14-18 s: lavapipe compiles
+the shaders; they stay alive for the process, see ``_RENDER_KEEPALIVE``) and
+the first state-only one (~5 s).
 """
 
 from __future__ import annotations
@@ -83,6 +90,11 @@ from vla_forget.policies.base import Observation
 
 STATE_DIM = 16
 CAMERA = "base_camera"
+#: One camera for every task (ManiSkill's defaults differ per task and show the
+#: cubes at a few pixels): in front of the table, looking down at the workspace.
+CAMERA_EYE = (0.35, 0.0, 0.45)
+CAMERA_TARGET = (-0.05, 0.0, 0.0)
+CAMERA_FOV = 1.2  # radians
 #: gym.make's own time limit is set far beyond ours; the episode length is ours.
 _NO_LIMIT = 10_000
 #: One render system kept alive for the life of the process. SAPIEN frees its
@@ -194,6 +206,7 @@ class ManiSkillTaskEnv(TaskEnv):
         import gymnasium as gym
 
         import mani_skill.envs  # noqa: F401  (registers the built-in tasks)
+        from mani_skill.utils.sapien_utils import look_at
         from vla_forget.envs import EXPERT_KINDS
 
         if ms_module:
@@ -214,7 +227,11 @@ class ManiSkillTaskEnv(TaskEnv):
             sim_backend="physx_cuda" if self.sim_backend == "gpu" else "physx_cpu",
             robot_uids=robot_uids,
             max_episode_steps=_NO_LIMIT,
-            sensor_configs=dict(width=self.image_size, height=self.image_size),
+            sensor_configs={
+                CAMERA: dict(pose=look_at(eye=CAMERA_EYE, target=CAMERA_TARGET), fov=CAMERA_FOV),
+                "width": self.image_size,
+                "height": self.image_size,
+            },
             human_render_camera_configs=dict(width=self.image_size, height=self.image_size),
         )
         self._env = gym.make(ms_id, **kwargs)
