@@ -37,8 +37,11 @@ Actions, rewards, episodes
 --------------------------
 The action ``[N, 7]`` (dx, dy, dz, droll, dpitch, dyaw, gripper) is clipped to
 [-1, 1] and passed to ManiSkill's normalised ``pd_ee_delta_pose`` controller
-(+-1 = +-0.1 m / +-0.1 rad per step; rotation deltas are applied in the world
-frame about the TCP) plus the gripper (+1 open, -1 closed). The reward is the
+(+-1 = +-0.1 m / +-0.1 rad per step; rotation deltas are applied about world-
+aligned axes through the TCP, and, measured, a positive droll / dpitch / dyaw
+turns the TCP about -x / -y / -z) plus the gripper (+1 open, -1 closed).
+Every task uses the plain ``panda`` robot (ManiSkill's StackCube defaults to
+``panda_wristcam``; its wrist camera is not used here). The reward is the
 success indicator as a float; ManiSkill's normalised dense reward is in
 ``info["dense_reward"]``. ManiSkill's own termination is ignored: every episode
 runs to ``max_episode_steps`` (``truncated`` turns true at that step;

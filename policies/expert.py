@@ -25,6 +25,15 @@ anything else (``task_kind == "none"``, e.g. LiftPegUpright)
 
 Position errors are turned into actions by a proportional law (1 = 0.1 m); the
 orientation is kept pointing down, with the yaw error as an axis-angle delta.
+
+Measured success (CPU sim, seeds 0-29, full episodes, success at the end)::
+
+    PickCube-v1 30/30   StackCube-v1 30/30   StackColorCube-v1 30/30
+    PlaceCubeOnTarget-v1 30/30   PushCube-v1 30/30   PullCube-v1 30/30
+    PlaceSphere-v1 30/30         LiftPegUpright-v1: not attempted (safe action)
+
+First success after 8-13 steps (push/pull), 19-38 (PickCube, StackCube,
+PlaceSphere) and 21-42 (the colour-cube tasks).
 """
 
 from __future__ import annotations
