@@ -239,7 +239,7 @@ class ManiSkillTaskEnv(TaskEnv):
         )
         self._env = gym.make(ms_id, **kwargs)
         self._u = self._env.unwrapped
-        if not _RENDER_KEEPALIVE:
+        if not _RENDER_KEEPALIVE and self.sim_backend == "cpu":
             render_system = getattr(self._u.scene.sub_scenes[0], "render_system", None)
             if render_system is not None:
                 _RENDER_KEEPALIVE.append(render_system)
