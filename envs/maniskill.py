@@ -107,6 +107,18 @@ _NO_LIMIT = 10_000
 _RENDER_KEEPALIVE: list = []
 
 
+def _quiet_maniskill_logs() -> None:
+    """ManiSkill logs harmless warnings per env (initial poses, render fallbacks); keep errors only.
+
+    Set VLA_FORGET_VERBOSE=1 to see them.
+    """
+    import logging
+    import os
+
+    if not os.environ.get("VLA_FORGET_VERBOSE"):
+        logging.getLogger("mani_skill").setLevel(logging.ERROR)
+
+
 # --- per-task simulator facts for the scripted expert --------------------------
 def _cube_above(actor, half: float):
     def f(e):
@@ -236,7 +248,10 @@ class ManiSkillTaskEnv(TaskEnv):
                 "height": self.image_size,
             },
             human_render_camera_configs=dict(width=self.image_size, height=self.image_size),
+            # without CUDA, ask for the CPU renderer directly instead of falling back with a warning
+            render_backend="gpu" if torch.cuda.is_available() else "cpu",
         )
+        _quiet_maniskill_logs()
         self._env = gym.make(ms_id, **kwargs)
         self._u = self._env.unwrapped
         if not _RENDER_KEEPALIVE and self.sim_backend == "cpu":
