@@ -59,12 +59,13 @@ def cmd_bench(args) -> int:
         print("vla-forget bench: give --policy and --base (or a --preset that sets them)", file=sys.stderr)
         return 2
     workers = pick("workers")
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1)
+    num_envs = int(pick("num_envs", 1))
+    if workers is None:  # CPU: one env per process; GPU simulation: all envs in this process
+        workers = 0 if num_envs > 1 else min(8, os.cpu_count() or 1)
     cfg = BenchConfig(
         policies=list(policies), base=base, out=args.out, battery=pick("battery", "tabletop-v1"),
         target=pick("target"), episodes=pick("episodes"), target_episodes=pick("target_episodes"),
-        workers=int(workers), num_envs=int(pick("num_envs", 1)), device=pick("device", "cpu"),
+        workers=int(workers), num_envs=num_envs, device=pick("device", "cpu"),
         image_size=int(pick("image_size", 128)), videos_per_task=int(pick("videos_per_task", 2)),
         kl_states_per_task=int(pick("kl_states_per_task", 32)), kl_state_stride=int(preset.get("kl_state_stride", 5)),
         kl_samples_per_state=int(pick("kl_samples_per_state", 4)), greedy=bool(pick("greedy", False)),
