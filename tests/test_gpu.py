@@ -4,7 +4,6 @@ Skipped, with the reason, where there is no CUDA. Run on a GPU box with `make te
 """
 
 import pytest
-import torch
 
 from vla_forget.metrics import wilson_interval
 

@@ -20,8 +20,7 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from vla_forget import metrics
@@ -279,35 +278,7 @@ def execute(jobs: List[EpisodeJob], episodes_path: str, workers: int, total: int
             bar.set_postfix_str(f"{r['task']} {r['policy'][-24:]}", refresh=False)
 
     try:
-        if workers <= 0:
-            rollout.worker_init()
-            for job in jobs:
-                finish(rollout.run_job(job))
-            rollout.close_all()
-        else:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=rollout.worker_init) as pool:
-                pending = set()
-                it = iter(jobs)
-                # keep a bounded queue so that an interrupt leaves little in flight
-                for job in it:
-                    pending.add(pool.submit(rollout.run_job, job))
-                    if len(pending) >= 2 * workers:
-                        break
-                try:
-                    while pending:
-                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for f in done:
-                            finish(f.result())
-                            nxt = next(it, None)
-                            if nxt is not None:
-                                pending.add(pool.submit(rollout.run_job, nxt))
-                except BaseException:
-                    for f in pending:
-                        f.cancel()
-                    raise
+        rollout.run_parallel(rollout.run_job, jobs, workers, finish)
     finally:
         bar.close()
     return n
@@ -403,7 +374,7 @@ def compute_divergences(plan: Plan, out: str, cache=None, batch_size: int = 64) 
             return {"tokens": torch.cat(toks), "logits": torch.cat(logits)}
 
         base_outputs[name], _ = cache.get_or_compute(key, compute)
-    del base
+    base = None  # free its memory before the policies load (OpenVLA-7B is 15 GB)
     result["base_passes"] = base_passes
     result["cache_hits"] = cache.hits
     per_policy: Dict[str, Any] = {}

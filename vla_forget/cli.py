@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import List, Optional
@@ -71,7 +70,7 @@ def cmd_bench(args) -> int:
         kl_samples_per_state=int(pick("kl_samples_per_state", 4)), greedy=bool(pick("greedy", False)),
         seed=int(pick("seed", 0)), progress=not args.no_progress,
     )
-    results = run_bench(cfg, resume=args.resume)
+    run_bench(cfg, resume=args.resume)
     print(open(os.path.join(args.out, "report.md")).read())
     print(f"results: {os.path.join(args.out, 'results.json')}")
     return 0

@@ -39,7 +39,6 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -382,40 +381,7 @@ def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
             for s in candidates if s not in attempts)
     need = lambda pending: cfg.episodes - len(_kept(attempts, candidates)) - pending  # noqa: E731
     try:
-        if cfg.workers <= 0:
-            rollout.worker_init()
-            for job in todo:
-                if need(0) <= 0:
-                    break
-                finish(collect_episode(job))
-            rollout.close_all()
-        else:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx, initializer=rollout.worker_init) as pool:
-                pending: set = set()
-
-                def refill() -> None:
-                    while len(pending) < 2 * cfg.workers and need(len(pending)) > 0:
-                        job = next(todo, None)
-                        if job is None:
-                            return
-                        pending.add(pool.submit(collect_episode, job))
-
-                refill()
-                try:
-                    while pending:
-                        done, pending_left = wait(pending, return_when=FIRST_COMPLETED)
-                        pending.clear()
-                        pending.update(pending_left)
-                        for f in done:
-                            finish(f.result())
-                        refill()
-                except BaseException:
-                    for f in pending:
-                        f.cancel()
-                    raise
+        rollout.run_parallel(collect_episode, todo, cfg.workers, finish, more=lambda n_pending: need(n_pending) > 0)
     finally:
         bar.close()
     wall = time.perf_counter() - t0

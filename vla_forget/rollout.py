@@ -12,7 +12,7 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -88,6 +88,55 @@ def close_all() -> None:
     _POLICIES.clear()
 
 
+def run_parallel(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int, on_result: Callable[[Any], None],
+                 *, more: Callable[[int], bool] = lambda n_pending: True) -> None:
+    """Run ``fn(job)`` for each job in ``workers`` spawned processes (0: in this process).
+
+    Results reach ``on_result`` in the main process as they finish, so the
+    caller can persist each one at once. At most ``2 * workers`` jobs are in
+    flight, so an interrupt leaves little unfinished; ``more(n_pending)``
+    returning False stops submitting (e.g. when enough demos succeeded).
+    Worker processes keep their envs and policies between jobs.
+    """
+    jobs = iter(jobs)
+    if workers <= 0:
+        worker_init()
+        try:
+            for job in jobs:
+                if not more(0):
+                    break
+                on_result(fn(job))
+        finally:
+            close_all()
+        return
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=worker_init) as pool:
+        pending: set = set()
+
+        def refill() -> None:
+            while len(pending) < 2 * workers and more(len(pending)):
+                job = next(jobs, None)
+                if job is None:
+                    return
+                pending.add(pool.submit(fn, job))
+
+        refill()
+        try:
+            while pending:
+                done, rest = wait(pending, return_when=FIRST_COMPLETED)
+                pending.clear()
+                pending.update(rest)
+                for f in done:
+                    on_result(f.result())
+                refill()
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+
+
 def episode_generator_seed(policy_hash: str, task: str, seed: int) -> int:
     h = hashlib.sha256(f"{policy_hash}|{task}|{seed}".encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
@@ -105,8 +154,6 @@ def run_job(job: EpisodeJob) -> List[Dict[str, Any]]:
 
 def run_episodes(env, policy, job: EpisodeJob) -> List[Dict[str, Any]]:
     """Run ``job.seeds`` in batches of ``env.num_envs``; one record per episode."""
-    import torch
-
     records: List[Dict[str, Any]] = []
     N = env.num_envs
     for start in range(0, len(job.seeds), N):

@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any, Dict, List, Optional
 
@@ -306,7 +306,6 @@ def load_preset(ref: str) -> Dict[str, Any]:
 
 def validate(ref: str) -> str:
     """Validate a battery or target spec file or id; returns a one-line summary or raises SpecError."""
-    data, path = None, ref
     if os.path.exists(ref):
         with open(ref) as f:
             try:
