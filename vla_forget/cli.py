@@ -126,6 +126,89 @@ def cmd_demos(args) -> int:
     return 0 if s["episodes"] == s["wanted"] else 1
 
 
+EPILOG_PRETRAIN = """\
+examples:
+  vla-forget pretrain --data data/pick_cube --data data/push_cube:0.5 --out runs/pretrain --steps 2000
+  vla-forget pretrain --data data/pick_cube --out runs/pretrain --steps 4000 --resume
+  vla-forget pretrain --data data/pick_cube --data data/stack_cube --out runs/dagger \\
+      --steps 2000 --dagger-rounds 2 --dagger-steps 1000 --dagger-episodes 10
+  vla-forget pretrain --data data/pick_cube --out runs/gpu --device cuda --batch-size 256 --threads 8
+
+Behaviour cloning of the small VLA: cross-entropy on the 7 action tokens
+(teacher-forced), actions tokenised with statistics pooled over all --data.
+OUT/metrics.jsonl logs training and validation (held-out episodes) loss and
+token accuracy; OUT/ckpt-NNNNNN/ are policy folders for `vla-forget bench
+--policy`. Ctrl-C keeps every checkpoint; rerun with --resume to continue
+exactly. A NaN loss stops the run and keeps the last good checkpoint.
+"""
+
+
+def _pretrain_parser(sub) -> None:
+    from vla_forget.pretrain import PretrainConfig
+
+    d = PretrainConfig(data=[], out="")
+    p = sub.add_parser("pretrain", help="behaviour-clone the small VLA on demonstration datasets (multi-task)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_PRETRAIN)
+    p.add_argument("--data", action="append", required=True, metavar="PATH[:WEIGHT]",
+                   help="dataset folder (vla-forget demos), optionally with a sampling weight (repeatable)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"steps per batch (default {d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help=f"linear warm-up steps (default {d.warmup_steps})")
+    p.add_argument("--augment-shift", type=int, default=d.augment_shift,
+                   help=f"random image shift in pixels (default {d.augment_shift}; 0 = none)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help=f"episodes held out for validation (default {d.val_fraction})")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help=f"validate every N steps (default {d.eval_every})")
+    p.add_argument("--save-every", type=int, default=d.save_every, help=f"checkpoint every N steps (default {d.save_every})")
+    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+                   help="keep only the newest N checkpoints (default 0 = all)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed (default 0)")
+    p.add_argument("--init", default=d.init, help=f"starting policy id or SmallVLA checkpoint (default {d.init})")
+    p.add_argument("--dropout", type=float, help="override the model's dropout")
+    p.add_argument("--name", default=d.name, help=f"unnorm_key of the pooled statistics (default {d.name})")
+    p.add_argument("--device", default=d.device, help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default 1)")
+    p.add_argument("--dagger-rounds", type=int, default=d.dagger_rounds,
+                   help="DAgger rounds after --steps: roll out, relabel with expert-v1, train on (default 0)")
+    p.add_argument("--dagger-steps", type=int, default=d.dagger_steps, help=f"steps after each round (default {d.dagger_steps})")
+    p.add_argument("--dagger-episodes", type=int, default=d.dagger_episodes,
+                   help=f"rollouts per task per round (default {d.dagger_episodes})")
+    p.add_argument("--dagger-task", action="append", dest="dagger_tasks", metavar="TASK",
+                   help="task to roll out for DAgger (repeatable; default: every demonstrated task the expert solves)")
+    p.add_argument("--dagger-weight", type=float, default=d.dagger_weight,
+                   help=f"sampling weight of each round's data (default {d.dagger_weight})")
+    p.add_argument("--dagger-workers", type=int, default=d.dagger_workers,
+                   help="simulator processes for DAgger rollouts (default 0 = in-process)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_pretrain(args) -> int:
+    from vla_forget.pretrain import Diverged, PretrainConfig, pretrain
+
+    cfg = PretrainConfig(
+        data=list(args.data), out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, augment_shift=args.augment_shift,
+        val_fraction=args.val_fraction, eval_every=args.eval_every, save_every=args.save_every,
+        keep_checkpoints=args.keep_checkpoints, seed=args.seed, init=args.init, dropout=args.dropout, name=args.name,
+        device=args.device, threads=args.threads, dagger_rounds=args.dagger_rounds, dagger_steps=args.dagger_steps,
+        dagger_episodes=args.dagger_episodes, dagger_tasks=list(args.dagger_tasks or []),
+        dagger_weight=args.dagger_weight, dagger_workers=args.dagger_workers, progress=not args.no_progress,
+    )
+    try:
+        s = pretrain(cfg, resume=args.resume)
+    except Diverged as e:
+        print(f"vla-forget pretrain: diverged: {e}; last good checkpoint: {e.last_checkpoint}", file=sys.stderr)
+        return 1
+    val = f", validation loss {s['val_loss']}, token accuracy {s['val_token_acc']}" if "val_loss" in s else ""
+    print(f"pretrained {s['steps']} steps in {s['wall_s']} s{val}")
+    print(f"checkpoint: {s['checkpoint']}")
+    return 0
+
+
 def cmd_ls(args) -> int:
     from vla_forget.envs import TASKS
     from vla_forget.policies import POLICIES
@@ -207,12 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: vla-forget validate tabletop-v1 my_battery.yaml")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="spec id or YAML path")
     _demos_parser(sub)
+    _pretrain_parser(sub)
     sub.add_parser("doctor", help="print versions and check that a Vulkan device works for the simulator")
     return parser
 
 
 COMMANDS = {"bench": cmd_bench, "ls": cmd_ls, "validate": cmd_validate, "doctor": cmd_doctor}
 COMMANDS["demos"] = cmd_demos
+COMMANDS["pretrain"] = cmd_pretrain
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -236,6 +321,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         from vla_forget.demos import DemoError
 
         expected += [DatasetError, DemoError]
+        from vla_forget.pretrain import PretrainError
+
+        expected += [PretrainError]
     except ImportError:  # pragma: no cover
         pass
     try:

@@ -1,0 +1,147 @@
+"""`vla-forget pretrain` on a tiny synthetic dataset (no simulator): loss goes down, resume is exact, NaN stops."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow_datasets", reason="needs the rlds extra: pip install 'vla-forget[rlds]'")
+
+import torch  # noqa: E402
+
+from vla_forget.cli import main  # noqa: E402
+from vla_forget.datasets import write_dataset  # noqa: E402
+from vla_forget.policies.small_vla import SmallVLA  # noqa: E402
+from vla_forget.pretrain import (  # noqa: E402
+    Diverged,
+    PretrainConfig,
+    checkpoint_dirs,
+    parse_data_spec,
+    pretrain,
+    split_episodes,
+)
+
+H = 16
+STATE = 6
+TINY = dict(image_size=32, conv_channels=(8, 16), residual_stages=1, image_grid=2, state_dim=8, d_model=32,
+            n_layers=1, context_layers=1, heads=2, ff_mult=2, text_layers=1, text_tokens=2, max_instruction_bytes=32)
+
+
+def _episodes(task: str, sign: float, n: int, seed: int):
+    """Actions that a policy can learn: a sign per instruction plus a function of the state."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        T = 6
+        state = rng.normal(size=(T, STATE)).astype(np.float32)
+        action = np.zeros((T, 7), np.float32)
+        action[:, :6] = 0.5 * sign + 0.3 * np.tanh(state[:, :6])
+        action[:, 6] = sign
+        yield dict(image=rng.integers(0, 256, (T, H, H, 3), dtype=np.uint8), state=state, action=action,
+                   instruction=f"do {task}", seed=i, task=task, source="synthetic")
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    data = []
+    for name, sign, seed in (("left", -1.0, 0), ("right", 1.0, 1)):
+        path = str(root / name)
+        write_dataset(path, _episodes(name, sign, 8, seed), name=name, image_shape=(H, H, 3), state_dim=STATE)
+        data.append(path)
+    init = str(root / "init")
+    SmallVLA.random_init(seed=0, **TINY).save(init)
+    return root, data, init
+
+
+def _cfg(root, data, init, out, **kw):
+    base = dict(data=[data[0], data[1] + ":2"], out=str(root / out), steps=40, batch_size=16, lr=3e-3, warmup_steps=5,
+                val_fraction=0.25, val_steps=48, eval_every=20, log_every=10, save_every=20, init=init, progress=False)
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def _metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_data_spec_and_split():
+    assert parse_data_spec("a/b") == ("a/b", 1.0)
+    assert parse_data_spec("a/b:0.5") == ("a/b", 0.5)
+    assert parse_data_spec("C:/x") == ("C:/x", 1.0)
+    tr, va = split_episodes(10, 0.2, np.random.default_rng(0))
+    assert len(va) == 2 and len(tr) == 8 and not set(tr) & set(va)
+    tr, va = split_episodes(3, 0.1, np.random.default_rng(0))
+    assert len(va) == 1 and len(tr) == 2
+
+
+def test_pretrain_lowers_loss_and_writes_policy_folders(fixture):
+    root, data, init = fixture
+    cfg = _cfg(root, data, init, "smoke", steps=60, save_every=30, eval_every=30)
+    s = pretrain(cfg)
+    rows = _metrics(cfg.out)
+    start = rows[0]
+    assert start["event"] == "start" and start["val_episodes"] == [2, 2] and start["train_episodes"] == [6, 6]
+    vals = [r for r in rows if "val_loss" in r and "event" not in r]
+    assert vals[-1]["val_loss"] < start["val_loss"] - 0.5, (start["val_loss"], vals)
+    train = [r for r in rows if "loss" in r]
+    assert train[-1]["loss"] < train[0]["loss"] and all(r["samples_per_s"] > 0 for r in train)
+    assert [os.path.basename(p) for p in checkpoint_dirs(cfg.out)] == ["ckpt-000030", "ckpt-000060"]
+    # the checkpoint is a policy folder with the pooled statistics and the state statistics
+    model = SmallVLA.load(s["checkpoint"])
+    assert model.unnorm_key == "pretrain_mix" and set(model.dataset_statistics) == {"left", "right", "pretrain_mix"}
+    assert float(model.state_std[:STATE].sub(1).abs().max()) < 0.5 and float(model.state_std[STATE:].sub(1).abs().max()) == 0
+
+
+def test_resume_equals_uninterrupted(fixture):
+    root, data, init = fixture
+    full = _cfg(root, data, init, "full", steps=40)
+    pretrain(full)
+    half = _cfg(root, data, init, "half", steps=40, save_every=15)
+    pretrain(half, stop_at=20)  # interrupted after 20 steps (checkpoints 15 and 20)
+    assert [os.path.basename(p) for p in checkpoint_dirs(half.out)] == ["ckpt-000015", "ckpt-000020"]
+    with pytest.raises(Exception, match="--resume"):
+        pretrain(half)
+    pretrain(half, resume=True)
+    a = SmallVLA.load(os.path.join(full.out, "ckpt-000040")).state_dict()
+    b = SmallVLA.load(os.path.join(half.out, "ckpt-000040")).state_dict()
+    assert [r for r in _metrics(half.out) if r.get("event") == "resume"][0]["step"] == 20
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(fixture, monkeypatch):
+    root, data, init = fixture
+    cfg = _cfg(root, data, init, "nan", steps=40, save_every=10)
+    calls = {"n": 0}
+    original = SmallVLA.action_logits
+
+    def poisoned(self, obs, tokens):
+        out = original(self, obs, tokens)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 25:
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(SmallVLA, "action_logits", poisoned)
+    with pytest.raises(Diverged) as err:
+        pretrain(cfg)
+    assert err.value.last_checkpoint.endswith("ckpt-000020")
+    assert [os.path.basename(p) for p in checkpoint_dirs(cfg.out)] == ["ckpt-000010", "ckpt-000020"]
+    SmallVLA.load(err.value.last_checkpoint)  # loadable, finite
+    assert _metrics(cfg.out)[-1]["event"] == "diverged"
+
+
+def test_cli_pretrain(fixture, capsys):
+    root, data, init = fixture
+    out = str(root / "cli")
+    rc = main(["pretrain", "--data", data[0], "--data", data[1], "--out", out, "--steps", "4", "--batch-size", "8",
+               "--save-every", "4", "--eval-every", "4", "--init", init, "--no-progress"])
+    assert rc == 0
+    assert "ckpt-000004" in capsys.readouterr().out
+    assert main(["pretrain", "--data", data[0], "--out", out, "--steps", "4", "--init", init, "--no-progress"]) == 2

@@ -1,0 +1,624 @@
+"""`vla-forget pretrain`: multi-task behaviour cloning of the small VLA on demonstrations.
+
+The loss is OpenVLA's: cross-entropy on the 7 action tokens, teacher-forced
+(:meth:`~vla_forget.policies.base.TokenPolicy.action_logits`), with the actions
+tokenised by one set of BOUNDS_Q99 statistics pooled over the whole mixture
+(:func:`vla_forget.datasets.mix_datasets`). The checkpoint carries those
+statistics (its ``unnorm_key`` is the mixture's name) next to every dataset's
+own entry, and the proprio mean and std of the training states.
+
+Run folder (``--out DIR``)::
+
+    DIR/config.json              the resolved PretrainConfig (a resumed run must match it)
+    DIR/metrics.jsonl            one line per log interval: train loss/accuracy, lr, samples/s;
+                                 validation loss/accuracy; DAgger rounds; divergence
+    DIR/ckpt-000500/             a policy folder (model.safetensors, config.json,
+                                 dataset_statistics.json) plus the training state:
+                                 train_state.pt (optimizer and torch RNG: tensors only,
+                                 loaded with weights_only=True) and train_state.json
+                                 (step, sampler RNG, DAgger datasets); written last, so a
+                                 folder with train_state.json is complete
+    DIR/dagger/round-1/          the relabelled rollouts of DAgger round 1 (an RLDS dataset)
+
+Validation: a fraction of each dataset's episodes (chosen by a seeded shuffle)
+never enters training; a fixed, seeded sample of their steps gives the
+validation loss and token accuracy.
+
+``--resume`` continues from the newest complete checkpoint exactly: the same
+weights after N steps as an uninterrupted run (sampling, augmentation and
+dropout all draw from generators saved in the checkpoint).
+
+A non-finite loss or gradient stops the run before the optimiser step; the
+checkpoints written so far (the last good one included) are kept, and the run
+ends with :class:`Diverged`.
+
+DAgger (``--dagger-rounds R``): after the first ``steps`` steps, each round
+rolls out the current checkpoint in the simulator on the demonstrated tasks
+that the scripted expert solves, labels every visited state with ``expert-v1``
+(which reads the privileged simulator state), writes those steps as a dataset,
+adds it to the mixture, and trains ``dagger_steps`` more steps. Labels are
+tokenised with the statistics of the original mixture (they do not change).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+CKPT_PREFIX = "ckpt-"
+TRAIN_STATE_PT = "train_state.pt"
+TRAIN_STATE_JSON = "train_state.json"
+METRICS = "metrics.jsonl"
+RUN_CONFIG = "config.json"
+#: DAgger rollouts use training seeds from here (below the evaluation seeds, which start at 100000)
+DAGGER_SEED_START = 50_000
+#: fields that a resumed run may change
+VOLATILE = ("steps", "out", "progress", "device", "threads", "save_every", "eval_every", "log_every",
+            "dagger_workers", "keep_checkpoints")
+
+
+class PretrainError(RuntimeError):
+    """A pretraining run that cannot start or continue; the message says what to do."""
+
+
+class Diverged(PretrainError):
+    """The loss or gradient became non-finite; ``last_checkpoint`` is the newest good checkpoint (or None)."""
+
+    def __init__(self, message: str, last_checkpoint: Optional[str]):
+        super().__init__(message)
+        self.last_checkpoint = last_checkpoint
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that defines a pretraining run (pure data; saved as ``config.json`` in the run folder)."""
+
+    data: List[str]
+    """datasets as PATH or PATH:WEIGHT (sampling weight per step; default 1)"""
+    out: str
+    """run folder (checkpoints, metrics.jsonl)"""
+    steps: int = 2000
+    """optimiser steps of behaviour cloning before any DAgger round"""
+    batch_size: int = 32
+    """steps (observation, action) per optimiser step"""
+    lr: float = 3e-4
+    """peak AdamW learning rate"""
+    weight_decay: float = 0.01
+    """AdamW weight decay (matrices only; not biases, norms, embeddings)"""
+    warmup_steps: int = 100
+    """linear learning-rate warm-up from 0"""
+    min_lr_ratio: float = 0.1
+    """cosine decay ends at lr * min_lr_ratio at the last step"""
+    grad_clip: float = 1.0
+    """clip the gradient's global norm to this (0: no clipping)"""
+    augment_shift: int = 4
+    """random image shift in pixels (pad by replication, crop back; 0: none)"""
+    val_fraction: float = 0.1
+    """fraction of each dataset's episodes held out for validation (at least one when a dataset has two or more)"""
+    val_steps: int = 256
+    """validation steps sampled once (seeded) from the held-out episodes"""
+    eval_every: int = 250
+    """validate every this many steps (and at the end)"""
+    log_every: int = 25
+    """write a training line to metrics.jsonl every this many steps"""
+    save_every: int = 500
+    """write a checkpoint every this many steps (and at the end)"""
+    keep_checkpoints: int = 0
+    """keep only the newest this-many checkpoints (0: keep all)"""
+    seed: int = 0
+    """seed of initialisation, split, sampling, augmentation and dropout"""
+    init: str = "small-vla-random-v1"
+    """starting weights: a policy id or a SmallVLA checkpoint folder"""
+    dropout: Optional[float] = None
+    """override the model's dropout (None: keep the initial model's)"""
+    name: str = "pretrain_mix"
+    """the mixture's name: the unnorm_key of the pooled statistics in the checkpoint"""
+    device: str = "cpu"
+    """training device: cpu or cuda"""
+    threads: int = 1
+    """torch CPU threads"""
+    dagger_rounds: int = 0
+    """DAgger rounds after the first `steps` steps (0: plain behaviour cloning)"""
+    dagger_steps: int = 1000
+    """optimiser steps after each DAgger round"""
+    dagger_episodes: int = 10
+    """policy rollouts per task per DAgger round"""
+    dagger_tasks: List[str] = field(default_factory=list)
+    """tasks rolled out for DAgger (default: every task in the data that the scripted expert solves)"""
+    dagger_weight: float = 1.0
+    """sampling weight of each DAgger round's dataset in the mixture"""
+    dagger_workers: int = 0
+    """simulator processes for DAgger rollouts (0: in this process)"""
+    image_size: int = 128
+    """camera image size of DAgger rollouts (should match the demonstrations)"""
+    progress: bool = True
+    """show a progress bar"""
+
+    def total_steps(self) -> int:
+        return int(self.steps) + int(self.dagger_rounds) * int(self.dagger_steps)
+
+
+def parse_data_spec(spec: str) -> Tuple[str, float]:
+    """``PATH[:WEIGHT]`` -> (path, weight)."""
+    path, sep, w = spec.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(w)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+# --------------------------------------------------------------------------
+# data: an episode split over a mixture
+
+class SplitSampler:
+    """Samples training steps of a mixture, restricted to each dataset's training episodes.
+
+    Picks a dataset by weight, then a step uniformly among its training steps
+    (as :class:`vla_forget.datasets.StepSampler` does over all steps), and
+    tokenises every row with the mixture's pooled tokenizer.
+    """
+
+    def __init__(self, datasets: Sequence[Any], weights: Sequence[float], train_episodes: Sequence[np.ndarray],
+                 tokenizer: Any, rng: np.random.Generator):
+        self.datasets = list(datasets)
+        self.weights = np.asarray(weights, np.float64) / np.sum(weights)
+        self.tokenizer = tokenizer
+        self.rng = rng
+        self.steps = [_steps_of(ds, eps) for ds, eps in zip(self.datasets, train_episodes)]
+
+    def sample(self, batch_size: int) -> Dict[str, Any]:
+        which = self.rng.choice(len(self.datasets), size=batch_size, p=self.weights)
+        ep = np.zeros(batch_size, np.int64)
+        st = np.zeros(batch_size, np.int64)
+        for k in range(len(self.datasets)):
+            rows = np.nonzero(which == k)[0]
+            if len(rows):
+                pick = self.rng.integers(0, len(self.steps[k][0]), size=len(rows))
+                ep[rows], st[rows] = self.steps[k][0][pick], self.steps[k][1][pick]
+        return gather(self.datasets, which, ep, st, self.tokenizer)
+
+
+def _steps_of(ds: Any, episodes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(episode, step) index arrays of every step of ``episodes``."""
+    eps = np.asarray(episodes, np.int64)
+    lengths = np.asarray(ds.lengths)[eps]
+    return np.repeat(eps, lengths), np.concatenate([np.arange(n) for n in lengths]) if len(eps) else np.zeros(0, np.int64)
+
+
+def gather(datasets: Sequence[Any], which: np.ndarray, ep: np.ndarray, st: np.ndarray, tokenizer: Any) -> Dict[str, Any]:
+    """Numpy arrays of the given (dataset, episode, step) rows, tokenised with ``tokenizer``."""
+    B = len(which)
+    out: Dict[str, Any] = {"instruction": [""] * B}
+    for k, ds in enumerate(datasets):
+        rows = np.nonzero(which == k)[0]
+        if not len(rows):
+            continue
+        g = ds.gather(ep[rows], st[rows])
+        for key in ("image", "state", "action"):
+            if key not in out:
+                out[key] = np.empty((B,) + g[key].shape[1:], g[key].dtype)
+            out[key][rows] = g[key]
+        for j, r in enumerate(rows):
+            out["instruction"][r] = g["instruction"][j]
+    out["tokens"] = tokenizer.encode(out["action"]).astype(np.int64)
+    return out
+
+
+def split_episodes(n: int, fraction: float, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """(train, validation) episode indices: a seeded shuffle, ``fraction`` held out (one at least when n >= 2)."""
+    perm = rng.permutation(n)
+    n_val = int(round(fraction * n))
+    if fraction > 0 and n >= 2:
+        n_val = max(1, n_val)
+    n_val = min(n_val, n - 1) if n >= 1 else 0
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def shift_images(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+    """Random shift by up to ``pad`` pixels per image (edge-replicated padding, crop back)."""
+    if pad <= 0:
+        return images
+    B, H, W, _ = images.shape
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    dx = rng.integers(0, 2 * pad + 1, size=B)
+    dy = rng.integers(0, 2 * pad + 1, size=B)
+    out = np.empty_like(images)
+    for i in range(B):
+        out[i] = padded[i, dy[i]:dy[i] + H, dx[i]:dx[i] + W]
+    return out
+
+
+# --------------------------------------------------------------------------
+# the model and the optimiser
+
+def _load_model(cfg: PretrainConfig):
+    from vla_forget.policies import load_policy
+    from vla_forget.policies.small_vla import SmallVLA
+
+    overrides = {} if cfg.dropout is None else {"dropout": float(cfg.dropout)}
+    model = load_policy(cfg.init, **overrides) if overrides and os.path.isdir(cfg.init) else load_policy(cfg.init)
+    if not isinstance(model, SmallVLA):
+        raise PretrainError(f"--init {cfg.init} is a {type(model).__name__}; pretraining trains the small VLA (SmallVLA)")
+    if overrides and not os.path.isdir(cfg.init):  # a registered id: rebuild with the new dropout, same weights
+        fresh = SmallVLA(type(model.config)(**{**model.config.to_dict(), **overrides}))
+        fresh.load_state_dict(model.state_dict())
+        model = fresh
+    return model
+
+
+def _optimizer(model, cfg: PretrainConfig):
+    import torch
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "emb" not in name and "pos" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio at the last step."""
+    total = max(1, cfg.total_steps())
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _observation(batch: Dict[str, Any], device: str):
+    import torch
+
+    from vla_forget.policies.base import Observation
+
+    return Observation(image=torch.from_numpy(batch["image"]).to(device), state=torch.from_numpy(batch["state"]).to(device),
+                       instruction=list(batch["instruction"]))
+
+
+def token_loss(model, batch: Dict[str, Any], device: str):
+    """(mean cross-entropy over the 7 tokens, token accuracy [7]) of a batch, teacher-forced."""
+    import torch
+    import torch.nn.functional as F
+
+    tokens = torch.from_numpy(batch["tokens"]).to(device)
+    logits = model.action_logits(_observation(batch, device), tokens).float()
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+    acc = (logits.argmax(-1) == tokens).float().mean(0)
+    return loss, acc
+
+
+def validate(model, val: Optional[Dict[str, Any]], device: str, batch_size: int = 128) -> Dict[str, Any]:
+    """Validation loss, token accuracy (overall and per dimension) on the fixed held-out steps."""
+    import torch
+
+    if val is None:
+        return {}
+    was_training = model.training
+    model.eval()
+    n = len(val["instruction"])
+    tot_loss, tot_acc = 0.0, np.zeros(7)
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            part = {k: v[i:i + batch_size] for k, v in val.items()}
+            loss, acc = token_loss(model, part, device)
+            m = len(part["instruction"])
+            tot_loss += float(loss) * m
+            tot_acc += acc.cpu().numpy() * m
+    model.train(was_training)
+    acc = tot_acc / n
+    return {"val_loss": round(tot_loss / n, 5), "val_token_acc": round(float(acc.mean()), 5),
+            "val_token_acc_per_dim": [round(float(a), 4) for a in acc]}
+
+
+# --------------------------------------------------------------------------
+# checkpoints
+
+def checkpoint_dirs(out: str) -> List[str]:
+    """Complete checkpoints (with train_state.json) in ``out``, oldest first."""
+    if not os.path.isdir(out):
+        return []
+    names = sorted(n for n in os.listdir(out) if n.startswith(CKPT_PREFIX) and n[len(CKPT_PREFIX):].isdigit())
+    return [os.path.join(out, n) for n in names if os.path.exists(os.path.join(out, n, TRAIN_STATE_JSON))]
+
+
+def save_checkpoint(path: str, model, opt, step: int, rng: np.random.Generator, extra: Dict[str, Any]) -> None:
+    """A policy folder plus the training state; train_state.json goes last (it marks the folder complete)."""
+    import torch
+
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()}, os.path.join(tmp, TRAIN_STATE_PT))
+    state = {"step": int(step), "numpy_rng": rng.bit_generator.state, **extra}
+    with open(os.path.join(tmp, TRAIN_STATE_JSON), "w") as f:
+        json.dump(state, f, indent=1)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def load_train_state(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    import torch
+
+    with open(os.path.join(path, TRAIN_STATE_JSON)) as f:
+        meta = json.load(f)
+    tensors = torch.load(os.path.join(path, TRAIN_STATE_PT), weights_only=True, map_location="cpu")
+    return meta, tensors
+
+
+# --------------------------------------------------------------------------
+# DAgger
+
+@dataclass
+class DaggerJob:
+    """One policy rollout labelled by the expert (picklable: sent to worker processes)."""
+
+    policy: str
+    task: str
+    seed: int
+    image_size: int
+    success_hold: int = 5
+
+
+def dagger_episode(job: DaggerJob) -> Dict[str, Any]:
+    """Roll out the policy (sampling, as bench does) and record the expert's action at every visited state."""
+    import torch
+
+    from vla_forget.rollout import _get_env, _get_policy, episode_generator_seed
+
+    policy = _get_policy(job.policy, "cpu")
+    expert = _get_policy_uncached_expert()
+    env = _get_env(job.task, image_size=job.image_size, render=True, num_envs=1, max_steps=None, sim_backend="cpu",
+                   device="cpu")
+    gen = torch.Generator().manual_seed(episode_generator_seed(policy.checkpoint_hash(), job.task, job.seed))
+    obs = env.reset([job.seed])
+    policy.reset(1)
+    rec: Dict[str, List[Any]] = {"image": [], "state": [], "action": [], "reward": []}
+    held, success = 0, False
+    for _ in range(env.info.max_episode_steps):
+        label = expert.act(obs, greedy=True)
+        rec["image"].append(obs.image[0].cpu().numpy().astype(np.uint8))
+        rec["state"].append(obs.state[0].cpu().numpy().astype(np.float32))
+        rec["action"].append(label[0].clamp(-1, 1).cpu().numpy().astype(np.float32))
+        obs, reward, _term, _trunc, info = env.step(policy.act(obs, generator=gen))
+        success = bool(torch.as_tensor(info["is_success"]).reshape(-1)[0])
+        rec["reward"].append(float(success))
+        held = held + 1 if success else 0
+        if held >= job.success_hold:
+            break
+    return {"task": job.task, "seed": job.seed, "instruction": obs.instruction[0], "success": success,
+            "image": np.stack(rec["image"]), "state": np.stack(rec["state"]), "action": np.stack(rec["action"]),
+            "reward": np.asarray(rec["reward"], np.float32), "is_terminal": success, "source": "dagger-expert-v1"}
+
+
+_EXPERT: List[Any] = []
+
+
+def _get_policy_uncached_expert():
+    """The scripted expert (kept apart from rollout's one-policy cache, which holds the learner)."""
+    if not _EXPERT:
+        from vla_forget.policies.expert import ScriptedExpert
+
+        _EXPERT.append(ScriptedExpert())
+    return _EXPERT[0]
+
+
+def dagger_round(cfg: PretrainConfig, checkpoint: str, round_idx: int, tasks: Sequence[str], image_shape, state_dim: int,
+                 log) -> Tuple[str, Dict[str, float]]:
+    """Roll out ``checkpoint`` on ``tasks``, label with the expert, write a dataset; returns (path, success per task)."""
+    from vla_forget.datasets import write_dataset
+    from vla_forget.rollout import run_parallel
+
+    out = os.path.join(cfg.out, "dagger", f"round-{round_idx}")
+    seed0 = DAGGER_SEED_START + 1000 * (round_idx - 1)
+    jobs = [DaggerJob(policy=os.path.abspath(checkpoint), task=t, seed=seed0 + 100 * k + i, image_size=cfg.image_size)
+            for k, t in enumerate(tasks) for i in range(cfg.dagger_episodes)]
+    episodes: List[Dict[str, Any]] = []
+    t0 = time.perf_counter()
+    run_parallel(dagger_episode, jobs, cfg.dagger_workers, episodes.append)
+    episodes.sort(key=lambda e: (e["task"], e["seed"]))
+    success = {t: float(np.mean([e["success"] for e in episodes if e["task"] == t])) for t in tasks}
+    write_dataset(out, iter(episodes), name=f"dagger_round_{round_idx}", image_shape=tuple(image_shape),
+                  state_dim=state_dim, description=f"DAgger round {round_idx}: rollouts of {checkpoint} labelled by expert-v1")
+    log({"event": "dagger", "round": round_idx, "episodes": len(episodes),
+         "steps_added": int(sum(len(e["action"]) for e in episodes)), "rollout_success": success,
+         "wall_s": round(time.perf_counter() - t0, 1)})
+    return out, success
+
+
+# --------------------------------------------------------------------------
+# the run
+
+def _check_config(cfg: PretrainConfig, resume: bool) -> None:
+    path = os.path.join(cfg.out, RUN_CONFIG)
+    want = asdict(cfg)
+    if os.path.exists(path):
+        if not resume:
+            raise PretrainError(f"{cfg.out} already holds a pretraining run: add --resume to continue it, or choose another --out")
+        with open(path) as f:
+            have = json.load(f)
+        diff = [f"{k}: {have.get(k)!r} -> {v!r}" for k, v in want.items() if k not in VOLATILE and have.get(k) != v]
+        if diff:
+            raise PretrainError(f"{cfg.out} was trained with other settings ({'; '.join(diff)}); use another --out")
+    os.makedirs(cfg.out, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(want, f, indent=1)
+
+
+def _state_statistics(datasets: Sequence[Any], train_episodes: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    states = np.concatenate([ds.episode(int(i)).state for ds, eps in zip(datasets, train_episodes) for i in eps])
+    return states.mean(0), states.std(0)
+
+
+def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int] = None) -> Dict[str, Any]:
+    """Train, validate and checkpoint as ``cfg`` says; returns a summary (raises :class:`Diverged`).
+
+    ``stop_at`` ends this call after that step with a checkpoint, as an
+    interruption would (the schedule stays that of ``cfg``); ``resume`` continues.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from vla_forget.datasets import mix_datasets, open_dataset
+    from vla_forget.envs import TASKS, task_info
+
+    if cfg.steps < 0 or cfg.batch_size < 1:
+        raise PretrainError(f"--steps must be >= 0 and --batch-size >= 1 (got {cfg.steps}, {cfg.batch_size})")
+    if not cfg.data:
+        raise PretrainError("give at least one --data PATH[:WEIGHT]")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise PretrainError("--device cuda: CUDA is not available on this machine (use --device cpu)")
+    torch.set_num_threads(max(1, int(cfg.threads)))
+    _check_config(cfg, resume)
+    metrics_path = os.path.join(cfg.out, METRICS)
+
+    def log(rec: Dict[str, Any]) -> None:
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    # --- data: the mixture, its pooled statistics, an episode split ---------
+    specs = [parse_data_spec(s) for s in cfg.data]
+    mix = mix_datasets(specs, statistics="pooled", name=cfg.name)
+    split_rng = np.random.default_rng([cfg.seed, 1])
+    train_eps, val_eps = zip(*[split_episodes(ds.num_episodes, cfg.val_fraction, split_rng) for ds in mix.datasets])
+    weights = [w for _, w in specs]
+    datasets = list(mix.datasets)
+    val = None
+    if sum(len(v) for v in val_eps) and cfg.val_steps > 0:
+        vsteps = [_steps_of(ds, v) for ds, v in zip(datasets, val_eps)]
+        flat = [(k, e, s) for k, (es, ss) in enumerate(vsteps) for e, s in zip(es, ss)]
+        pick = np.random.default_rng([cfg.seed, 2]).permutation(len(flat))[: cfg.val_steps]
+        rows = np.asarray([flat[i] for i in sorted(pick)], np.int64)
+        val = gather(datasets, rows[:, 0], rows[:, 1], rows[:, 2], mix.tokenizer)
+
+    # --- model, optimiser, state ---------------------------------------------
+    torch.manual_seed(cfg.seed)
+    model = _load_model(cfg)
+    model.set_statistics(mix.all_statistics, cfg.name)
+    if hasattr(model, "set_state_statistics"):
+        model.set_state_statistics(*_state_statistics(datasets, train_eps))
+    model.to(cfg.device).train()
+    opt = _optimizer(model, cfg)
+    rng = np.random.default_rng([cfg.seed, 3])
+    step = 0
+    dagger_sets: List[str] = []
+    last_ckpt: Optional[str] = None
+    if resume and checkpoint_dirs(cfg.out):
+        from safetensors.torch import load_file
+
+        last_ckpt = checkpoint_dirs(cfg.out)[-1]
+        meta, tensors = load_train_state(last_ckpt)
+        model.load_state_dict(load_file(os.path.join(last_ckpt, "model.safetensors")))
+        model.to(cfg.device).train()
+        opt.load_state_dict(tensors["optimizer"])
+        torch.set_rng_state(tensors["torch_rng"])
+        rng.bit_generator.state = meta["numpy_rng"]
+        step = int(meta["step"])
+        dagger_sets = list(meta.get("dagger", []))
+        log({"event": "resume", "step": step, "checkpoint": os.path.basename(last_ckpt)})
+    for path in dagger_sets:
+        datasets.append(open_dataset(path, unnorm_key=None))
+        train_eps = tuple(train_eps) + (np.arange(datasets[-1].num_episodes),)
+        weights.append(cfg.dagger_weight)
+    sampler = SplitSampler(datasets, weights, train_eps, mix.tokenizer, rng)
+
+    dagger_tasks = list(cfg.dagger_tasks)
+    if cfg.dagger_rounds and not dagger_tasks:
+        known = set(TASKS.ids())
+        dagger_tasks = [t for ds in mix.datasets for t in ds.manifest.get("tasks", [])
+                        if t in known and task_info(t).extra.get("expert", "none") != "none"]
+        if not dagger_tasks:
+            raise PretrainError("--dagger-rounds: no task in the data has a scripted expert; name tasks with --dagger-task")
+    total = cfg.total_steps()
+    boundaries = [cfg.steps + r * cfg.dagger_steps for r in range(cfg.dagger_rounds)]
+
+    def checkpoint(at: int) -> str:
+        nonlocal last_ckpt
+        path = os.path.join(cfg.out, f"{CKPT_PREFIX}{at:06d}")
+        save_checkpoint(path, model, opt, at, rng, {"dagger": dagger_sets})
+        last_ckpt = path
+        if cfg.keep_checkpoints > 0:
+            for old in checkpoint_dirs(cfg.out)[: -cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    if step == 0:
+        log({"event": "start", "datasets": [f"{d.name}:{w:g}" for d, w in zip(mix.datasets, weights)],
+             "train_episodes": [int(len(e)) for e in train_eps], "val_episodes": [int(len(v)) for v in val_eps],
+             "val_steps": 0 if val is None else len(val["instruction"]), "parameters": model.num_parameters(),
+             "unnorm_key": cfg.name, **validate(model, val, cfg.device), "step": 0})
+
+    bar = tqdm(total=total, initial=step, unit="step", desc="pretrain", disable=not cfg.progress, dynamic_ncols=True,
+               file=sys.stderr)
+    t_log, n_log, loss_sum, acc_sum = time.perf_counter(), 0, 0.0, 0.0
+    t_start = time.perf_counter()
+    summary: Dict[str, Any] = {}
+    try:
+        end = total if stop_at is None else min(total, int(stop_at))
+        while step < end:
+            # DAgger: at a round boundary, roll out the newest checkpoint and grow the mixture
+            if step in boundaries and len(dagger_sets) <= boundaries.index(step):
+                r = boundaries.index(step) + 1
+                ckpt = last_ckpt if last_ckpt and last_ckpt.endswith(f"{step:06d}") else checkpoint(step)
+                path, _ = dagger_round(cfg, ckpt, r, dagger_tasks, datasets[0].image_shape, datasets[0].state_dim, log)
+                torch.set_num_threads(max(1, int(cfg.threads)))  # the rollout runner sets one thread
+                dagger_sets.append(path)
+                datasets.append(open_dataset(path))
+                train_eps = tuple(train_eps) + (np.arange(datasets[-1].num_episodes),)
+                weights.append(cfg.dagger_weight)
+                sampler = SplitSampler(datasets, weights, train_eps, mix.tokenizer, rng)
+                checkpoint(step)  # records the new dataset, so a resume continues with it
+            batch = sampler.sample(cfg.batch_size)
+            batch["image"] = shift_images(batch["image"], cfg.augment_shift, rng)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            loss, acc = token_loss(model, batch, cfg.device)
+            if not torch.isfinite(loss):
+                raise Diverged(f"the loss is {loss.item()} at step {step}", last_ckpt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if not torch.isfinite(gnorm):
+                raise Diverged(f"the gradient norm is {float(gnorm)} at step {step}", last_ckpt)
+            opt.step()
+            step += 1
+            bar.update(1)
+            loss_sum += loss.item()
+            acc_sum += float(acc.mean())
+            n_log += 1
+            if step % cfg.log_every == 0 or step == total:
+                dt = time.perf_counter() - t_log
+                rec = {"step": step, "loss": round(loss_sum / n_log, 5), "token_acc": round(acc_sum / n_log, 5),
+                       "lr": lr_at(step - 1, cfg), "grad_norm": round(float(gnorm), 4),
+                       "samples_per_s": round(n_log * cfg.batch_size / max(dt, 1e-9), 2)}
+                bar.set_postfix(loss=rec["loss"], acc=rec["token_acc"])
+                log(rec)
+                t_log, n_log, loss_sum, acc_sum = time.perf_counter(), 0, 0.0, 0.0
+            if step % cfg.eval_every == 0 or step == total:
+                v = validate(model, val, cfg.device)
+                if v:
+                    log({"step": step, **v})
+                    summary.update(v)
+                t_log = time.perf_counter()
+            if step % cfg.save_every == 0 or step == end:
+                checkpoint(step)
+    except Diverged as e:
+        log({"event": "diverged", "step": step, "message": str(e),
+             "last_checkpoint": os.path.basename(last_ckpt) if last_ckpt else None})
+        raise
+    finally:
+        bar.close()
+    summary.update({"steps": step, "checkpoint": last_ckpt, "wall_s": round(time.perf_counter() - t_start, 1),
+                    "dagger_datasets": dagger_sets})
+    log({"event": "done", **summary})
+    return summary
