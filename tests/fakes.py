@@ -12,11 +12,14 @@ from vla_forget.policies.base import Observation
 FAKE_TASKS = ("FakeA-v1", "FakeB-v1", "FakeTarget-v1")
 
 
-def register_fake_tasks() -> None:
+def register_fake_tasks(monkeypatch) -> None:
+    """Register the fake tasks for one test only (the task registry stays clean for the others)."""
+    from vla_forget.registry import Entry
+
+    TASKS.ids()  # populate the real entries first
     for t in FAKE_TASKS:
-        if t not in TASKS:
-            TASKS.register(t, "tests.fakes:FakeEnv", description="fake", metadata=dict(
-                instruction=f"do {t}", max_episode_steps=6, pick_and_place=t == "FakeTarget-v1"))
+        monkeypatch.setitem(TASKS._entries, t, Entry(t, "tests.fakes:FakeEnv", {}, "fake", dict(
+            instruction=f"do {t}", max_episode_steps=6, pick_and_place=t == "FakeTarget-v1")))
 
 
 class FakeEnv(TaskEnv):

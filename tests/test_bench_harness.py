@@ -10,11 +10,11 @@ from vla_forget import bench as bench_mod
 from vla_forget import rollout
 from vla_forget.bench import BenchConfig, BenchError, run_bench
 
-register_fake_tasks()
 
 
 @pytest.fixture()
 def fake_world(tmp_path, monkeypatch):
+    register_fake_tasks(monkeypatch)
     battery = tmp_path / "fake-v1.yaml"
     battery.write_text("id: fake\nversion: 1\nepisodes: 5\nseed_start: 10\ntasks: [FakeA-v1, FakeB-v1]\n")
     target = tmp_path / "fake-target-v1.yaml"
