@@ -526,8 +526,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
         step = int(meta["step"])
         dagger_sets = list(meta.get("dagger", []))
         log({"event": "resume", "step": step, "checkpoint": os.path.basename(last_ckpt)})
-    for path in dagger_sets:
-        datasets.append(open_dataset(path, unnorm_key=None))
+    for rel in dagger_sets:  # stored relative to the run folder
+        datasets.append(open_dataset(os.path.join(cfg.out, rel)))
         train_eps = tuple(train_eps) + (np.arange(datasets[-1].num_episodes),)
         weights.append(cfg.dagger_weight)
     sampler = SplitSampler(datasets, weights, train_eps, mix.tokenizer, rng)
@@ -572,7 +572,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
                 ckpt = last_ckpt if last_ckpt and last_ckpt.endswith(f"{step:06d}") else checkpoint(step)
                 path, _ = dagger_round(cfg, ckpt, r, dagger_tasks, datasets[0].image_shape, datasets[0].state_dim, log)
                 torch.set_num_threads(max(1, int(cfg.threads)))  # the rollout runner sets one thread
-                dagger_sets.append(path)
+                dagger_sets.append(os.path.relpath(path, cfg.out))
                 datasets.append(open_dataset(path))
                 train_eps = tuple(train_eps) + (np.arange(datasets[-1].num_episodes),)
                 weights.append(cfg.dagger_weight)
@@ -619,6 +619,6 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
     finally:
         bar.close()
     summary.update({"steps": step, "checkpoint": last_ckpt, "wall_s": round(time.perf_counter() - t_start, 1),
-                    "dagger_datasets": dagger_sets})
+                    "dagger_datasets": [os.path.join(cfg.out, p) for p in dagger_sets]})
     log({"event": "done", **summary})
     return summary
