@@ -37,6 +37,12 @@ POLICIES.register(
     description="zero-v1 that asks for camera images, so the env renders as for a VLA (harness benchmarks)",
     needs_image=True,
 )
+POLICIES.register(
+    "small-vla-base-v1",
+    "vla_forget.policies:load_asset",
+    description="the small VLA behaviour-cloned on the tabletop-v1 tasks (assets/small-vla-base; see its MODEL_CARD.md)",
+    name="small-vla-base",
+)
 
 # Checkpoint folders name their class in config.json under this key.
 CLASS_KEY = "policy_class"
@@ -85,3 +91,20 @@ def load_policy(spec: str, *, device: Optional[str] = None, **overrides: Any):
     if device is not None and hasattr(policy, "to"):
         policy = policy.to(device)
     return policy
+
+
+def load_asset(name: str, **overrides: Any):
+    """Load a checkpoint folder shipped in the package (``vla_forget.assets/NAME``) by its policy class."""
+    import pathlib
+    import tempfile
+    from importlib.resources import files
+
+    ref = files("vla_forget.assets").joinpath(name)
+    if isinstance(ref, pathlib.Path):
+        if not ref.is_dir():
+            raise CheckpointError(f"the packaged checkpoint {name} is missing ({ref}); reinstall vla-forget")
+        return load_policy(str(ref), **overrides)
+    with tempfile.TemporaryDirectory() as d:  # a zipped install: copy the folder's files out, then load
+        for item in ref.iterdir():
+            pathlib.Path(d, item.name).write_bytes(item.read_bytes())
+        return load_policy(d, **overrides)
