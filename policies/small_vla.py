@@ -68,9 +68,9 @@ class SmallVLAConfig:
 
     image_size: int = 128
     """images of any size are resized to this square size before the conv net"""
-    conv_channels: Tuple[int, ...] = (32, 64, 128)
+    conv_channels: Tuple[int, ...] = (24, 48, 96)
     """channels of the conv stages: a stride-4 patch conv, then stride-2 convs"""
-    residual_stages: int = 2
+    residual_stages: int = 1
     """the last this-many conv stages get an extra residual 3x3 conv block"""
     image_grid: int = 4
     """image tokens per side: the last feature map is pooled to 2 * image_grid and 2x2 blocks are stacked into channels"""
@@ -78,11 +78,11 @@ class SmallVLAConfig:
     """proprio state size; shorter states are zero-padded, longer ones are an error"""
     d_model: int = 128
     """width of every token (image, text, state, action)"""
-    n_layers: int = 2
+    n_layers: int = 1
     """causal (autoregressive) decoder layers: run 7 times per sample"""
-    context_layers: int = 2
+    context_layers: int = 3
     """decoder layers before the causal ones whose 7 queries read the observation but not the tokens (run once)"""
-    heads: int = 4
+    heads: int = 2
     """attention heads (d_model must divide by it)"""
     ff_mult: int = 4
     """MLP hidden width = ff_mult * d_model"""
