@@ -6,11 +6,20 @@ Run folder layout (``--out DIR``)::
     episodes.jsonl     one record per finished episode, appended as they finish
     states/            the base policy's recorded observations (per task, per seed)
     videos/POLICY/     mp4 per (task, seed) for the first videos_per_task seeds
-    results.json       success matrix, forgetting, gain, divergences, versions
+    results.json       success matrix, forgetting, gain, divergences, versions; with
+                       checkpoints: a ``checkpoints`` section and the forgetting ``law`` fit
     report.md          the same as tables
+    pareto.png, forgetting_vs_kl.png   plots (with the ``plots`` extra)
 
 An interrupted run keeps every finished episode; ``--resume`` redoes nothing
 that finished.
+
+``checkpoints`` (run or sweep folders of ``vla-forget adapt`` / ``vla-forget
+sweep``) adds every finished checkpoint in them as a policy keyed
+``RUN@update-NNNNNN``. A checkpoint identical to the base (the run's
+``update-000000`` copy) or to an earlier checkpoint is not rolled out again: it
+is an alias of that policy. Resuming may find new checkpoints of runs that were
+still training; they are added.
 """
 
 from __future__ import annotations
@@ -20,10 +29,10 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from vla_forget import metrics
+from vla_forget import law, metrics
 from vla_forget.rollout import EpisodeJob
 from vla_forget.spec import Battery, Target, load_battery, load_target
 from vla_forget.video import slug
@@ -76,6 +85,10 @@ class BenchConfig:
     """seed of the divergence prefix sampling"""
     progress: bool = True
     """show progress bars"""
+    checkpoints: List[str] = field(default_factory=list)
+    """adaptation run or sweep folders: every finished checkpoint in them is evaluated"""
+    checkpoint_every: Optional[int] = None
+    """with checkpoints: keep updates that are multiples of this, plus each run's last (None: all)"""
 
     # fields that may differ between a run and its resumption
     VOLATILE = ("workers", "progress", "out")
@@ -90,14 +103,15 @@ class PolicyRef:
     role: str  # "base" or "policy" or "base+policy"
     has_distribution: bool
     needs_image: bool = True
+    checkpoint: Optional[Dict[str, Any]] = None  # run, method, update, env_steps, ... of an adaptation checkpoint
 
 
-def _policy_ref(spec: str, role: str) -> PolicyRef:
+def _policy_ref(spec: str, role: str, key: Optional[str] = None) -> PolicyRef:
     from vla_forget.policies import load_policy
     from vla_forget.policies.base import TokenPolicy
 
     p = load_policy(spec)
-    return PolicyRef(key=spec.rstrip("/"), spec=spec, hash=p.checkpoint_hash(), kind=type(p).__name__, role=role,
+    return PolicyRef(key=key or spec.rstrip("/"), spec=spec, hash=p.checkpoint_hash(), kind=type(p).__name__, role=role,
                      has_distribution=isinstance(p, TokenPolicy), needs_image=bool(getattr(p, "needs_image", True)))
 
 
@@ -153,6 +167,8 @@ class Plan:
     target: Optional[Target]
     refs: List[PolicyRef]
     base: PolicyRef
+    checkpoints: List[Dict[str, Any]] = field(default_factory=list)
+    """one row per discovered checkpoint: its key, run metadata and the evaluated policy key (itself or an alias)"""
 
     def tasks(self) -> List[Tuple[str, List[int], Optional[int]]]:
         out = [(t.task, t.seeds, t.max_episode_steps) for t in self.battery.tasks]
@@ -162,7 +178,7 @@ class Plan:
 
     def resolved(self) -> Dict[str, Any]:
         cfg = {k: v for k, v in asdict(self.config).items() if k not in BenchConfig.VOLATILE}
-        return {
+        out = {
             "format": RESULTS_FORMAT,
             "config": cfg,
             "battery": self.battery.to_dict(),
@@ -170,6 +186,9 @@ class Plan:
             "policies": [asdict(r) for r in self.refs],
             "base": self.base.key,
         }
+        if self.checkpoints:
+            out["aliases"] = {c["key"]: c["policy"] for c in self.checkpoints if c["key"] != c["policy"]}
+        return out
 
 
 def make_plan(config: BenchConfig) -> Plan:
@@ -198,7 +217,38 @@ def make_plan(config: BenchConfig) -> Plan:
     if base is None:
         base = _policy_ref(config.base, "base")
         refs.insert(0, base)
-    return Plan(config, battery, target, refs, base)
+    return Plan(config, battery, target, refs, base, _add_checkpoints(config, refs))
+
+
+def _add_checkpoints(config: BenchConfig, refs: List[PolicyRef]) -> List[Dict[str, Any]]:
+    """Append a ref per distinct checkpoint in ``config.checkpoints``; returns one row per checkpoint."""
+    from vla_forget.checkpoints import CheckpointDiscoveryError, find_checkpoints
+
+    rows: List[Dict[str, Any]] = []
+    by_hash = {}
+    for r in refs:
+        by_hash.setdefault(r.hash, r.key)
+    keys = {r.key for r in refs}
+    for folder in config.checkpoints:
+        try:
+            found = find_checkpoints(folder, config.checkpoint_every)
+        except CheckpointDiscoveryError as e:
+            raise BenchError(str(e)) from None
+        for ck in found:
+            if ck.key in keys:
+                raise BenchError(f"two checkpoints are both called {ck.key} (runs of the same name in different "
+                                 "folders); bench them separately")
+            keys.add(ck.key)
+            meta = {"run": ck.run, "method": ck.method, "update": ck.update, "env_steps": ck.env_steps,
+                    "samples_seen": ck.samples_seen, "wall_time_s": ck.wall_time_s, "path": ck.path}
+            ref = _policy_ref(ck.path, "policy", key=ck.key)
+            ref.checkpoint = meta
+            policy = by_hash.get(ref.hash)
+            if policy is None:
+                refs.append(ref)
+                by_hash[ref.hash] = policy = ref.key
+            rows.append({"key": ck.key, "policy": policy, "checkpoint_hash": ref.hash, **meta})
+    return rows
 
 
 def _check_resume(out: str, plan: Plan, resume: bool) -> None:
@@ -210,17 +260,28 @@ def _check_resume(out: str, plan: Plan, resume: bool) -> None:
         with open(cfg_path) as f:
             old = json.load(f)
         new = json.loads(json.dumps(plan.resolved()))
-        diffs = [k for k in new if old.get(k) != new[k]]
-        if diffs:
-            detail = []
-            for k in diffs:
-                if k == "config":
-                    detail += [f"config.{c}: {old.get('config', {}).get(c)!r} -> {new['config'][c]!r}"
-                               for c in new["config"] if old.get("config", {}).get(c) != new["config"][c]]
-                else:
-                    detail.append(k)
+        defaults = json.loads(json.dumps({k: v for k, v in asdict(BenchConfig([], "", "")).items()}))
+        old_cfg = {c: old.get("config", {}).get(c, defaults.get(c)) for c in new["config"]}  # fields added later: default
+        detail = [f"config.{c}: {old_cfg[c]!r} -> {new['config'][c]!r}" for c in new["config"] if old_cfg[c] != new["config"][c]]
+        old["policies"] = [{"checkpoint": None, **o} for o in old.get("policies") or []]  # older runs lack the field
+        for k in new:
+            if k == "config" or old.get(k) == new[k]:
+                continue
+            if k == "policies" and _grown(old[k], new[k]):
+                continue  # runs that were still training have new checkpoints: add them
+            if k == "aliases" and all(new[k].get(a) == p for a, p in (old.get(k) or {}).items()):
+                continue
+            detail.append(k)
+        if detail:
             raise BenchError(f"--resume: {out} was started with a different configuration ({'; '.join(detail)}). "
                              "Resume with the same arguments, or choose another --out")
+
+
+def _grown(old: List[Dict[str, Any]], new: List[Dict[str, Any]]) -> bool:
+    """Whether ``new`` keeps every policy of ``old`` unchanged and only adds checkpoints."""
+    by_key = {p["key"]: p for p in new}
+    added = [p for p in new if p["key"] not in {o["key"] for o in old}]
+    return all(by_key.get(o["key"]) == o for o in old) and all(p.get("checkpoint") for p in added)
 
 
 def plan_jobs(plan: Plan, out: str, done: Iterable[Tuple[str, str, int]]) -> List[EpisodeJob]:
@@ -440,6 +501,12 @@ def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, 
             kl[p] = None
     battery_mean = {p: (sum(tasks[t].rate for t in battery_tasks if t in tasks) / max(1, sum(t in tasks for t in battery_tasks)))
                     for p, tasks in at_end.items()}
+    rows = {r.key: _policy_row(r.key, at_end, battery_mean, forgetting, gain, kl, target_task) for r in plan.refs}
+    checkpoints = [{**{k: c[k] for k in ("key", "run", "method", "update", "env_steps", "samples_seen", "wall_time_s",
+                                         "policy", "checkpoint_hash", "path")}, **rows[c["policy"]]}
+                   for c in plan.checkpoints]
+    law_points = [dict(rows[r.key], policy=r.key, method=(r.checkpoint or {}).get("method")) for r in plan.refs if r.key != base]
+    extra: Dict[str, Any] = {"checkpoints": checkpoints} if plan.checkpoints else {}
     return {
         "format": RESULTS_FORMAT,
         "battery": {"id": plan.battery.full_id, "name": plan.battery.id, "version": plan.battery.version,
@@ -462,6 +529,42 @@ def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, 
         "divergences": divergences,
         "episodes": len(recs),
         "wall_s": round(wall_s, 1),
+        **extra,
+        "law": _law(law_points),
+    }
+
+
+def _law(points: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The forgetting law over every evaluated policy but the base (aliases counted once)."""
+    section = law.law_section(points)
+    sets = {p["kl_state_set"] for p in points if p.get("forward_kl") is not None}
+    section["states"] = sets.pop() if len(sets) == 1 else ("mixed" if sets else None)
+    section["points"] = [{k: p.get(k) for k in ("policy", "method", "forward_kl", "forgetting", "target_success",
+                                                "battery_success")} for p in points]
+    return section
+
+
+def _policy_row(p: str, at_end, battery_mean, forgetting, gain, kl, target_task) -> Dict[str, Any]:
+    """The numbers of one policy that the checkpoints table, the law and the plots use."""
+    def num(x):
+        return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+    t = at_end.get(p, {}).get(target_task) if target_task else None
+    k = kl.get(p) or {}
+    battery_kl = ((k.get("detail") or {}).get("battery") or {}).get("forward")
+    f = forgetting.get(p) or {}
+    return {
+        "target_success": num(t.rate) if t else None,
+        "target_n": t.n if t else 0,
+        "battery_success": num(battery_mean.get(p)),
+        "forgetting": num(f.get("value")),
+        "forgetting_ci": [num(f.get("ci_low")), num(f.get("ci_high"))] if f else None,
+        "gain": num((gain.get(p) or {}).get("value")),
+        "forward_kl": k.get("forward"),
+        "reverse_kl": k.get("reverse"),
+        "tv": k.get("tv"),
+        "forward_kl_battery": battery_kl if k.get("note") != "base" else 0.0,
+        "kl_state_set": k.get("state_set", "target" if k.get("note") == "base" else None),
     }
 
 
@@ -492,6 +595,9 @@ def run_bench(config: BenchConfig, *, resume: bool = False, log=print) -> Dict[s
         from vla_forget.envs.vulkan import check_vulkan
 
         check_vulkan()
+        if plan.checkpoints:
+            log(f"bench: {len(plan.checkpoints)} checkpoints in {', '.join(config.checkpoints)} "
+                f"({sum(c['key'] != c['policy'] for c in plan.checkpoints)} identical to another policy: not rolled out again)")
         log(f"bench: {len(plan.refs)} policies x {len(plan.tasks())} tasks, {total - initial} episodes to run"
             f"{f' ({initial} already done)' if initial else ''}, {config.workers} worker(s) -> {out}")
         try:
@@ -504,6 +610,9 @@ def run_bench(config: BenchConfig, *, resume: bool = False, log=print) -> Dict[s
     log("bench: computing divergences to the base")
     divergences = compute_divergences(plan, out)
     results = aggregate(plan, records, divergences, time.perf_counter() - t0)
+    from vla_forget.plots import write_plots
+
+    results["plots"] = write_plots(results, out)
     _write_json(os.path.join(out, "results.json"), results)
     write_report(results, os.path.join(out, "report.md"), out)
     return results

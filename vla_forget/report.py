@@ -97,6 +97,7 @@ def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
         L += ["", f"Divergences skipped: {dv['skipped']}."]
     elif "base_passes" in dv:
         L += ["", f"Base-side passes this run: {dv['base_passes']} (cached outputs reused: {dv.get('cache_hits', 0)})."]
+    L += checkpoint_section(results)
     vids = []
     vdir = os.path.join(run_dir, "videos")
     if os.path.isdir(vdir):
@@ -108,3 +109,45 @@ def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
     L += ["", f"Wall time of this invocation: {results['wall_s']} s."]
     with open(path, "w") as f:
         f.write("\n".join(L) + "\n")
+
+
+def checkpoint_section(results: Dict[str, Any]) -> List[str]:
+    """The checkpoints table, the forgetting law and the plots (see vla_forget/law.py, vla_forget/plots.py)."""
+    L: List[str] = []
+    rows = results.get("checkpoints") or []
+    if rows:
+        L += ["", "## Checkpoints", "",
+              "One row per adaptation checkpoint; `same as` names the policy whose episodes it shares "
+              "(identical weights, e.g. update 0 = the base).", "",
+              "| run | method | update | env steps | target % | battery % | forgetting (pp) | forward KL | same as |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            f = r.get("forgetting")
+            L.append(f"| {r['run']} | {r.get('method') or '-'} | {r['update']} | {r.get('env_steps') if r.get('env_steps') is not None else '-'} | "
+                     f"{_pct(r.get('target_success'))} | {_pct(r.get('battery_success'))} | "
+                     f"{_num(None if f is None else 100 * f, '{:+.1f}')} | {_num(r.get('forward_kl'))} | "
+                     f"{r['policy'] if r['policy'] != r['key'] else ''} |")
+    law = results.get("law") or {}
+    if law.get("n"):
+        L += ["", "## Forgetting law", "",
+              f"Least-squares fits of forgetting (fraction of battery success lost) against the forward KL to the base "
+              f"on {law.get('states') or 'target'} states, over {law['n']} policies (the base excluded). "
+              "R² is 1 − SS_res/SS_tot about the mean.", "",
+              "| model | parameters | R² |", "|---|---|---|"]
+        for m, fit in law.get("fits", {}).items():
+            params = ", ".join(f"{k} = {v:.4g}" for k, v in fit["params"].items()) if fit["defined"] else fit.get("reason", "undefined")
+            L.append(f"| `{fit['formula']}`{' (primary)' if m == law['model'] else ''} | {params} | {_num(fit['r2'], '{:.3f}')} |")
+        alt = law.get("predictors") or {}
+        if alt:
+            L += ["", f"Other predictors, {law['model']} fit: " + "; ".join(
+                f"{k} R² = {_num(v.get('r2'), '{:.3f}')} (n={v.get('n')})" for k, v in alt.items()) + "."]
+    plots = results.get("plots") or {}
+    if plots.get("skipped"):
+        L += ["", f"Plots skipped: {plots['skipped']}."]
+    elif plots:
+        L += ["", "## Plots", ""]
+        if plots.get("pareto"):
+            L += [f"![target vs battery success, Pareto frontier per method]({plots['pareto']})", ""]
+        if plots.get("law"):
+            L += [f"![forgetting against forward KL, with the law fit]({plots['law']})"]
+    return L
