@@ -14,10 +14,18 @@ examples:
   vla-forget bench --policy expert-v1 --policy runs/adapt/ckpt-000100 \\
       --base small-vla-random-v1 --battery tabletop-v1 --episodes 50 --out runs/mine
   vla-forget bench --policy ckpt/ --base base/ --battery my_battery.yaml --target none --out runs/x
+  vla-forget bench --checkpoints runs/sweeps/forgetting --episodes 20 --out runs/bench-forgetting
+  vla-forget bench --checkpoints runs/adapt/ppo --checkpoint-every 20 --out runs/bench-ppo --resume
 
 Results land in OUT/results.json (machine-readable), OUT/report.md (tables),
 OUT/episodes.jsonl (one line per episode) and OUT/videos/. Ctrl-C keeps every
 finished episode; rerun the same command with --resume to continue.
+
+--checkpoints takes an adaptation run folder (vla-forget adapt) or a sweep
+folder (vla-forget sweep) and evaluates every finished checkpoint in it as the
+policy RUN@update-NNNNNN; --base and --target default to the runs' own. Results
+gain a checkpoints table, the forgetting-law fit and OUT/pareto.png,
+OUT/forgetting_vs_kl.png (with the plots extra).
 """
 
 
@@ -27,7 +35,12 @@ def _bench_parser(sub) -> None:
     p.add_argument("--preset", help="a named preset filling unset options (see `vla-forget ls`): smoke, default")
     p.add_argument("--policy", action="append", dest="policies", metavar="P",
                    help="policy id or checkpoint folder to evaluate (repeatable)")
-    p.add_argument("--base", help="base policy id or checkpoint folder (reference for forgetting, gain, divergence)")
+    p.add_argument("--checkpoints", action="append", metavar="DIR",
+                   help="adaptation run or sweep folder: evaluate every finished checkpoint in it (repeatable)")
+    p.add_argument("--checkpoint-every", type=int, metavar="K",
+                   help="with --checkpoints: only updates that are multiples of K, plus each run's last")
+    p.add_argument("--base", help="base policy id or checkpoint folder (reference for forgetting, gain, divergence; "
+                                  "with --checkpoints: default the runs' base)")
     p.add_argument("--battery", help="battery id or YAML path (default tabletop-v1)")
     p.add_argument("--target", help="target spec id, YAML path or task id; 'none' for no target (default: the battery's)")
     p.add_argument("--out", required=True, help="run folder")
@@ -52,10 +65,23 @@ def cmd_bench(args) -> int:
 
     preset = load_preset(args.preset or "default")
     pick = lambda name, dflt=None: getattr(args, name) if getattr(args, name, None) is not None else preset.get(name, dflt)  # noqa: E731
-    policies = args.policies or preset.get("policies")
-    base = pick("base")
-    if not policies or not base:
-        print("vla-forget bench: give --policy and --base (or a --preset that sets them)", file=sys.stderr)
+    checkpoints = list(args.checkpoints or [])
+    if checkpoints:  # the runs say what they were adapted from and to; a preset's policies are not added
+        from vla_forget.checkpoints import CheckpointDiscoveryError, common_field
+
+        try:
+            base = args.base or common_field(checkpoints, "base")
+            target = args.target or common_field(checkpoints, "task")
+        except CheckpointDiscoveryError as e:
+            print(f"vla-forget bench: {e}", file=sys.stderr)
+            return 2
+        policies = list(args.policies or [])
+        args.target = target
+    else:
+        policies = args.policies or preset.get("policies")
+        base = pick("base")
+    if not (policies or checkpoints) or not base:
+        print("vla-forget bench: give --policy (or --checkpoints) and --base (or a --preset that sets them)", file=sys.stderr)
         return 2
     workers = pick("workers")
     num_envs = int(pick("num_envs", 1))
@@ -68,7 +94,8 @@ def cmd_bench(args) -> int:
         image_size=int(pick("image_size", 128)), videos_per_task=int(pick("videos_per_task", 2)),
         kl_states_per_task=int(pick("kl_states_per_task", 32)), kl_state_stride=int(preset.get("kl_state_stride", 5)),
         kl_samples_per_state=int(pick("kl_samples_per_state", 4)), greedy=bool(pick("greedy", False)),
-        seed=int(pick("seed", 0)), progress=not args.no_progress,
+        seed=int(pick("seed", 0)), progress=not args.no_progress, checkpoints=checkpoints,
+        checkpoint_every=args.checkpoint_every,
     )
     run_bench(cfg, resume=args.resume)
     print(open(os.path.join(args.out, "report.md")).read())
@@ -209,6 +236,47 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+EPILOG_SWEEP = """\
+examples:
+  vla-forget sweep forgetting-v1 --out runs/sweeps/forgetting --dry-run
+  vla-forget sweep forgetting-v1 --out runs/sweeps/forgetting --parallel 2
+  vla-forget sweep forgetting-v1 --out runs/sweeps/forgetting --resume
+  vla-forget bench --checkpoints runs/sweeps/forgetting --out runs/bench-forgetting
+
+Runs the grid method x lr x batch size x seed of a sweep spec (benchmarks/sweeps/,
+`vla-forget ls sweeps`), each as a `vla-forget adapt ... --out OUT/runs/NAME`
+subprocess logging to OUT/logs/NAME.log. OUT/sweep.json lists the runs, their
+commands and status. --resume skips finished runs and continues the others
+(adapt --resume). Every checkpoint is kept for `vla-forget bench --checkpoints OUT`.
+"""
+
+
+def _sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="run a grid of adaptation runs (method x lr x batch x seed) from a sweep spec",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_SWEEP)
+    p.add_argument("spec", metavar="SPEC", help="sweep id (`vla-forget ls sweeps`) or YAML path")
+    p.add_argument("--out", required=True, help="sweep folder")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time, each its own process (default 1)")
+    p.add_argument("--resume", action="store_true", help="skip finished runs, continue the others")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and run nothing")
+
+
+def cmd_sweep(args) -> int:
+    from vla_forget.sweep import load_sweep, run_sweep
+
+    spec = load_sweep(args.spec)
+    state = run_sweep(spec, args.out, parallel=args.parallel, resume=args.resume, dry_run=args.dry_run)
+    if args.dry_run:
+        return 0
+    failed = [e["name"] for e in state["runs"] if e["status"] != "done"]
+    print(f"sweep {spec.full_id}: {', '.join(f'{n} {s}' for s, n in state['summary'].items())} -> {os.path.join(args.out, 'sweep.json')}")
+    if failed:
+        print(f"not done: {', '.join(failed)} (logs in {os.path.join(args.out, 'logs')}; rerun with --resume)", file=sys.stderr)
+        return 1
+    print(f"next: vla-forget bench --checkpoints {args.out} --out OUT")
+    return 0
+
+
 def cmd_ls(args) -> int:
     from vla_forget.envs import TASKS
     from vla_forget.policies import POLICIES
@@ -234,6 +302,13 @@ def cmd_ls(args) -> int:
         print("policies:")
         for e in POLICIES.entries():
             print(f"  {e.id:<24} {e.description}")
+    if what in (None, "sweeps"):
+        from vla_forget.sweep import expand, load_sweep
+
+        print("sweeps:")
+        for sw in available("sweeps"):
+            spec = load_sweep(sw)
+            print(f"  {sw:<24} {len(expand(spec))} runs ({', '.join(spec.methods)}) on {spec.task} from {spec.base}")
     if what in (None, "presets"):
         from vla_forget.spec import load_preset
 
@@ -285,12 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _bench_parser(sub)
     p = sub.add_parser("ls", help="list tasks, batteries, targets, policies and presets")
-    p.add_argument("what", nargs="?", choices=["tasks", "batteries", "policies", "presets"])
+    p.add_argument("what", nargs="?", choices=["tasks", "batteries", "policies", "presets", "sweeps"])
     p = sub.add_parser("validate", help="check battery or target specs and say exactly what is wrong",
                        epilog="example: vla-forget validate tabletop-v1 my_battery.yaml")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="spec id or YAML path")
     _demos_parser(sub)
     _pretrain_parser(sub)
+    _sweep_parser(sub)
     sub.add_parser("doctor", help="print versions and check that a Vulkan device works for the simulator")
     return parser
 
@@ -298,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"bench": cmd_bench, "ls": cmd_ls, "validate": cmd_validate, "doctor": cmd_doctor}
 COMMANDS["demos"] = cmd_demos
 COMMANDS["pretrain"] = cmd_pretrain
+COMMANDS["sweep"] = cmd_sweep
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -310,7 +387,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from vla_forget.registry import UnknownIdError
     from vla_forget.spec import SpecError
 
-    expected = [BenchError, UnknownIdError, SpecError, FileNotFoundError]
+    from vla_forget.checkpoints import CheckpointDiscoveryError
+    from vla_forget.sweep import SweepError
+
+    expected = [BenchError, UnknownIdError, SpecError, FileNotFoundError, SweepError, CheckpointDiscoveryError]
     try:
         from vla_forget.envs.vulkan import VulkanUnavailableError
         from vla_forget.policies import CheckpointError

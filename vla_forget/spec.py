@@ -305,7 +305,7 @@ def load_preset(ref: str) -> Dict[str, Any]:
 
 
 def validate(ref: str) -> str:
-    """Validate a battery or target spec file or id; returns a one-line summary or raises SpecError."""
+    """Validate a battery, target or sweep spec file or id; returns a one-line summary or raises SpecError."""
     if os.path.exists(ref):
         with open(ref) as f:
             try:
@@ -314,11 +314,18 @@ def validate(ref: str) -> str:
                 raise SpecError(ref, [f"not valid YAML: {e}"]) from None
         if not isinstance(data, dict):
             raise SpecError(ref, ["expected a mapping at the top level"])
-        kind = "battery" if "tasks" in data else "target"
+        kind = "battery" if "tasks" in data else "sweep" if "grid" in data else "target"
     else:
-        kind = "battery" if ref in available("batteries") else "target" if ref in available("targets") else None
+        kind = "battery" if ref in available("batteries") else "target" if ref in available("targets") else \
+            "sweep" if ref in available("sweeps") else None
         if kind is None:
-            raise UnknownIdError(f"{ref!r} is neither a spec file nor a registered id. Batteries: {', '.join(available('batteries'))}; targets: {', '.join(available('targets'))}")
+            raise UnknownIdError(f"{ref!r} is neither a spec file nor a registered id. Batteries: {', '.join(available('batteries'))}; "
+                                 f"targets: {', '.join(available('targets'))}; sweeps: {', '.join(available('sweeps'))}")
+    if kind == "sweep":
+        from vla_forget.sweep import expand, load_sweep
+
+        s = load_sweep(ref)
+        return f"OK sweep {s.full_id}: {len(expand(s))} runs ({', '.join(s.methods)}) on {s.task} from {s.base}"
     if kind == "battery":
         b = load_battery(ref)
         n = sum(t.episodes for t in b.tasks)
