@@ -277,6 +277,59 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+EPILOG_ADAPT = """\
+examples:
+  vla-forget adapt --method ppo --base small-vla-base-v1 --task place-cube-on-target-v1 --out runs/adapt/ppo
+  vla-forget adapt --method ppo --base small-vla-base-v1 --out runs/adapt/ppo --resume
+  vla-forget adapt --method grpo --base small-vla-base-v1 --group-size 4 --episodes-per-update 16 --out runs/adapt/grpo
+  vla-forget adapt --method reinforce --base small-vla-base-v1 --kl-coef 0.1 --out runs/adapt/reinforce-kl
+  vla-forget adapt --method sft --base small-vla-base-v1 --data data/place-cube-on-target --out runs/adapt/sft
+  vla-forget adapt --method iterative-sft --base small-vla-base-v1 --out runs/adapt/iterative-sft
+  vla-forget adapt --method rl-trace-sft --base small-vla-base-v1 --traces runs/adapt/ppo --out runs/adapt/trace-sft
+  vla-forget adapt --method ppo --base ckpt/ --num-envs 64 --device cuda --episodes-per-update 64 --out runs/gpu
+
+Methods: ppo, reinforce, grpo (on-policy RL in the simulator), sft (demonstrations
+from `vla-forget demos`), iterative-sft (SFT on the policy's own successes, re-rolled
+every round), rl-trace-sft (SFT on the successful rollouts an RL run kept).
+The target (default: the battery's, place-cube-on-target-v1) must not be a battery
+task. OUT/checkpoints/update-NNNNNN/ are policy folders (update-000000 is the base)
+for `vla-forget bench --policy` or `bench --checkpoints OUT`; OUT/log.jsonl has one
+line per update. Ctrl-C keeps every checkpoint; --resume continues exactly. A NaN
+loss stops the run and keeps the last good checkpoint. See docs/adaptation.md.
+"""
+
+
+def _adapt_parser(sub) -> None:
+    from vla_forget.adapt.common import add_config_arguments
+
+    p = sub.add_parser("adapt", help="adapt a base policy to a target task by RL (ppo, reinforce, grpo) or SFT",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_ADAPT)
+    add_config_arguments(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT from its newest checkpoint")
+
+
+def cmd_adapt(args) -> int:
+    from vla_forget.adapt import load_method
+    from vla_forget.adapt.common import AdaptError, Diverged, config_from_args
+
+    cfg = config_from_args(args)
+    try:
+        s = load_method(cfg.method)(cfg, resume=args.resume)
+    except Diverged as e:
+        print(f"vla-forget adapt: {e}", file=sys.stderr)
+        return 1
+    except AdaptError as e:
+        print(f"vla-forget adapt: error: {e}", file=sys.stderr)
+        return 2
+    last = s.get("last") or {}
+    rate = f", rollout success {last['success_rate']:.2f}" if "success_rate" in last else ""
+    loss = f", loss {last['loss']:.4f}" if "loss" in last else ""
+    print(f"{s['method']} on {s['task']}: {s['updates']} updates, {s['env_steps']} env steps, {s['samples_seen']} "
+          f"samples in {s['wall_s']} s{rate}{loss}")
+    print(f"checkpoints: {s['checkpoints']} in {os.path.join(args.out, 'checkpoints')} (last {s['checkpoint']})")
+    return 0
+
+
 def cmd_ls(args) -> int:
     from vla_forget.envs import TASKS
     from vla_forget.policies import POLICIES
@@ -367,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     _demos_parser(sub)
     _pretrain_parser(sub)
     _sweep_parser(sub)
+    _adapt_parser(sub)
     sub.add_parser("doctor", help="print versions and check that a Vulkan device works for the simulator")
     return parser
 
@@ -375,6 +429,7 @@ COMMANDS = {"bench": cmd_bench, "ls": cmd_ls, "validate": cmd_validate, "doctor"
 COMMANDS["demos"] = cmd_demos
 COMMANDS["pretrain"] = cmd_pretrain
 COMMANDS["sweep"] = cmd_sweep
+COMMANDS["adapt"] = cmd_adapt
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,0 +1,759 @@
+"""Shared plumbing of the adaptation methods.
+
+The config (:class:`AdaptConfig`, one dataclass for every method; its field
+docs are the CLI's help), the run folder and its checkpoints (:class:`Run`),
+exact resume, the KL-to-base penalty (:class:`KLPenalty`), the NaN guard
+(:func:`optimizer_step`), rewards and seeds. The methods' loops live in their
+own files (``ppo.py``, ``reinforce.py``, ``grpo.py``, ``sft.py``,
+``iterative_sft.py``, ``rl_trace_sft.py``); rollouts in ``rollouts.py``.
+
+Determinism and resume: every random draw of update ``u`` comes from
+generators seeded by ``(seed, u, ...)`` (:func:`derive_seed`) — env seeds,
+sampling, minibatch order, SFT batches, KL prefixes — and the global torch
+RNG (dropout) is re-seeded at the start of each update. A run resumed from
+the checkpoint after update ``u`` therefore repeats exactly what the
+uninterrupted run did from ``u + 1`` on: same weights, bit for bit, on the
+same machine. The checkpoint also stores the optimizer, the value head and the
+RNG states (``train_state.pt``).
+
+This module imports torch only inside functions, so that the CLI can build
+its parser from :class:`AdaptConfig` without importing torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import re
+import shutil
+import sys
+import textwrap
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from vla_forget.adapt import CHECKPOINTS_DIR, META, METHODS, checkpoint_name, list_checkpoints
+
+RUN_JSON = "run.json"
+LOG = "log.jsonl"
+EVENTS = "events.jsonl"
+TRAIN_STATE = "train_state.pt"
+ROLLOUT_WEIGHTS = "rollout_weights.pt"
+#: training seeds stay below this (evaluation seeds start there)
+TRAIN_SEED_LIMIT = 100_000
+REWARDS = ("success", "dense")
+
+
+class AdaptError(RuntimeError):
+    """An adaptation run that cannot start or continue; the message says what to do."""
+
+
+class Diverged(AdaptError):
+    """The loss or the gradient became NaN or infinite; ``last_checkpoint`` is the newest good checkpoint."""
+
+    def __init__(self, message: str, last_checkpoint: Optional[str]):
+        super().__init__(message)
+        self.last_checkpoint = last_checkpoint
+
+
+class NonFiniteError(ArithmeticError):
+    """A NaN or infinite loss or gradient norm (raised before the optimiser step)."""
+
+
+# --------------------------------------------------------------------------
+# the config
+
+@dataclass
+class AdaptConfig:
+    """Everything that defines an adaptation run (pure data; saved in run.json). None: the method's default."""
+
+    method: str
+    """adaptation method: ppo, reinforce, grpo, sft, iterative-sft, rl-trace-sft"""
+    base: str
+    """base policy: a registered id or a checkpoint folder (the starting point, and the KL reference)"""
+    out: str
+    """run folder"""
+    task: Optional[str] = None
+    """target: a target spec id (place-cube-on-target-v1), its YAML file or a task id (default: the battery's target)"""
+    battery: str = "tabletop-v1"
+    """held-out battery (id or YAML); a target task inside it is refused"""
+    allow_battery_task: bool = False
+    """adapt on a task of the battery anyway (its forgetting is then meaningless)"""
+    updates: Optional[int] = None
+    """updates to run (RL: one rollout batch each; SFT: one optimiser step; iterative SFT: one round)"""
+    save_every: Optional[int] = None
+    """write a checkpoint every this many updates (and after the last)"""
+    lr: Optional[float] = None
+    """AdamW learning rate of the policy (constant)"""
+    weight_decay: float = 0.0
+    """AdamW weight decay of the policy"""
+    grad_clip: float = 1.0
+    """clip the gradient's global norm to this (0: no clipping)"""
+    kl_coef: float = 0.0
+    """weight of the forward KL(base || policy) penalty, exact per token on the batch's states (0: none)"""
+    lora_rank: int = 0
+    """LoRA rank for policies that support it (policy.enable_lora; 0: full fine-tuning)"""
+    seed: int = 0
+    """seed of every random draw (env seeds, sampling, minibatches, dropout)"""
+    device: str = "cpu"
+    """device of the policy: cpu or cuda"""
+    threads: Optional[int] = None
+    """torch CPU threads of the trainer (default: the CPU count, at most 8)"""
+    progress: bool = True
+    """show a progress bar"""
+    # --- rollouts (ppo, reinforce, grpo, iterative-sft) ---------------------
+    episodes_per_update: int = 8
+    """rollout episodes per update"""
+    workers: int = 2
+    """simulator worker processes for rollouts (0: in the trainer's process)"""
+    num_envs: int = 1
+    """parallel envs in the trainer's process (> 1: ManiSkill GPU physics, needs CUDA)"""
+    image_size: int = 128
+    """camera image size in pixels"""
+    max_episode_steps: Optional[int] = None
+    """episode length (default: the task's)"""
+    reward: str = "success"
+    """success: 1 at the last step if the task is solved then, else 0; dense: ManiSkill's normalised dense reward / episode length at every step"""
+    save_traces: bool = True
+    """RL methods: keep successful rollouts in RUN/traces/ (for rl-trace-sft)"""
+    # --- policy-gradient losses ---------------------------------------------------------
+    epochs: int = 2
+    """ppo, grpo: passes over each rollout batch (one optimiser step per minibatch)"""
+    minibatch_size: int = 64
+    """ppo, grpo: steps per minibatch; reinforce: steps per chunk of its single accumulated step"""
+    clip_coef: float = 0.2
+    """ppo, grpo: clip the probability ratio to [1 - clip, 1 + clip]"""
+    gamma: float = 1.0
+    """ppo, reinforce: discount"""
+    gae_lambda: float = 0.95
+    """ppo: GAE lambda"""
+    vf_coef: float = 0.5
+    """ppo: weight of the value loss"""
+    ent_coef: float = 0.0
+    """ppo, grpo, reinforce: weight of the entropy bonus (summed over the 7 tokens)"""
+    norm_adv: bool = True
+    """ppo: normalise advantages per minibatch"""
+    value_hidden: int = 256
+    """ppo: hidden width of the value head (an MLP on policy.features)"""
+    value_lr: float = 3e-4
+    """ppo: learning rate of the value head"""
+    group_size: int = 4
+    """grpo: rollouts per initial state (episodes_per_update must be a multiple)"""
+    normalize_returns: bool = True
+    """reinforce: divide return minus baseline by the batch's standard deviation"""
+    # --- supervised (sft, iterative-sft, rl-trace-sft) -----------------------------------
+    data: List[str] = field(default_factory=list)
+    """sft: RLDS demonstration datasets of the target task (vla-forget demos)"""
+    traces: Optional[str] = None
+    """rl-trace-sft: the RL run folder whose successful traces (RUN/traces/) to train on"""
+    traces_until: Optional[int] = None
+    """rl-trace-sft: use traces collected up to this update only (default: all)"""
+    batch_size: int = 32
+    """sft methods: steps per optimiser step"""
+    sft_steps: int = 20
+    """iterative-sft: optimiser steps on each round's successes"""
+    augment_shift: int = 0
+    """sft methods: random image shift in pixels (0: none)"""
+
+
+#: defaults that depend on the method (fields left None)
+METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "ppo": dict(updates=40, save_every=5, lr=3e-5),
+    "reinforce": dict(updates=40, save_every=5, lr=1e-4),
+    "grpo": dict(updates=40, save_every=5, lr=3e-5),
+    "sft": dict(updates=500, save_every=50, lr=3e-5),
+    "iterative-sft": dict(updates=20, save_every=2, lr=3e-5),
+    "rl-trace-sft": dict(updates=500, save_every=50, lr=3e-5),
+}
+COMMON_HPARAMS = ("updates", "save_every", "lr", "weight_decay", "grad_clip", "kl_coef", "lora_rank", "seed")
+ROLLOUT_HPARAMS = ("episodes_per_update", "image_size", "max_episode_steps", "reward")
+METHOD_HPARAMS: Dict[str, Tuple[str, ...]] = {
+    "ppo": ROLLOUT_HPARAMS + ("epochs", "minibatch_size", "clip_coef", "gamma", "gae_lambda", "vf_coef", "ent_coef",
+                              "norm_adv", "value_hidden", "value_lr"),
+    "reinforce": ROLLOUT_HPARAMS + ("gamma", "normalize_returns", "ent_coef"),
+    "grpo": ROLLOUT_HPARAMS + ("group_size", "epochs", "minibatch_size", "clip_coef", "ent_coef"),
+    "sft": ("data", "batch_size", "augment_shift"),
+    "iterative-sft": ROLLOUT_HPARAMS + ("batch_size", "sft_steps", "augment_shift"),
+    "rl-trace-sft": ("traces", "traces_until", "batch_size", "augment_shift"),
+}
+#: fields a resumed run may change
+VOLATILE = ("updates", "save_every", "out", "progress", "device", "threads", "workers")
+
+
+def hparams(cfg: AdaptConfig) -> Dict[str, Any]:
+    """The hyper-parameters that matter for ``cfg.method`` (recorded in every checkpoint's meta.json)."""
+    d = asdict(cfg)
+    return {k: d[k] for k in COMMON_HPARAMS + METHOD_HPARAMS[cfg.method]}
+
+
+def resolve(cfg: AdaptConfig) -> AdaptConfig:
+    """Fill the method's defaults and check the values; raises AdaptError."""
+    if cfg.method not in METHODS:
+        raise AdaptError(f"unknown --method {cfg.method!r}; methods: {', '.join(METHODS)}")
+    cfg = dataclasses.replace(cfg, data=list(cfg.data))
+    for k, v in METHOD_DEFAULTS[cfg.method].items():
+        if getattr(cfg, k) is None:
+            setattr(cfg, k, v)
+    if cfg.threads is None:
+        cfg.threads = min(8, os.cpu_count() or 1)
+    problems = []
+    for name in ("updates", "save_every", "episodes_per_update", "epochs", "minibatch_size", "batch_size", "threads",
+                 "num_envs", "image_size"):
+        if int(getattr(cfg, name)) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(cfg, name)})")
+    if cfg.workers < 0 or cfg.sft_steps < 0 or cfg.augment_shift < 0 or cfg.lora_rank < 0:
+        problems.append("--workers, --sft-steps, --augment-shift and --lora-rank must be >= 0")
+    if not cfg.lr > 0:
+        problems.append(f"--lr must be > 0 (got {cfg.lr})")
+    if cfg.kl_coef < 0:
+        problems.append(f"--kl-coef must be >= 0 (got {cfg.kl_coef})")
+    if cfg.reward not in REWARDS:
+        problems.append(f"--reward must be one of {', '.join(REWARDS)} (got {cfg.reward!r})")
+    if cfg.max_episode_steps is not None and cfg.max_episode_steps < 1:
+        problems.append(f"--max-episode-steps must be >= 1 (got {cfg.max_episode_steps})")
+    if cfg.method == "grpo" and (cfg.group_size < 2 or cfg.episodes_per_update % cfg.group_size):
+        problems.append(f"grpo: --group-size must be >= 2 and divide --episodes-per-update "
+                        f"(got {cfg.group_size} and {cfg.episodes_per_update})")
+    if cfg.method == "sft" and not cfg.data:
+        problems.append("sft: give the demonstrations with --data PATH (datasets made by `vla-forget demos`)")
+    if cfg.method == "rl-trace-sft" and not cfg.traces:
+        problems.append("rl-trace-sft: give the RL run folder with --traces RUN")
+    if problems:
+        raise AdaptError("; ".join(problems))
+    return cfg
+
+
+def field_docs(cls=AdaptConfig) -> Dict[str, str]:
+    """The one-line doc under each field of a config dataclass (read from its source)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs: Dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def add_config_arguments(parser) -> None:
+    """One option per AdaptConfig field (``--kl-coef`` for ``kl_coef``), help from the field docs."""
+    import argparse
+
+    docs = field_docs()
+    required = {"method", "base", "out"}
+    for f in dataclasses.fields(AdaptConfig):
+        flag = "--" + f.name.replace("_", "-")
+        doc = docs.get(f.name, "")
+        default = None if f.default is dataclasses.MISSING else f.default
+        kind = str(f.type)
+        if f.name == "method":
+            parser.add_argument(flag, required=True, choices=list(METHODS), help=doc)
+        elif f.name == "reward":
+            parser.add_argument(flag, choices=REWARDS, default=default, help=f"{doc} (default: {default})")
+        elif f.name in required:
+            parser.add_argument(flag, required=True, help=doc)
+        elif kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=f"{doc} (default: {'on' if default else 'off'})")
+        elif kind.startswith("List"):
+            parser.add_argument(flag, action="append", default=None, metavar="PATH", help=f"{doc} (repeatable)")
+        else:
+            typ = int if "int" in kind else float if "float" in kind else str
+            if f.name in METHOD_DEFAULTS["ppo"]:
+                shown = " (default: per method, " + ", ".join(f"{m} {d[f.name]}" for m, d in METHOD_DEFAULTS.items()) + ")"
+            else:
+                shown = "" if default is None else f" (default: {default})"
+            parser.add_argument(flag, type=typ, default=default, help=doc + shown)
+
+
+def config_from_args(args) -> AdaptConfig:
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(AdaptConfig)}
+    kw["data"] = list(kw["data"] or [])
+    return AdaptConfig(**kw)
+
+
+# --------------------------------------------------------------------------
+# seeds, rewards, targets
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any parts (e.g. (seed, update, "minibatches", epoch))."""
+    h = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def generator(*parts: Any, device: str = "cpu"):
+    import torch
+
+    return torch.Generator(device=device).manual_seed(derive_seed(*parts))
+
+
+def train_seeds(start: int, update: int, n: int) -> List[int]:
+    """Env seeds of update ``update`` (1-based): ``n`` fresh seeds per update from ``start``, below TRAIN_SEED_LIMIT."""
+    span = TRAIN_SEED_LIMIT - start
+    return [start + ((update - 1) * n + i) % span for i in range(n)]
+
+
+def sampling_seeds(seed: int, update: int, n: int) -> List[int]:
+    """Generator seeds of the policy's sampling for the ``n`` episodes of update ``update``."""
+    return [derive_seed(seed, update, "sample", i) for i in range(n)]
+
+
+def episode_rewards(success: np.ndarray, dense: np.ndarray, mode: str) -> np.ndarray:
+    """Per-step rewards ``[E, T]`` from success flags and dense rewards (see AdaptConfig.reward)."""
+    E, T = success.shape
+    if mode == "success":
+        r = np.zeros((E, T), np.float32)
+        r[:, -1] = success[:, -1]
+        return r
+    if mode == "dense":
+        return (np.asarray(dense, np.float32) / T).astype(np.float32)
+    raise AdaptError(f"unknown reward {mode!r}; rewards: {', '.join(REWARDS)}")
+
+
+def resolve_task(cfg: AdaptConfig):
+    """(task id, Target spec) of ``cfg.task``; refuses a task of ``cfg.battery`` unless allowed."""
+    from vla_forget.spec import load_battery, load_target
+
+    battery = load_battery(cfg.battery)
+    ref = cfg.task or battery.target
+    if not ref:
+        raise AdaptError(f"--task: battery {battery.full_id} names no default target; give --task")
+    target = load_target(ref)
+    task = target.task.task
+    if task in battery.task_ids:
+        if not cfg.allow_battery_task:
+            raise AdaptError(
+                f"target task {task} is in the battery {battery.full_id}: adapting on it makes its forgetting "
+                f"meaningless. Choose a task outside the battery (its target is {battery.target}), or pass "
+                "--allow-battery-task if you know why")
+        msg = (f"\n{'!' * 78}\n!! --allow-battery-task: {task} is in the battery {battery.full_id}; forgetting and "
+               f"gain\n!! measured on {battery.full_id} after this adaptation are MEANINGLESS for {task}.\n{'!' * 78}")
+        print(msg, file=sys.stderr)
+        warnings.warn(f"adapting on battery task {task}: forgetting on {battery.full_id} is meaningless", stacklevel=2)
+    return task, target
+
+
+# --------------------------------------------------------------------------
+# policies, optimiser steps, losses shared by methods
+
+def trainable_parameters(policy) -> List[Any]:
+    """``policy.trainable_parameters()`` where the policy has it (LoRA adapters), else every parameter."""
+    if hasattr(policy, "trainable_parameters"):
+        params = list(policy.trainable_parameters())
+    else:
+        params = list(policy.parameters())
+    if not params:
+        raise AdaptError(f"{type(policy).__name__} has no trainable parameters")
+    return params
+
+
+def policy_tokenizer(policy):
+    """The policy's action tokenizer (its statistics turn demonstrations into tokens)."""
+    tok = getattr(policy, "tokenizer", None)
+    if tok is None or not hasattr(tok, "encode"):
+        raise AdaptError(f"{type(policy).__name__} exposes no action tokenizer (policy.tokenizer): SFT needs one to "
+                         "turn demonstrated actions into tokens")
+    return tok
+
+
+def backward(loss, what: str = "loss") -> None:
+    """``loss.backward()`` after checking that the loss is finite (NonFiniteError otherwise)."""
+    import torch
+
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise NonFiniteError(f"the {what} is {loss.detach().float().item()}")
+    loss.backward()
+
+
+def optimizer_step(opt, loss=None, grad_clip: float = 1.0) -> float:
+    """(zero_grad, backward when ``loss`` is given,) clip, check the gradient norm, step, zero_grad; returns the norm."""
+    import torch
+
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if loss is not None:
+        opt.zero_grad(set_to_none=True)
+        backward(loss)
+    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    if not bool(torch.isfinite(gnorm)):
+        opt.zero_grad(set_to_none=True)
+        raise NonFiniteError(f"the gradient norm is {float(gnorm)}")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(gnorm)
+
+
+def clipped_surrogate(logp, old_logp, adv, clip: float):
+    """PPO's clipped objective as a loss: ``mean(max(-A r, -A clip(r, 1-c, 1+c)))``, ``r = exp(logp - old_logp)``.
+
+    Returns (loss, ratio). With one gradient step per batch the ratio is 1 and
+    the gradient is the plain policy gradient ``-mean(A grad logp)``.
+    """
+    import torch
+
+    ratio = torch.exp(logp - old_logp)
+    loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)).mean()
+    return loss, ratio
+
+
+def logp_and_entropy(policy, obs, tokens, with_entropy: bool):
+    """Joint log-probability ``[B]`` of the 7 tokens (``policy.log_prob``) and, if asked, the summed per-token
+    entropy ``[B]`` teacher-forced on the same tokens (one forward pass either way)."""
+    import torch
+
+    if not with_entropy:
+        return policy.log_prob(obs, tokens), None
+    lp = torch.log_softmax(policy.action_logits(obs, tokens).float(), dim=-1)
+    logp = lp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).sum(-1)
+    entropy = -(lp.exp() * lp).sum(-1).sum(-1)
+    return logp, entropy
+
+
+class KLPenalty:
+    """``kl_coef * KL(base || policy)`` on a batch of states: RL's Razor's forward KL, chain rule, exact per token.
+
+    For each state a prefix ``a ~ base`` is sampled (no gradient); both policies
+    are teacher-forced on it and the 256-way KLs of the 7 tokens are summed
+    (:func:`vla_forget.divergences.token_divergences`, the same estimator as
+    ``vla-forget bench``). Inactive (nothing computed) when ``coef`` is 0.
+    """
+
+    def __init__(self, base, coef: float):
+        self.base, self.coef = base, float(coef)
+
+    @property
+    def active(self) -> bool:
+        return self.coef > 0
+
+    def reference(self, obs, gen) -> Optional[Tuple[Any, Any]]:
+        """(base tokens ``[B, 7]``, base logits ``[B, 7, 256]``) sampled on ``obs``; None when inactive."""
+        if not self.active:
+            return None
+        import torch
+
+        with torch.no_grad():
+            tokens, logits = self.base.sample_tokens(obs, generator=gen)
+        return tokens, logits.float()
+
+    def kl(self, policy, obs, ref):
+        """Per-state forward KL ``[B]`` (with gradients into ``policy``)."""
+        from vla_forget.divergences import token_divergences
+
+        tokens, base_logits = ref
+        logits = policy.action_logits(obs, tokens)
+        return token_divergences(base_logits, logits.float(), tokens)["forward"].float()
+
+
+def chunks(n: int, size: int) -> List[np.ndarray]:
+    """``arange(n)`` in consecutive pieces of ``size``."""
+    return [np.arange(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def slice_ref(ref, idx):
+    return None if ref is None else (ref[0][idx], ref[1][idx])
+
+
+def cat_refs(refs: List[Any]):
+    import torch
+
+    if not refs or refs[0] is None:
+        return None
+    return torch.cat([r[0] for r in refs]), torch.cat([r[1] for r in refs])
+
+
+# --------------------------------------------------------------------------
+# demonstrations
+
+def instruction_pattern(template: str) -> "re.Pattern[str]":
+    """A task's instruction template (``put the {cube} cube on the {target} target``) as a regex."""
+    parts = re.split(r"\{[^}]*\}", template)
+    return re.compile("^" + "(.+?)".join(re.escape(p) for p in parts) + "$")
+
+
+def open_demonstrations(paths: Sequence[str], task: str, policy, option: str = "--data") -> List[Any]:
+    """Open RLDS datasets for SFT on ``task``: the action dimension, the tasks and the instructions must match
+    (``option`` names where the paths came from, for the messages)."""
+    from vla_forget.datasets import DatasetError, open_dataset
+    from vla_forget.envs import TASKS
+
+    template = TASKS.get(task).metadata["instruction"]
+    pattern = instruction_pattern(template)
+    out = []
+    for path in paths:
+        try:
+            ds = open_dataset(path)
+        except DatasetError as e:
+            raise AdaptError(f"{option} {path}: {e}") from None
+        if ds.action_dim != policy.action_dim:
+            raise AdaptError(f"{option} {path}: {ds.action_dim}-D actions; the policy and {task} take "
+                             f"{policy.action_dim}-D actions")
+        tasks = ds.manifest.get("tasks") or []
+        if tasks and task not in tasks:
+            raise AdaptError(f"{option} {path} holds demonstrations of {', '.join(tasks)}, not of the target task {task}")
+        wrong = sorted({s for s in ds.instructions if not pattern.match(s.strip())})
+        if wrong:
+            raise AdaptError(f"{option} {path}: instructions {wrong[:3]} do not fit {task}'s instruction "
+                             f"{template!r}: these are not demonstrations of the target task")
+        out.append(ds)
+    return out
+
+
+# --------------------------------------------------------------------------
+# the run folder
+
+class Run:
+    """A run folder and the state of training in it (see the package docstring for the layout).
+
+    Use: ``run = Run(cfg, resume=...)``, make the optimizer with
+    :meth:`optimizer`, call :meth:`begin` (resume state, or checkpoint 0), then
+    ``for update in run.loop(): ...; run.end_update(update, record, ...)`` and
+    :meth:`finish`. NaN/inf: :meth:`step` / :meth:`backward` raise
+    :class:`Diverged` naming the last good checkpoint, which stays on disk.
+    """
+
+    def __init__(self, cfg: AdaptConfig, *, resume: bool = False):
+        import torch
+
+        from vla_forget.policies import load_policy
+
+        self.cfg = cfg = resolve(cfg)
+        self.task, self.target = resolve_task(cfg)
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise AdaptError("--device cuda: CUDA is not available on this machine (use --device cpu)")
+        if cfg.num_envs > 1 and not torch.cuda.is_available():
+            raise AdaptError(f"--num-envs {cfg.num_envs} needs ManiSkill's GPU physics (CUDA); on the CPU use "
+                             "--num-envs 1 and --workers N (one simulator per process)")
+        torch.set_num_threads(int(cfg.threads))
+        self.dir = cfg.out
+        self.device = cfg.device
+        self.ckpt_root = os.path.join(cfg.out, CHECKPOINTS_DIR)
+        self._check_run_json(resume)
+        existing = list_checkpoints(cfg.out) if resume else []
+        self.resume_from: Optional[str] = existing[-1] if existing else None
+        self.last_checkpoint: Optional[str] = self.resume_from
+        policy = load_policy(self.resume_from or cfg.base)
+        if cfg.lora_rank > 0:  # the hook for transformer policies (peft); full fine-tuning otherwise
+            if not hasattr(policy, "enable_lora"):
+                raise AdaptError(f"--lora-rank {cfg.lora_rank}: {type(policy).__name__} has no LoRA support "
+                                 "(policy.enable_lora); use full fine-tuning (--lora-rank 0)")
+            policy.enable_lora(rank=cfg.lora_rank)
+        self.policy = policy.to(self.device)
+        self.params = trainable_parameters(self.policy)
+        for p in self.policy.parameters():
+            p.requires_grad_(False)
+        for p in self.params:
+            p.requires_grad_(True)
+        base = None
+        if cfg.kl_coef > 0:
+            base = load_policy(cfg.base, device=self.device).eval()
+            base.requires_grad_(False)
+        self.kl = KLPenalty(base, cfg.kl_coef)
+        self.update = 0
+        self.env_steps = 0
+        self.samples_seen = 0
+        self._wall_offset = 0.0
+        self._t0 = time.perf_counter()
+        self._end = 0
+        self.before_checkpoint: List[Any] = []  # callables(update), e.g. flushing traces
+        self.summary: Dict[str, Any] = {}
+
+    # --- run.json ---------------------------------------------------------------
+    def _check_run_json(self, resume: bool) -> None:
+        from vla_forget import __version__
+
+        cfg = self.cfg
+        path = os.path.join(cfg.out, RUN_JSON)
+        want = {"kind": "adapt", "method": cfg.method, "base": cfg.base, "task": self.task, "config": asdict(cfg),
+                "vla_forget_version": __version__}
+        if os.path.exists(path):
+            if not resume:
+                raise AdaptError(f"{cfg.out} already holds an adaptation run: add --resume to continue it, or choose "
+                                 "another --out")
+            with open(path) as f:
+                have = json.load(f)
+            old = have.get("config", {})
+            diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in want["config"].items()
+                    if k not in VOLATILE and old.get(k) != v]
+            if have.get("method") != cfg.method:
+                diff.insert(0, f"method: {have.get('method')!r} -> {cfg.method!r}")
+            if diff:
+                raise AdaptError(f"--resume: {cfg.out} was started with other settings ({'; '.join(diff)}); resume "
+                                 "with the same ones, or choose another --out")
+        os.makedirs(cfg.out, exist_ok=True)
+        _write_json(path, want)
+
+    # --- logs -----------------------------------------------------------------------
+    def event(self, name: str, **fields: Any) -> None:
+        _append(os.path.join(self.dir, EVENTS), {"event": name, "update": self.update, **fields})
+
+    def wall_time(self) -> float:
+        return self._wall_offset + (time.perf_counter() - self._t0)
+
+    # --- optimiser and training state --------------------------------------------------
+    def optimizer(self, extra_groups: Sequence[Dict[str, Any]] = ()):
+        """AdamW over the trainable parameters (lr, weight_decay), plus ``extra_groups`` (e.g. a value head)."""
+        import torch
+
+        groups = [{"params": self.params, "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay}, *extra_groups]
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+
+    def begin(self, opt, value_head=None) -> None:
+        """Resume: load the optimizer, value head, RNG and counters of the newest checkpoint and cut the log
+        back to it. Fresh run: write checkpoint 0 (the base, as the run starts)."""
+        import torch
+
+        if self.resume_from is None:
+            self.event("start", task=self.task, base=self.cfg.base, method=self.cfg.method)
+            self.checkpoint(opt, value_head)
+            return
+        state = torch.load(os.path.join(self.resume_from, TRAIN_STATE), map_location="cpu", weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        if value_head is not None and state.get("value_head"):
+            value_head.load_state_dict(state["value_head"])
+        torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.update = int(state["update"])
+        self.env_steps = int(state["env_steps"])
+        self.samples_seen = int(state["samples_seen"])
+        self._wall_offset = float(state["wall_time_s"])
+        self._t0 = time.perf_counter()
+        log = os.path.join(self.dir, LOG)
+        if os.path.exists(log):  # records of updates after the checkpoint are redone
+            with open(log) as f:
+                keep = [line for line in f if line.strip() and _update_of(line) <= self.update]
+            with open(log + ".tmp", "w") as f:
+                f.writelines(keep)
+            os.replace(log + ".tmp", log)
+        self.event("resume", checkpoint=os.path.basename(self.resume_from))
+
+    def checkpoint(self, opt, value_head=None) -> str:
+        """``checkpoints/update-NNNNNN/``: the policy folder, meta.json and train_state.pt (written, then renamed)."""
+        import torch
+
+        for hook in self.before_checkpoint:
+            hook(self.update)
+        path = os.path.join(self.ckpt_root, checkpoint_name(self.update))
+        tmp = path + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(self.ckpt_root, exist_ok=True)
+        self.policy.save(tmp)
+        wall = round(self.wall_time(), 3)
+        torch.save({
+            "optimizer": opt.state_dict(),
+            "value_head": value_head.state_dict() if value_head is not None else {},
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "update": self.update, "env_steps": self.env_steps, "samples_seen": self.samples_seen, "wall_time_s": wall,
+        }, os.path.join(tmp, TRAIN_STATE))
+        _write_json(os.path.join(tmp, META), {
+            "method": self.cfg.method, "update": self.update, "env_steps": self.env_steps,
+            "samples_seen": self.samples_seen, "wall_time_s": wall, "hparams": hparams(self.cfg),
+            "base": self.cfg.base, "task": self.task, "run": os.path.basename(os.path.abspath(self.dir)),
+        })
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+        self.last_checkpoint = path
+        return path
+
+    # --- the loop ----------------------------------------------------------------------
+    def loop(self, stop_at: Optional[int] = None) -> Iterator[int]:
+        """Update numbers ``self.update + 1 ..`` to ``updates`` (or ``stop_at``, as an interruption would)."""
+        import torch
+        from tqdm import tqdm
+
+        total = int(self.cfg.updates)
+        self._end = total if stop_at is None else min(total, int(stop_at))
+        bar = tqdm(total=total, initial=self.update, unit="update", desc=f"adapt {self.cfg.method}",
+                   disable=not self.cfg.progress, dynamic_ncols=True, file=sys.stderr)
+        self._bar = bar
+        try:
+            while self.update < self._end:
+                u = self.update + 1
+                torch.manual_seed(derive_seed(self.cfg.seed, u, "torch"))  # dropout: the same after a resume
+                self._t_update = time.perf_counter()
+                yield u
+                if self.update != u:
+                    raise RuntimeError(f"update {u} ended without run.end_update")
+                bar.update(1)
+        finally:
+            bar.close()
+
+    def end_update(self, update: int, record: Dict[str, Any], *, opt, env_steps: int = 0, samples: int = 0,
+                   value_head=None) -> None:
+        """Count, log one record to log.jsonl, and checkpoint every save_every updates and at the end."""
+        self.update = update
+        self.env_steps += int(env_steps)
+        self.samples_seen += int(samples)
+        rec = {"update": update, "env_steps": self.env_steps, "samples_seen": self.samples_seen,
+               "wall_s": round(self.wall_time(), 3), "update_s": round(time.perf_counter() - self._t_update, 3),
+               **{k: _round(v) for k, v in record.items()}}
+        _append(os.path.join(self.dir, LOG), rec)
+        self.summary = rec
+        shown = {k: rec[k] for k in ("success_rate", "loss") if k in rec}
+        if shown and getattr(self, "_bar", None) is not None:
+            self._bar.set_postfix(shown)
+        if update % int(self.cfg.save_every) == 0 or update == int(self.cfg.updates) or update == self._end:
+            self.checkpoint(opt, value_head)
+
+    def backward(self, loss, what: str = "loss") -> None:
+        try:
+            backward(loss, what)
+        except NonFiniteError as e:
+            self.diverge(str(e))
+
+    def step(self, opt, loss=None) -> float:
+        """One optimiser step (see :func:`optimizer_step`); NaN/inf -> :class:`Diverged`."""
+        try:
+            return optimizer_step(opt, loss, self.cfg.grad_clip)
+        except NonFiniteError as e:
+            self.diverge(str(e))
+            raise  # unreachable
+
+    def diverge(self, message: str) -> None:
+        last = self.last_checkpoint
+        msg = (f"training diverged at update {self.update + 1}: {message}. Stopped before the optimiser step; the last "
+               f"good checkpoint is {last}. Lower --lr or --grad-clip and start again.")
+        self.event("diverged", message=message, last_checkpoint=last)
+        raise Diverged(msg, last)
+
+    def finish(self) -> Dict[str, Any]:
+        summary = {"run": self.dir, "method": self.cfg.method, "task": self.task, "updates": self.update,
+                   "env_steps": self.env_steps, "samples_seen": self.samples_seen,
+                   "wall_s": round(self.wall_time(), 1), "checkpoint": self.last_checkpoint,
+                   "checkpoints": len(list_checkpoints(self.dir)), "last": self.summary}
+        self.event("done", **{k: v for k, v in summary.items() if k != "last"})
+        return summary
+
+
+def _update_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("update", 0))
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return 1 << 60  # a torn line: dropped
+
+
+def _round(v: Any) -> Any:
+    if isinstance(v, float):
+        return round(v, 6)
+    if isinstance(v, (np.floating, np.integer)):
+        return _round(v.item())
+    return v
+
+
+def _append(path: str, rec: Dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,419 @@
+"""On-policy trajectories for adaptation: collecting them, and saving the successful ones.
+
+:class:`Collector` rolls out the *current* policy on the target task and
+returns a :class:`Trajectories` batch: per step the camera image, proprio
+state, the 7 sampled action tokens and their joint log-probability under the
+sampling policy, success flags and ManiSkill's dense reward; per episode the
+instruction and seed. Every episode runs to the task's length (the task
+contract), so a batch is a rectangle ``[E episodes, T steps]``.
+
+Where the simulator runs:
+
+* CPU (``workers >= 1``): a pool of spawned worker processes that lives for the
+  whole run, one single-env simulator each (env creation costs seconds, so the
+  env is kept between updates). Before each collection the trainer writes the
+  policy's ``state_dict`` to ``RUN/rollout_weights.pt`` (atomically); a job
+  names that file and a version (the update), and a worker reloads weights
+  only when the version changed. One job is one episode.
+* In the trainer's process (``workers == 0``, or ``num_envs > 1``, which is
+  ManiSkill's GPU physics with ``num_envs`` envs in one process): the live
+  policy acts on a batch of envs, batched inference on the policy's device.
+
+Sampling is seeded per episode (a generator seeded by ``gen_seed``), so a
+batch depends only on the weights, the env seeds and the generator seeds — not
+on the number of workers or on which worker ran which episode.
+
+:class:`TraceWriter` keeps the successful episodes of an RL run for
+``rl-trace-sft``: each is written at once as an uncompressed ``.npz`` into
+``RUN/traces/pending/`` (cheap), and at every checkpoint the pending episodes
+become one RLDS dataset ``RUN/traces/update-NNNNNN/`` (written with
+:func:`vla_forget.datasets.write_dataset`, read with
+:func:`vla_forget.datasets.open_dataset`); its actions are the decoded sampled
+tokens, which re-encode to the same tokens with the policy's statistics.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+TRACES_DIR = "traces"
+PENDING_DIR = "pending"
+
+
+# --------------------------------------------------------------------------
+# a batch of trajectories
+
+@dataclass
+class Trajectories:
+    """Episodes of equal length ``T`` as numpy arrays (``E`` episodes)."""
+
+    image: np.ndarray  # uint8 [E, T, H, W, 3]
+    state: np.ndarray  # float32 [E, T, S]
+    instruction: List[str]  # [E]
+    tokens: np.ndarray  # uint8 [E, T, 7] sampled bin indices
+    logp: np.ndarray  # float32 [E, T] joint log-probability of the 7 tokens under the sampling policy
+    success: np.ndarray  # bool [E, T] info["is_success"] after the step's action
+    dense: np.ndarray  # float32 [E, T] ManiSkill's normalised dense reward after the step's action
+    seeds: np.ndarray  # int64 [E]
+    wall_s: float = 0.0  # seconds spent collecting
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def horizon(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @property
+    def num_steps(self) -> int:
+        return self.num_episodes * self.horizon
+
+    @property
+    def done(self) -> np.ndarray:
+        """bool [E, T]: the episode ends after this step (the last step of the fixed length)."""
+        d = np.zeros(self.tokens.shape[:2], bool)
+        d[:, -1] = True
+        return d
+
+    @property
+    def success_at_end(self) -> np.ndarray:
+        return self.success[:, -1]
+
+    @property
+    def success_once(self) -> np.ndarray:
+        return self.success.any(axis=1)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Dict[str, Any]]) -> "Trajectories":
+        """Stack per-job results (dicts of [n, T, ...] arrays) in the given order."""
+        cat = lambda k: np.concatenate([p[k] for p in parts])  # noqa: E731
+        return cls(image=cat("image"), state=cat("state"), instruction=[s for p in parts for s in p["instruction"]],
+                   tokens=cat("tokens"), logp=cat("logp"), success=cat("success"), dense=cat("dense"),
+                   seeds=cat("seeds"), wall_s=float(sum(p["wall_s"] for p in parts)))
+
+    # flat views: step i of the batch is episode i // T, step i % T
+    def flat(self, name: str) -> np.ndarray:
+        a = getattr(self, name)
+        return a.reshape((self.num_steps,) + a.shape[2:])
+
+    def batch(self, idx: np.ndarray) -> Dict[str, Any]:
+        """Flat steps ``idx`` as the numpy batch dict the SFT loss takes (image, state, instruction, tokens)."""
+        idx = np.asarray(idx, np.int64)
+        T = self.horizon
+        return {"image": self.flat("image")[idx], "state": self.flat("state")[idx],
+                "instruction": [self.instruction[int(i) // T] for i in idx],
+                "tokens": self.flat("tokens")[idx].astype(np.int64)}
+
+    def observation(self, idx: np.ndarray, device: str):
+        """Flat steps ``idx`` as a policy Observation on ``device``."""
+        import torch
+
+        from vla_forget.policies.base import Observation
+
+        b = self.batch(idx)
+        return Observation(image=torch.from_numpy(b["image"]).to(device), state=torch.from_numpy(b["state"]).to(device),
+                           instruction=b["instruction"])
+
+
+# --------------------------------------------------------------------------
+# one batch of envs, rolled out to the episode length
+
+def run_episodes(env, policy, seeds: Sequence[int], gen_seed: int, device: str) -> Dict[str, Any]:
+    """Roll out ``policy`` (sampling at temperature 1) on ``env`` from ``seeds`` (one per env); arrays [N, T, ...]."""
+    import torch
+
+    t0 = time.perf_counter()
+    N = len(seeds)
+    gen = torch.Generator(device=device).manual_seed(int(gen_seed))
+    obs = env.reset(list(seeds))
+    instructions = list(obs.instruction)
+    policy.reset(N)
+    T = int(env.info.max_episode_steps)
+    images, states, tokens, logps, success, dense = [], [], [], [], [], []
+    for _ in range(T):
+        if obs.image is None:
+            raise RuntimeError("adaptation rollouts need camera images: the env was made without rendering")
+        images.append(obs.image.cpu().numpy())
+        states.append(obs.state.float().cpu().numpy())
+        tok, logits = policy.sample_tokens(obs, generator=gen)
+        lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1).sum(-1)
+        tokens.append(tok.cpu().numpy().astype(np.uint8))
+        logps.append(lp.cpu().numpy().astype(np.float32))
+        obs, reward, _terminated, truncated, info = env.step(policy.decode_actions(tok))
+        success.append(torch.as_tensor(info["is_success"]).bool().cpu().reshape(N).numpy())
+        d = info.get("dense_reward", reward)
+        dense.append(torch.as_tensor(d).float().cpu().reshape(N).numpy())
+        if bool(torch.as_tensor(truncated).all()):
+            break
+    stack = lambda xs, dtype: np.stack(xs, axis=1).astype(dtype, copy=False)  # noqa: E731  [N, T, ...]
+    return {"image": stack(images, np.uint8), "state": stack(states, np.float32), "instruction": instructions,
+            "tokens": stack(tokens, np.uint8), "logp": stack(logps, np.float32), "success": stack(success, bool),
+            "dense": stack(dense, np.float32), "seeds": np.asarray(seeds, np.int64), "wall_s": time.perf_counter() - t0}
+
+
+# --------------------------------------------------------------------------
+# worker processes
+
+@dataclass
+class RolloutJob:
+    """Episodes for one worker (picklable)."""
+
+    task: str
+    seeds: List[int]
+    gen_seed: int
+    policy: str
+    """the policy's architecture: a checkpoint folder (the run's update-000000)"""
+    weights: Optional[str]
+    """a state_dict file written by the trainer (None: the checkpoint's own weights)"""
+    version: int
+    """changes whenever the trainer rewrites ``weights``"""
+    image_size: int = 128
+    max_episode_steps: Optional[int] = None
+    device: str = "cpu"
+
+
+#: per worker process: key -> [policy, (weights path, version) loaded]
+_TRAINEE: Dict[str, list] = {}
+
+
+def _trainee(job: RolloutJob):
+    import torch
+
+    from vla_forget.policies import load_policy
+
+    key = f"{job.policy}@{job.device}"
+    if key not in _TRAINEE:
+        _TRAINEE.clear()
+        _TRAINEE[key] = [load_policy(job.policy, device=job.device).eval(), None]
+    entry = _TRAINEE[key]
+    if job.weights is not None and entry[1] != (job.weights, job.version):
+        state = torch.load(job.weights, map_location=job.device, weights_only=True)
+        entry[0].load_state_dict(state)
+        entry[1] = (job.weights, job.version)
+    return entry[0]
+
+
+def collect_job(job: RolloutJob) -> Dict[str, Any]:
+    """Run one job in this process (a worker): cached env, policy with the job's weights."""
+    from vla_forget import rollout
+
+    policy = _trainee(job)
+    env = rollout._get_env(job.task, image_size=job.image_size, render=True, num_envs=len(job.seeds),
+                           max_steps=job.max_episode_steps, sim_backend="cpu", device=job.device)
+    return run_episodes(env, policy, job.seeds, job.gen_seed, job.device)
+
+
+class Collector:
+    """Collects on-policy trajectories of the current policy (see the module docstring)."""
+
+    def __init__(self, *, task: str, policy_dir: str, weights_path: str, workers: int, num_envs: int = 1,
+                 image_size: int = 128, max_episode_steps: Optional[int] = None, device: str = "cpu"):
+        self.task, self.policy_dir, self.weights_path = task, policy_dir, weights_path
+        self.num_envs = max(1, int(num_envs))
+        self.workers = 0 if self.num_envs > 1 else max(0, int(workers))
+        self.image_size, self.max_episode_steps, self.device = int(image_size), max_episode_steps, device
+        self._pool = None
+
+    def collect(self, policy, seeds: Sequence[int], gen_seeds: Sequence[int], version: int) -> Trajectories:
+        """Episodes from ``seeds`` (generator seeds ``gen_seeds``, one per episode), in that order."""
+        if len(seeds) != len(gen_seeds) or not len(seeds):
+            raise ValueError(f"need one generator seed per env seed, got {len(seeds)} and {len(gen_seeds)}")
+        was_training = policy.training
+        policy.eval()
+        try:
+            if self.workers == 0:
+                parts = self._in_process(policy, list(seeds), list(gen_seeds))
+            else:
+                parts = self._in_workers(policy, list(seeds), list(gen_seeds), version)
+        finally:
+            policy.train(was_training)
+        return Trajectories.concat(parts)
+
+    def _in_process(self, policy, seeds: List[int], gen_seeds: List[int]) -> List[Dict[str, Any]]:
+        from vla_forget import rollout
+
+        N = self.num_envs
+        env = rollout._get_env(self.task, image_size=self.image_size, render=True, num_envs=N,
+                               max_steps=self.max_episode_steps, sim_backend="gpu" if N > 1 else "cpu",
+                               device=self.device)
+        parts = []
+        for i in range(0, len(seeds), N):
+            chunk = seeds[i:i + N]
+            n_real = len(chunk)
+            part = run_episodes(env, policy, chunk + [chunk[-1]] * (N - n_real), gen_seeds[i], self.device)
+            if n_real < N:  # a batched env has a fixed width: drop the padding
+                part = {k: (v[:n_real] if k != "wall_s" else v) for k, v in part.items()}
+            parts.append(part)
+        return parts
+
+    def _in_workers(self, policy, seeds: List[int], gen_seeds: List[int], version: int) -> List[Dict[str, Any]]:
+        import torch
+
+        tmp = self.weights_path + ".tmp"
+        torch.save({k: v.detach().cpu() for k, v in policy.state_dict().items()}, tmp)
+        os.replace(tmp, self.weights_path)
+        if self._pool is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            from vla_forget.rollout import worker_init
+
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=worker_init)
+        jobs = [RolloutJob(task=self.task, seeds=[s], gen_seed=g, policy=self.policy_dir, weights=self.weights_path,
+                           version=int(version), image_size=self.image_size, max_episode_steps=self.max_episode_steps)
+                for s, g in zip(seeds, gen_seeds)]
+        futures = [self._pool.submit(collect_job, j) for j in jobs]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self.workers == 0:
+            from vla_forget import rollout
+
+            rollout.close_all()
+        if os.path.exists(self.weights_path):
+            os.remove(self.weights_path)
+
+
+# --------------------------------------------------------------------------
+# successful traces of RL runs
+
+def trace_name(update: int) -> str:
+    return f"update-{int(update):06d}"
+
+
+class TraceWriter:
+    """Successful episodes of an RL run -> ``RUN/traces/update-NNNNNN/`` RLDS datasets (see the module docstring)."""
+
+    def __init__(self, run_dir: str, task: str, source: str, decode: Callable[[np.ndarray], np.ndarray], enabled: bool = True):
+        self.root = os.path.join(run_dir, TRACES_DIR)
+        self.pending = os.path.join(self.root, PENDING_DIR)
+        self.task, self.source, self.decode, self.enabled = task, source, decode, enabled
+        if enabled:
+            os.makedirs(self.pending, exist_ok=True)
+
+    def forget_after(self, update: int) -> None:
+        """On resume from checkpoint ``update``: drop what later (redone) updates wrote."""
+        if not os.path.isdir(self.root):
+            return
+        shutil.rmtree(self.pending, ignore_errors=True)
+        for d in glob.glob(os.path.join(self.root, "update-*")):
+            digits = os.path.basename(d)[len("update-"):]
+            if not digits.isdigit() or int(digits) > update:
+                shutil.rmtree(d, ignore_errors=True)
+        if self.enabled:
+            os.makedirs(self.pending, exist_ok=True)
+
+    def add(self, traj: Trajectories, update: int) -> int:
+        """Write the episodes that end in success; returns how many."""
+        if not self.enabled:
+            return 0
+        kept = 0
+        for e in np.nonzero(traj.success_at_end)[0]:
+            path = os.path.join(self.pending, f"{trace_name(update)}-{int(e):04d}.npz")
+            actions = self.decode(traj.tokens[e].astype(np.int64)).astype(np.float32)
+            reward = np.zeros(traj.horizon, np.float32)
+            reward[traj.success[e]] = 1.0
+            tmp = path + ".tmp.npz"
+            np.savez(tmp, image=traj.image[e], state=traj.state[e], tokens=traj.tokens[e], action=actions, reward=reward,
+                     instruction=np.array(traj.instruction[e]), seed=np.int64(traj.seeds[e]), update=np.int64(update))
+            os.replace(tmp, path)
+            kept += 1
+        return kept
+
+    def flush(self, update: int) -> Optional[str]:
+        """Turn the pending episodes into the dataset ``traces/update-NNNNNN`` (at a checkpoint); returns its path."""
+        if not self.enabled:
+            return None
+        files = sorted(f for f in glob.glob(os.path.join(self.pending, "*.npz")) if not f.endswith(".tmp.npz"))
+        if not files:
+            return None
+        from vla_forget.datasets import write_dataset
+
+        with np.load(files[0]) as first:
+            image_shape, state_dim = tuple(first["image"].shape[1:]), int(first["state"].shape[1])
+        out = os.path.join(self.root, trace_name(update))
+
+        def episodes():
+            for f in files:
+                with np.load(f) as z:
+                    ep = {k: z[k] for k in z.files}
+                yield {"image": ep["image"], "state": ep["state"], "action": ep["action"], "reward": ep["reward"],
+                       "instruction": str(ep["instruction"]), "seed": int(ep["seed"]), "task": self.task,
+                       "is_terminal": True, "source": f"{self.source} update {int(ep['update'])}"}
+
+        write_dataset(out, episodes(), name=f"rl_traces_{int(update):06d}", image_shape=image_shape, state_dim=state_dim,
+                      description=f"successful rollouts of {self.source} on {self.task}",
+                      manifest_extra={"kind": "rl-traces", "source": self.source})
+        for f in files:
+            os.remove(f)
+        return out
+
+
+def trace_datasets(run_dir: str, until: Optional[int] = None) -> List[str]:
+    """The trace datasets of an RL run (``RUN/traces/update-NNNNNN``), oldest first, up to update ``until``."""
+    root = os.path.join(run_dir, TRACES_DIR)
+    out = []
+    for d in glob.glob(os.path.join(root, "update-*")):
+        digits = os.path.basename(d)[len("update-"):]
+        if digits.isdigit() and os.path.exists(os.path.join(d, "dataset.json")) and (until is None or int(digits) <= until):
+            out.append((int(digits), d))
+    return [d for _, d in sorted(out)]
+
+
+# --------------------------------------------------------------------------
+# wiring for a run
+
+def collector_for(run) -> Collector:
+    """The run's collector: the architecture from its checkpoint 0, weights through RUN/rollout_weights.pt."""
+    from vla_forget.adapt import checkpoint_name
+    from vla_forget.adapt.common import ROLLOUT_WEIGHTS
+
+    cfg = run.cfg
+    return Collector(task=run.task, policy_dir=os.path.join(run.ckpt_root, checkpoint_name(0)),
+                     weights_path=os.path.join(run.dir, ROLLOUT_WEIGHTS), workers=cfg.workers, num_envs=cfg.num_envs,
+                     image_size=cfg.image_size, max_episode_steps=cfg.max_episode_steps, device=run.device)
+
+
+def traces_for(run) -> TraceWriter:
+    """The run's trace writer (RL methods with save_traces), flushed before every checkpoint."""
+    import torch
+
+    from vla_forget.adapt import RL_METHODS
+
+    cfg = run.cfg
+
+    def decode(tokens: np.ndarray) -> np.ndarray:
+        return run.policy.decode_actions(torch.from_numpy(tokens)).cpu().numpy()
+
+    enabled = bool(cfg.save_traces) and cfg.method in RL_METHODS
+    if enabled:
+        from vla_forget.adapt.common import AdaptError
+        from vla_forget.datasets import DatasetError, _tfds
+
+        try:
+            _tfds()
+        except DatasetError as e:
+            raise AdaptError(f"saving successful traces as RLDS needs the rlds extra ({e}); or pass --no-save-traces") from None
+    writer = TraceWriter(run.dir, run.task, f"{cfg.method} run {os.path.basename(os.path.abspath(run.dir))}", decode,
+                         enabled=enabled)
+    if run.resume_from is not None:
+        writer.forget_after(run.update)
+    run.before_checkpoint.append(writer.flush)
+    return writer

@@ -1,0 +1,61 @@
+"""SFT on demonstrations of the target task: token cross-entropy, teacher-forced (as pretraining).
+
+The data are RLDS datasets made by ``vla-forget demos`` (or any dataset the
+one loader, :func:`vla_forget.datasets.open_dataset`, reads) and must be of the
+target task: 7-D actions, the task in the manifest, instructions that fit the
+task's instruction template — otherwise a clear error. One update::
+
+    1. a batch of `batch_size` steps, uniform over all demonstration steps (seeded per update);
+       actions -> 7 tokens with the *policy's* statistics (its unnorm_key), so that the adapted
+       policy decodes actions exactly as the base does; optional random image shifts
+    2. loss = mean over the 7 tokens of cross-entropy(action_logits(obs, tokens), tokens)
+              + kl_coef * KL(base || pi) on the batch's states
+    3. one AdamW step; log; checkpoint every `save_every` updates
+
+The policy trains in train mode (dropout as in pretraining). ``rl-trace-sft``
+runs this same loop on an RL run's successful traces.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+from vla_forget.adapt import common
+from vla_forget.adapt.common import AdaptConfig, Run
+from vla_forget.pretrain import SplitSampler, _observation, shift_images, token_loss
+
+
+def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = None, data: Optional[Sequence[str]] = None,
+          data_option: str = "--data") -> Dict[str, Any]:
+    """Run SFT as ``cfg`` says, on ``data`` (default ``cfg.data``); ``stop_at``: stop after that update."""
+    run = Run(cfg, resume=resume)
+    cfg, policy, device = run.cfg, run.policy, run.device
+    datasets = common.open_demonstrations(list(data if data is not None else cfg.data), run.task, policy, data_option)
+    sampler = SplitSampler(datasets, [ds.num_steps for ds in datasets], [np.arange(ds.num_episodes) for ds in datasets],
+                           common.policy_tokenizer(policy), np.random.default_rng(0))
+    run.event("data", datasets=[ds.root for ds in datasets], episodes=[ds.num_episodes for ds in datasets],
+              steps=[ds.num_steps for ds in datasets])
+    policy.train()
+    opt = run.optimizer()
+    run.begin(opt)
+    for update in run.loop(stop_at):
+        # 1. a batch of demonstration steps, tokenised with the policy's statistics
+        sampler.rng = np.random.default_rng(common.derive_seed(cfg.seed, update, "batch"))
+        batch = sampler.sample(cfg.batch_size)
+        batch["image"] = shift_images(batch["image"], cfg.augment_shift, sampler.rng)
+
+        # 2. token cross-entropy (+ KL to the base)
+        loss, acc = token_loss(policy, batch, device)
+        record = {"loss": float(loss.detach()), "token_acc": float(acc.mean())}
+        if run.kl.active:
+            obs = _observation(batch, device)
+            kl = run.kl.kl(policy, obs, run.kl.reference(obs, common.generator(cfg.seed, update, "kl", device=device))).mean()
+            loss = loss + run.kl.coef * kl
+            record["kl_to_base"] = float(kl.detach())
+
+        # 3. one optimiser step; log and checkpoint
+        record["grad_norm"] = run.step(opt, loss)
+        run.end_update(update, {**record, "lr": cfg.lr}, opt=opt, samples=cfg.batch_size)
+    return run.finish()
