@@ -99,7 +99,8 @@ def plot_pareto(results: Dict[str, Any], path: str) -> str:
     ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
     ax.set_title("Target vs battery success; lines: Pareto frontier per method", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     return path
@@ -122,8 +123,9 @@ def plot_law(results: Dict[str, Any], path: str) -> str:
         hi = max([p["forward_kl"] for p in points] + [1e-6])
         xs = np.linspace(0.0, 1.05 * hi, 100)
         r2 = "undefined" if fit.r2 is None else f"{fit.r2:.2f}"
+        params = ", ".join(f"{k} = {v:.3g}" for k, v in fit.params.items())
         ax.plot(xs, [100 * fit.predict(float(x)) for x in xs], color="black", lw=1.5, ls="--",
-                label=f"{section['formula'].replace('x', 'KL')}; R² = {r2}, n = {fit.n}")
+                label=f"{section['formula'].replace('x', 'KL')} ({params}); R² = {r2}, n = {fit.n}")
     else:
         ax.text(0.02, 0.96, f"law fit {section.get('reason', 'undefined')}", transform=ax.transAxes, va="top", fontsize=8)
     states = section.get("states") or "target"

@@ -1,0 +1,178 @@
+"""`bench --checkpoints`: every checkpoint of a sweep folder is evaluated, base outputs are computed once (N + 1 passes)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.fakes import FakeEnv, register_fake_tasks
+from vla_forget import bench as bench_mod
+from vla_forget import rollout
+from vla_forget.bench import BenchConfig, BenchError, run_bench
+from vla_forget.cli import main
+from vla_forget.policies.small_vla import SmallVLA
+
+TINY = dict(image_size=32, conv_channels=(8, 16), residual_stages=1, image_grid=2, state_dim=16, d_model=32,
+            n_layers=1, context_layers=1, heads=2, ff_mult=2, text_layers=1, text_tokens=2, max_instruction_bytes=32)
+
+
+def save_checkpoint(run_dir, update, model, method):
+    """A checkpoint in the adapt run-folder contract: policy folder + meta.json (written last)."""
+    path = os.path.join(run_dir, "checkpoints", f"update-{update:06d}")
+    model.save(path)
+    with open(os.path.join(path, "meta.json"), "w") as f:
+        json.dump({"method": method, "update": update, "env_steps": 12 * update, "samples_seen": 8 * update,
+                   "wall_time_s": 0.1 * update, "hparams": {"lr": 1e-4}, "run": os.path.basename(run_dir)}, f)
+    return path
+
+
+def make_run(sweep, name, method, base_dir, target, seeds):
+    run = os.path.join(sweep, "runs", name)
+    os.makedirs(run)
+    with open(os.path.join(run, "run.json"), "w") as f:
+        json.dump({"kind": "adapt", "method": method, "base": base_dir, "task": target, "config": {}}, f)
+    save_checkpoint(run, 0, SmallVLA.load(base_dir), method)  # the base copy: identical weights
+    for u, s in zip((2, 4), seeds):
+        save_checkpoint(run, u, SmallVLA.random_init(seed=s, **TINY), method)
+    return run
+
+
+@pytest.fixture()
+def world(tmp_path, monkeypatch):
+    register_fake_tasks(monkeypatch)
+    battery = tmp_path / "fake-v1.yaml"
+    battery.write_text("id: fake\nversion: 1\nepisodes: 2\nseed_start: 10\ntasks: [FakeA-v1, FakeB-v1]\n")
+    target = tmp_path / "fake-target-v1.yaml"
+    target.write_text("id: fake-target\nversion: 1\ntask: FakeTarget-v1\nepisodes: 2\nseed_start: 500\n")
+    counts = {"episodes": 0}
+    real_run_job = rollout.run_job
+
+    def counting_run_job(job):
+        counts["episodes"] += len(job.seeds)
+        return real_run_job(job)
+
+    monkeypatch.setattr(rollout, "_get_env", lambda task, **kw: FakeEnv(task, num_envs=kw.get("num_envs", 1),
+                                                                        max_episode_steps=kw.get("max_steps") or 4))
+    monkeypatch.setattr(rollout, "run_job", counting_run_job)
+    monkeypatch.setattr("vla_forget.envs.vulkan.check_vulkan", lambda *a, **k: "fake")
+    monkeypatch.setenv("VLA_FORGET_CACHE", str(tmp_path / "cache"))
+    base = str(tmp_path / "base")
+    SmallVLA.random_init(seed=0, **TINY).save(base)
+    sweep = str(tmp_path / "sweep")
+    make_run(sweep, "ppo_lr1e-4_b8_s0", "ppo", base, str(target), (1, 2))
+    make_run(sweep, "sft_lr1e-4_b8_s0", "sft", base, str(target), (3, 4))
+    with open(os.path.join(sweep, "sweep.json"), "w") as f:
+        json.dump({"kind": "sweep", "runs": [{"name": "ppo_lr1e-4_b8_s0"}, {"name": "sft_lr1e-4_b8_s0"}]}, f)
+    return tmp_path, str(battery), str(target), base, sweep, counts
+
+
+def config(tmp, battery, target, base, sweep, out, **kw):
+    return BenchConfig(policies=[], base=base, out=str(tmp / out), battery=battery, target=target, workers=0,
+                       image_size=16, videos_per_task=0, kl_states_per_task=4, kl_samples_per_state=2, progress=False,
+                       checkpoints=[sweep], **kw)
+
+
+def test_bench_over_a_sweep_evaluates_every_checkpoint(world):
+    tmp, battery, target, base, sweep, counts = world
+    res = run_bench(config(tmp, battery, target, base, sweep, "b"), log=lambda *_: None)
+    rows = res["checkpoints"]
+    assert [r["key"] for r in rows] == [f"{run}@update-{u:06d}" for run in ("ppo_lr1e-4_b8_s0", "sft_lr1e-4_b8_s0")
+                                        for u in (0, 2, 4)]
+    # update 0 is the base copy: an alias of the base, not rolled out again
+    assert [r["policy"] for r in rows if r["update"] == 0] == [base, base]
+    evaluated = {p["id"] for p in res["policies"]}
+    assert evaluated == {base} | {r["key"] for r in rows if r["update"] > 0}
+    assert res["episodes"] == counts["episodes"] == 5 * (2 + 2 + 2)
+    for r in rows:
+        assert r["method"] == r["run"].split("_")[0] and r["env_steps"] == 12 * r["update"]
+        assert 0 <= r["target_success"] <= 1 and 0 <= r["battery_success"] <= 1
+        assert r["forgetting"] == pytest.approx(res["forgetting"][r["policy"]], nan_ok=True)
+        if r["update"] == 0:
+            assert r["forward_kl"] == 0.0 and r["forgetting"] == 0.0
+        else:
+            assert r["forward_kl"] > 0 and r["kl_state_set"] == "target" and r["forward_kl_battery"] > 0
+    law = res["law"]
+    assert law["n"] == 4 and law["model"] == "linear" and law["predictor"] == "forward_kl" and law["states"] == "target"
+    assert set(law["fits"]) == {"proportional", "linear", "quadratic"}
+    assert {p["policy"] for p in law["points"]} == {r["key"] for r in rows if r["update"] > 0}
+    report = open(tmp / "b" / "report.md").read()
+    assert "## Checkpoints" in report and "ppo_lr1e-4_b8_s0" in report and "## Forgetting law" in report
+    assert json.load(open(tmp / "b" / "results.json"))["checkpoints"] == json.loads(json.dumps(rows))
+    if "skipped" not in res["plots"]:
+        for name in ("pareto.png", "forgetting_vs_kl.png"):
+            assert (tmp / "b" / name).stat().st_size > 1000
+            assert f"]({name})" in report
+
+
+def test_n_checkpoints_cost_n_plus_one_passes(world, monkeypatch):
+    tmp, battery, target, base, sweep, counts = world
+    cfg = config(tmp, battery, target, base, sweep, "kl")
+    first = run_bench(cfg, log=lambda *_: None)
+    assert first["divergences"]["base_passes"] == 2  # one per state set (target, battery), however many checkpoints
+
+    calls = {"sample": [], "logits": []}
+    real_sample, real_logits = SmallVLA.sample_tokens, SmallVLA.action_logits
+    monkeypatch.setattr(SmallVLA, "sample_tokens", lambda self, *a, **k: calls["sample"].append(self.checkpoint_hash())
+                        or real_sample(self, *a, **k))
+    monkeypatch.setattr(SmallVLA, "action_logits", lambda self, *a, **k: calls["logits"].append(self.checkpoint_hash())
+                        or real_logits(self, *a, **k))
+    monkeypatch.setenv("VLA_FORGET_CACHE", str(tmp / "empty-cache"))
+    plan = bench_mod.make_plan(cfg)
+    n = len([r for r in plan.refs if r.key != plan.base.key])
+    assert n == 4 and len(plan.checkpoints) == 6
+    res = bench_mod.compute_divergences(plan, cfg.out)
+    # per state set: one base pass (sampling the prefixes yields its logits) + one teacher-forced pass per checkpoint
+    assert res["base_passes"] == 2 and len(calls["sample"]) == 2 and set(calls["sample"]) == {plan.base.hash}
+    assert len(calls["logits"]) == 2 * n and plan.base.hash not in calls["logits"]
+    assert len(calls["sample"] + calls["logits"]) == 2 * (n + 1)
+    calls["sample"].clear()
+    again = bench_mod.compute_divergences(plan, cfg.out)  # cached by content: no base pass at all
+    assert again["base_passes"] == 0 and not calls["sample"]
+    assert again["policies"] == res["policies"]
+
+
+def test_resume_adds_new_checkpoints_and_refuses_changed_ones(world):
+    tmp, battery, target, base, sweep, counts = world
+    cfg = config(tmp, battery, target, base, sweep, "r")
+    run_bench(cfg, log=lambda *_: None)
+    counts["episodes"] = 0
+    run = os.path.join(sweep, "runs", "sft_lr1e-4_b8_s0")
+    save_checkpoint(run, 6, SmallVLA.random_init(seed=5, **TINY), "sft")  # the run trained on
+    with pytest.raises(BenchError, match="already holds a run"):
+        run_bench(cfg, log=lambda *_: None)
+    res = run_bench(cfg, resume=True, log=lambda *_: None)
+    assert counts["episodes"] == 2 + 2 + 2  # only the new checkpoint is rolled out
+    assert res["checkpoints"][-1]["key"] == "sft_lr1e-4_b8_s0@update-000006" and res["law"]["n"] == 5
+    save_checkpoint(run, 2, SmallVLA.random_init(seed=9, **TINY), "sft")  # a checkpoint overwritten
+    with pytest.raises(BenchError, match="different configuration.*policies"):
+        run_bench(cfg, resume=True, log=lambda *_: None)
+
+
+def test_checkpoint_every_and_errors(world):
+    tmp, battery, target, base, sweep, counts = world
+    plan = bench_mod.make_plan(config(tmp, battery, target, base, sweep, "e", checkpoint_every=4))
+    assert [c["update"] for c in plan.checkpoints] == [0, 4, 0, 4]
+    with pytest.raises(BenchError, match="neither an adaptation run folder"):
+        bench_mod.make_plan(config(tmp, battery, target, base, str(tmp), "e2"))
+    single = bench_mod.make_plan(config(tmp, battery, target, base, os.path.join(sweep, "runs", "ppo_lr1e-4_b8_s0"), "e3"))
+    assert [c["key"] for c in single.checkpoints][-1] == "ppo_lr1e-4_b8_s0@update-000004"
+    with pytest.raises(BenchError, match="both called ppo_lr1e-4_b8_s0@update-000000"):
+        cfg = config(tmp, battery, target, base, sweep, "e4")
+        cfg.checkpoints = [sweep, os.path.join(sweep, "runs", "ppo_lr1e-4_b8_s0")]
+        bench_mod.make_plan(cfg)
+
+
+def test_cli_takes_base_and_target_from_the_runs(world, capsys):
+    tmp, battery, target, base, sweep, counts = world
+    out = str(tmp / "cli")
+    rc = main(["bench", "--checkpoints", sweep, "--checkpoint-every", "4", "--battery", battery, "--workers", "0",
+               "--episodes", "1", "--target-episodes", "1",
+               "--image-size", "16", "--videos-per-task", "0", "--kl-states-per-task", "2", "--kl-samples-per-state", "1",
+               "--no-progress", "--out", out])
+    assert rc == 0, capsys.readouterr().err
+    res = json.load(open(os.path.join(out, "results.json")))
+    assert res["base"] == base and res["target"]["task"] == "FakeTarget-v1"
+    assert [c["update"] for c in res["checkpoints"]] == [0, 4, 0, 4]
+    assert len(res["policies"]) == 3  # no preset policies added

@@ -1,0 +1,120 @@
+"""The forgetting-law fits (known parameters, hand-computed R^2, undefined cases), Pareto frontiers and the plots."""
+
+from __future__ import annotations
+
+import pytest
+
+from vla_forget import law
+
+
+def test_linear_fit_and_r2_match_a_hand_computation():
+    x, y = [0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 1.0, 3.0]
+    f = law.fit(x, y, "linear")
+    # Sxy = 4.5, Sxx = 5 -> a = 0.9, b = 1.25 - 0.9 * 1.5 = -0.1;
+    # residuals 0.1, 0.2, -0.7, 0.4 -> SS_res = 0.70; SS_tot = 4.75 -> R^2 = 1 - 0.70 / 4.75
+    assert f.params == pytest.approx({"a": 0.9, "b": -0.1})
+    assert f.r2 == pytest.approx(1 - 0.70 / 4.75) and f.n == 4 and f.defined
+    p = law.fit(x, y, "proportional")
+    assert p.params["a"] == pytest.approx(12 / 14)  # sum(xy) / sum(x^2)
+    ss_res = sum((b - 12 / 14 * a) ** 2 for a, b in zip(x, y))
+    assert p.r2 == pytest.approx(1 - ss_res / 4.75)
+
+
+def test_fits_recover_known_parameters():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 2, 200)
+    assert law.fit(x, 0.3 * x + 0.05, "linear").params == pytest.approx({"a": 0.3, "b": 0.05})
+    assert law.fit(x, 0.3 * x + 0.05, "linear").r2 == pytest.approx(1.0)
+    assert law.fit(x, 0.7 * x, "proportional").params == pytest.approx({"a": 0.7})
+    q = law.fit(x, 0.2 * x ** 2 - 0.1 * x + 0.02, "quadratic")
+    assert q.params == pytest.approx({"a": 0.2, "b": -0.1, "c": 0.02}, abs=1e-9)
+    noisy = law.fit(x, 0.3 * x + 0.05 + rng.normal(0, 0.05, 200), "linear")
+    assert noisy.params["a"] == pytest.approx(0.3, abs=0.02) and 0.8 < noisy.r2 < 1.0
+    assert law.fit([0.1, float("nan"), 0.3, 0.5, None], [0.1, 0.2, 0.3, 0.5, 0.9]).n == 3  # non-finite pairs dropped
+
+
+def test_undefined_fits_say_why_instead_of_crashing():
+    two = law.fit([0.1, 0.2], [0.0, 0.1])
+    assert not two.defined and two.r2 is None and "2 points" in two.reason and "at least 3" in two.reason
+    assert "at least 4" in law.fit([0.1, 0.2, 0.3], [0.0, 0.1, 0.3], "quadratic").reason
+    assert "single value" in law.fit([0.2, 0.2, 0.2], [0.0, 0.1, 0.3]).reason
+    flat = law.fit([0.1, 0.2, 0.3], [0.05, 0.05, 0.05])
+    assert flat.defined and flat.r2 is None and "R^2 undefined" in flat.reason
+    assert law.fit([], []).to_dict() == {"model": "linear", "formula": "forgetting = a * x + b", "params": {}, "r2": None,
+                                          "n": 0, "defined": False, "reason": "undefined: 0 points, the linear fit needs at least 3"}
+    with pytest.raises(ValueError, match="unknown law model"):
+        law.fit([1], [1], "cubic")
+
+
+def test_law_section():
+    pts = [{"forward_kl": k, "reverse_kl": 2 * k, "tv": None, "forward_kl_battery": k * k, "forgetting": 0.1 * k + 0.01}
+           for k in (0.5, 1.0, 2.0, 4.0)]
+    s = law.law_section(pts)
+    assert s["model"] == "linear" and s["predictor"] == "forward_kl" and s["n"] == 4
+    assert s["params"] == pytest.approx({"a": 0.1, "b": 0.01}) and s["r2"] == pytest.approx(1.0)
+    assert s["fits"]["quadratic"]["defined"] and s["predictors"]["reverse_kl"]["r2"] == pytest.approx(1.0)
+    assert s["predictors"]["tv"]["n"] == 0 and "undefined" in s["predictors"]["tv"]["reason"]
+    assert law.law_section([])["defined"] is False
+
+
+def test_pareto_frontier_on_a_hand_example():
+    pts = [(0.1, 0.9), (0.5, 0.5), (0.4, 0.4), (0.9, 0.1), (0.5, 0.5), (0.2, 0.95), (float("nan"), 1.0), (0.9, 0.05)]
+    # (0.1, 0.9) < (0.2, 0.95); (0.4, 0.4) < (0.5, 0.5); (0.9, 0.05) < (0.9, 0.1); equal points both stay
+    assert law.pareto_frontier(pts) == [5, 1, 4, 3]
+    assert law.pareto_frontier([]) == [] and law.pareto_frontier([(0.3, 0.3)]) == [0]
+
+
+def results_fixture(n_points=6):
+    methods = ["ppo", "sft", "iterative-sft"]
+    rows, points = [], []
+    for i in range(n_points):
+        m = methods[i % 3]
+        kl = 0.1 * (i + 1) * (3 if m == "sft" else 1)
+        key = f"{m}_lr1e-4_b8_s0@update-{i:06d}"
+        row = {"key": key, "policy": key, "run": key.split("@")[0], "method": m, "update": i, "env_steps": i,
+               "target_success": min(1.0, 0.1 * i), "battery_success": 0.8 - 0.05 * kl, "forgetting": 0.05 * kl,
+               "forward_kl": kl}
+        rows.append(row)
+        points.append({"policy": key, "method": m, "forward_kl": kl, "forgetting": 0.05 * kl,
+                       "target_success": row["target_success"], "battery_success": row["battery_success"]})
+    points.append({"policy": "expert-v1", "method": None, "forward_kl": None, "forgetting": -0.1,
+                   "target_success": 1.0, "battery_success": 0.9})
+    section = law.law_section(points)
+    section.update(states="target", points=points)
+    return {"base": "small-vla-base-v1", "target": {"id": "t-v1", "task": "PlaceCubeOnTarget-v1"},
+            "success": {"small-vla-base-v1": {"PlaceCubeOnTarget-v1": {"rate": 0.1}}},
+            "battery_mean_success": {"small-vla-base-v1": 0.8}, "checkpoints": rows, "law": section}
+
+
+def test_plots_are_written(tmp_path):
+    pytest.importorskip("matplotlib", reason="needs the plots extra: pip install 'vla-forget[plots]'")
+    from vla_forget import plots
+
+    out = plots.write_plots(results_fixture(), str(tmp_path))
+    assert out == {"pareto": "pareto.png", "law": "forgetting_vs_kl.png"}
+    for name in out.values():
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    few = results_fixture(2)  # the law is undefined: the plot says so instead of failing
+    assert not few["law"]["defined"]
+    (tmp_path / "few").mkdir()
+    plots.write_plots(few, str(tmp_path / "few"))
+    assert (tmp_path / "few" / "forgetting_vs_kl.png").stat().st_size > 5000
+    empty = {"base": "b", "target": None, "success": {}, "battery_mean_success": {}, "law": law.law_section([])}
+    assert set(plots.write_plots(empty, str(tmp_path))) == {"pareto", "law"}
+    # the Pareto plot takes every checkpoint plus the policies outside any run (expert-v1 here)
+    assert [p["key"] for p in plots.pareto_points(results_fixture())][-1] == "expert-v1"
+
+
+def test_report_links_the_plots():
+    from vla_forget.report import checkpoint_section
+
+    res = results_fixture()
+    res["plots"] = {"pareto": "pareto.png", "law": "forgetting_vs_kl.png"}
+    text = "\n".join(checkpoint_section(res))
+    assert "](pareto.png)" in text and "](forgetting_vs_kl.png)" in text
+    assert "| ppo_lr1e-4_b8_s0 | ppo | 0 |" in text and "(primary)" in text and "R²" in text
+    res["plots"] = {"skipped": "plots need matplotlib"}
+    assert "Plots skipped: plots need matplotlib" in "\n".join(checkpoint_section(res))
