@@ -150,10 +150,12 @@ def test_resume_adds_new_checkpoints_and_refuses_changed_ones(world):
         run_bench(cfg, resume=True, log=lambda *_: None)
 
 
-def test_checkpoint_every_and_errors(world):
+def test_checkpoint_stride_and_errors(world):
     tmp, battery, target, base, sweep, counts = world
-    plan = bench_mod.make_plan(config(tmp, battery, target, base, sweep, "e", checkpoint_every=4))
+    plan = bench_mod.make_plan(config(tmp, battery, target, base, sweep, "e", checkpoint_stride=2))
     assert [c["update"] for c in plan.checkpoints] == [0, 4, 0, 4]
+    plan = bench_mod.make_plan(config(tmp, battery, target, base, sweep, "e", checkpoint_stride=5))
+    assert [c["update"] for c in plan.checkpoints] == [0, 4, 0, 4]  # the first and the last of each run
     with pytest.raises(BenchError, match="neither an adaptation run folder"):
         bench_mod.make_plan(config(tmp, battery, target, base, str(tmp), "e2"))
     single = bench_mod.make_plan(config(tmp, battery, target, base, os.path.join(sweep, "runs", "ppo_lr1e-4_b8_s0"), "e3"))
@@ -167,7 +169,7 @@ def test_checkpoint_every_and_errors(world):
 def test_cli_takes_base_and_target_from_the_runs(world, capsys):
     tmp, battery, target, base, sweep, counts = world
     out = str(tmp / "cli")
-    rc = main(["bench", "--checkpoints", sweep, "--checkpoint-every", "4", "--battery", battery, "--workers", "0",
+    rc = main(["bench", "--checkpoints", sweep, "--checkpoint-stride", "2", "--battery", battery, "--workers", "0",
                "--episodes", "1", "--target-episodes", "1",
                "--image-size", "16", "--videos-per-task", "0", "--kl-states-per-task", "2", "--kl-samples-per-state", "1",
                "--no-progress", "--out", out])

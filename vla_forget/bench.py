@@ -87,8 +87,8 @@ class BenchConfig:
     """show progress bars"""
     checkpoints: List[str] = field(default_factory=list)
     """adaptation run or sweep folders: every finished checkpoint in them is evaluated"""
-    checkpoint_every: Optional[int] = None
-    """with checkpoints: keep updates that are multiples of this, plus each run's last (None: all)"""
+    checkpoint_stride: Optional[int] = None
+    """with checkpoints: every k-th checkpoint of each run (from update 0), plus its last (None: all)"""
 
     # fields that may differ between a run and its resumption
     VOLATILE = ("workers", "progress", "out")
@@ -231,7 +231,7 @@ def _add_checkpoints(config: BenchConfig, refs: List[PolicyRef]) -> List[Dict[st
     keys = {r.key for r in refs}
     for folder in config.checkpoints:
         try:
-            found = find_checkpoints(folder, config.checkpoint_every)
+            found = find_checkpoints(folder, config.checkpoint_stride)
         except CheckpointDiscoveryError as e:
             raise BenchError(str(e)) from None
         for ck in found:

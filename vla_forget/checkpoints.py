@@ -125,21 +125,21 @@ def find_runs(folder: str) -> List[RunInfo]:
     return [run_info(d) for d in run_dirs(folder)]
 
 
-def find_checkpoints(folder: str, every: Optional[int] = None) -> List[CheckpointInfo]:
+def find_checkpoints(folder: str, stride: Optional[int] = None) -> List[CheckpointInfo]:
     """Every finished checkpoint in a run or sweep folder, run by run, by update.
 
-    ``every``: keep only updates that are multiples of it, plus each run's last checkpoint.
+    ``stride``: keep every ``stride``-th checkpoint of each run (the first included) and its last one.
     Raises :class:`CheckpointDiscoveryError` when the folder holds no finished checkpoint.
     """
-    if every is not None and every < 1:
-        raise CheckpointDiscoveryError(f"checkpoint_every must be >= 1, got {every}")
+    if stride is not None and stride < 1:
+        raise CheckpointDiscoveryError(f"--checkpoint-stride must be >= 1, got {stride}")
     if not os.path.isdir(folder):
         raise CheckpointDiscoveryError(f"{folder}: no such folder")
     found: List[CheckpointInfo] = []
     for d in run_dirs(folder):
         cks = list_run_checkpoints(d)
-        if every:
-            cks = [c for i, c in enumerate(cks) if c.update % every == 0 or i == len(cks) - 1]
+        if stride:
+            cks = [c for i, c in enumerate(cks) if i % stride == 0 or i == len(cks) - 1]
         found += cks
     if not found:
         raise CheckpointDiscoveryError(f"{folder} holds no finished checkpoint (checkpoints/update-NNNNNN/meta.json)")

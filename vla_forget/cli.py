@@ -15,7 +15,7 @@ examples:
       --base small-vla-random-v1 --battery tabletop-v1 --episodes 50 --out runs/mine
   vla-forget bench --policy ckpt/ --base base/ --battery my_battery.yaml --target none --out runs/x
   vla-forget bench --checkpoints runs/sweeps/forgetting --episodes 20 --out runs/bench-forgetting
-  vla-forget bench --checkpoints runs/adapt/ppo --checkpoint-every 20 --out runs/bench-ppo --resume
+  vla-forget bench --checkpoints runs/adapt/ppo --checkpoint-stride 2 --out runs/bench-ppo --resume
 
 Results land in OUT/results.json (machine-readable), OUT/report.md (tables),
 OUT/episodes.jsonl (one line per episode) and OUT/videos/. Ctrl-C keeps every
@@ -37,8 +37,8 @@ def _bench_parser(sub) -> None:
                    help="policy id or checkpoint folder to evaluate (repeatable)")
     p.add_argument("--checkpoints", action="append", metavar="DIR",
                    help="adaptation run or sweep folder: evaluate every finished checkpoint in it (repeatable)")
-    p.add_argument("--checkpoint-every", type=int, metavar="K",
-                   help="with --checkpoints: only updates that are multiples of K, plus each run's last")
+    p.add_argument("--checkpoint-stride", type=int, metavar="K",
+                   help="with --checkpoints: every K-th checkpoint of each run (from update 0), plus its last")
     p.add_argument("--base", help="base policy id or checkpoint folder (reference for forgetting, gain, divergence; "
                                   "with --checkpoints: default the runs' base)")
     p.add_argument("--battery", help="battery id or YAML path (default tabletop-v1)")
@@ -95,7 +95,7 @@ def cmd_bench(args) -> int:
         kl_states_per_task=int(pick("kl_states_per_task", 32)), kl_state_stride=int(preset.get("kl_state_stride", 5)),
         kl_samples_per_state=int(pick("kl_samples_per_state", 4)), greedy=bool(pick("greedy", False)),
         seed=int(pick("seed", 0)), progress=not args.no_progress, checkpoints=checkpoints,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_stride=args.checkpoint_stride,
     )
     run_bench(cfg, resume=args.resume)
     print(open(os.path.join(args.out, "report.md")).read())
