@@ -81,7 +81,7 @@ grid:
   lr: [-1, abc]
   batch_size: [0]
   speed: [1]
-options: {lr: 0.1, Bad-Name: 1, nested: {a: 1}}
+options: {lr: 0.1, Bad-Name: 1, episodes_per_update: {a: 1}, episodes_per_updat: 2}
 method_options:
   sft: {data: x}
   ppo: {updates: 3, seed: 1}
@@ -104,7 +104,8 @@ method_options:
         "grid.batch_size[0]: must be an integer >= 1, got 0",
         "options.lr: set by the sweep itself",
         "options.Bad-Name: option names are lower_case words",
-        "options.nested: must be a string, number, boolean or list",
+        "options.episodes_per_update: must be a string, number, boolean or list",
+        "options.episodes_per_updat: not an option of vla-forget adapt; did you mean episodes_per_update",
         "method_options.sft: not a method of the grid (ppo)",
         "method_options.ppo.seed: set by the sweep itself",
     ):
@@ -222,3 +223,17 @@ def test_cli_sweep_exit_status(tmp_path, monkeypatch, capsys):
     assert main(["sweep", path, "--out", out, "--resume"]) == 0
     assert f"vla-forget bench --checkpoints {out}" in capsys.readouterr().out
     assert main(["sweep", "no-such-sweep-v1", "--out", out]) == 2
+
+
+@pytest.mark.parametrize("sweep", ["smoke-v1", "forgetting-v1"])
+def test_shipped_sweep_commands_parse_as_adapt_commands(sweep):
+    from vla_forget.adapt.common import config_from_args
+    from vla_forget.cli import build_parser
+
+    parser = build_parser()
+    for r in expand(load_sweep(sweep)):
+        args = parser.parse_args(r.argv(f"runs/{r.name}", resume=True, threads=1))
+        cfg = config_from_args(args)
+        assert args.command == "adapt" and args.resume and cfg.method == r.method and cfg.lr == r.lr
+        assert cfg.seed == r.seed and cfg.progress is False and cfg.threads == 1
+        assert (cfg.minibatch_size if r.method in ("ppo", "grpo") else cfg.batch_size) == r.batch_size

@@ -40,6 +40,8 @@ runs N at a time. Adaptation keeps every checkpoint;
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import itertools
 import json
 import os
@@ -159,6 +161,12 @@ def _options(v: Any, where: str, errors: List[str], reserved=RESERVED_OPTIONS) -
         if k in reserved:
             errors.append(f"{where}.{k}: set by the sweep itself (use the top-level field or the grid)")
             continue
+        fields = adapt_options()
+        if k not in fields:
+            close = difflib.get_close_matches(k, fields, n=1)
+            errors.append(f"{where}.{k}: not an option of vla-forget adapt{f'; did you mean {close[0]}' if close else ''} "
+                          "(see vla-forget adapt --help)")
+            continue
         scalar = (str, int, float, bool, type(None))
         if isinstance(x, list):
             if not all(isinstance(e, (str, int, float)) and not isinstance(e, bool) for e in x):
@@ -169,6 +177,13 @@ def _options(v: Any, where: str, errors: List[str], reserved=RESERVED_OPTIONS) -
             continue
         out[k] = x
     return out
+
+
+def adapt_options() -> List[str]:
+    """The option names of `vla-forget adapt` (fields of its config)."""
+    from vla_forget.adapt.common import AdaptConfig
+
+    return [f.name for f in dataclasses.fields(AdaptConfig)]
 
 
 def known_methods() -> List[str]:
