@@ -76,11 +76,11 @@ def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = No
                     loss, ratio = common.clipped_surrogate(logp, old_logp[mb], adv[mb], cfg.clip_coef)
                     if entropy is not None:
                         loss = loss - cfg.ent_coef * entropy.mean()
-                        stats["entropy"].append(float(entropy.mean()))
+                        stats["entropy"].append(float(entropy.detach().mean()))
                     if run.kl.active:
                         kl = run.kl.kl(policy, obs, run.kl.reference(obs, kl_gen)).mean()
                         loss = loss + run.kl.coef * kl
-                        stats["kl_to_base"].append(float(kl))
+                        stats["kl_to_base"].append(float(kl.detach()))
                     stats["grad_norm"].append(run.step(opt, loss))
                     stats["loss"].append(float(loss.detach()))
                     stats["clipfrac"].append(float(((ratio.detach() - 1).abs() > cfg.clip_coef).float().mean()))

@@ -101,11 +101,11 @@ def update_epochs(policy, value_head: ValueHead, traj: Trajectories, batch: Dict
             loss = out["pg_loss"] + cfg.vf_coef * out["v_loss"]
             if entropy is not None:
                 loss = loss - cfg.ent_coef * entropy.mean()
-                stats["entropy"].append(float(entropy.mean()))
+                stats["entropy"].append(float(entropy.detach().mean()))
             if kl.active:
                 kl_value = kl.kl(policy, obs, common.slice_ref(batch["kl_ref"], mb)).mean()
                 loss = loss + kl.coef * kl_value
-                stats["kl_to_base"].append(float(kl_value))
+                stats["kl_to_base"].append(float(kl_value.detach()))
             stats["grad_norm"].append(step(loss))
             stats["loss"].append(float(loss.detach()))
             for k, v in out.items():

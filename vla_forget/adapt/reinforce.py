@@ -73,11 +73,11 @@ def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = No
                 loss = -(adv[idx] * logp).sum() / N
                 if entropy is not None:
                     loss = loss - cfg.ent_coef * entropy.sum() / N
-                    sums["entropy"] += float(entropy.sum()) / N
+                    sums["entropy"] += float(entropy.detach().sum()) / N
                 if run.kl.active:
                     kl = run.kl.kl(policy, obs, run.kl.reference(obs, kl_gen))
                     loss = loss + run.kl.coef * kl.sum() / N
-                    sums["kl_to_base"] += float(kl.sum()) / N
+                    sums["kl_to_base"] += float(kl.detach().sum()) / N
                 run.backward(loss)
                 sums["loss"] += float(loss.detach())
             grad_norm = run.step(opt)

@@ -1,0 +1,453 @@
+"""`vla-forget adapt`: every method on a fake task, PPO's maths by hand, exact resume, NaN stop, refusals.
+
+All but one test use the fake task env of tests/fakes.py (no simulator) and a tiny
+SmallVLA; one test runs PPO on the real simulator through a worker process, at
+4 steps per episode and 32 px images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow_datasets", reason="needs the rlds extra: pip install 'vla-forget[rlds]'")
+
+import torch  # noqa: E402
+
+from tests.fakes import FakeEnv  # noqa: E402
+from vla_forget import rollout  # noqa: E402
+from vla_forget.adapt import METHODS, checkpoint_update, list_checkpoints, load_method, read_meta  # noqa: E402
+from vla_forget.adapt import common, grpo, ppo, reinforce  # noqa: E402
+from vla_forget.adapt.common import AdaptConfig, AdaptError, Diverged, KLPenalty  # noqa: E402
+from vla_forget.adapt.rollouts import TraceWriter, Trajectories, trace_datasets  # noqa: E402
+from vla_forget.cli import main  # noqa: E402
+from vla_forget.datasets import open_dataset, write_dataset  # noqa: E402
+from vla_forget.policies import load_policy  # noqa: E402
+from vla_forget.policies.small_vla import SmallVLA  # noqa: E402
+
+TINY = dict(image_size=32, conv_channels=(8, 16), residual_stages=1, image_grid=2, state_dim=16, d_model=32,
+            n_layers=1, context_layers=1, heads=2, ff_mult=2, text_layers=1, text_tokens=2, max_instruction_bytes=32)
+TARGET = "FakeTarget-v1"
+H = 16
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("adapt") / "base")
+    SmallVLA.random_init(seed=0, **TINY).save(path)
+    return path
+
+
+@pytest.fixture()
+def fake(monkeypatch, tmp_path):
+    """Fake tasks whose instruction templates fit FakeEnv's instructions; rollouts on FakeEnv."""
+    from vla_forget.envs import TASKS
+    from vla_forget.registry import Entry
+
+    TASKS.ids()
+    for t in ("FakeA-v1", TARGET):
+        monkeypatch.setitem(TASKS._entries, t, Entry(t, "tests.fakes:FakeEnv", {}, "fake", dict(
+            instruction=f"do {t} {{k}}", max_episode_steps=6, pick_and_place=True)))
+    monkeypatch.setattr(rollout, "_get_env", lambda task, **kw: FakeEnv(
+        task, num_envs=kw.get("num_envs", 1), max_episode_steps=kw.get("max_steps") or 6))
+    monkeypatch.setattr("vla_forget.envs.vulkan.check_vulkan", lambda *a, **k: "fake")
+    return tmp_path
+
+
+def config(tmp, base, method, out=None, **kw) -> AdaptConfig:
+    d = dict(method=method, base=base, out=str(tmp / (out or method)), task=TARGET, updates=2, save_every=1, workers=0,
+             episodes_per_update=4, max_episode_steps=4, minibatch_size=8, batch_size=8, sft_steps=2, threads=1,
+             progress=False)
+    d.update(kw)
+    return AdaptConfig(**d)
+
+
+def demos(path, task=TARGET, instruction=None, action_dim=7, n=3, T=4):
+    rng = np.random.default_rng(0)
+
+    def episodes():
+        for i in range(n):
+            yield dict(image=rng.integers(0, 256, (T, H, H, 3), dtype=np.uint8),
+                       state=rng.normal(size=(T, 16)).astype(np.float32),
+                       action=rng.uniform(-1, 1, (T, action_dim)).astype(np.float32),
+                       instruction=instruction or f"do {task} {i % 3}", seed=i, task=task)
+
+    write_dataset(str(path), episodes(), name="demo", image_shape=(H, H, 3), state_dim=16, action_dim=action_dim)
+    return str(path)
+
+
+def state(path):
+    return SmallVLA.load(path).state_dict()
+
+
+def same_weights(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def log_lines(run_dir):
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        return [json.loads(x) for x in f]
+
+
+# --------------------------------------------------------------------------
+# the package's contract
+
+def test_methods_and_list_checkpoints(tmp_path):
+    assert set(METHODS) == {"ppo", "reinforce", "grpo", "sft", "iterative-sft", "rl-trace-sft"}
+    for m in METHODS:
+        assert callable(load_method(m))
+    with pytest.raises(KeyError, match="unknown adaptation method"):
+        load_method("dpo")
+    root = tmp_path / "run" / "checkpoints"
+    for name, complete in (("update-000010", True), ("update-000002", True), ("update-000000", True),
+                           ("update-000012", False), ("update-000014.tmp", True), ("notes", True)):
+        (root / name).mkdir(parents=True)
+        if complete:
+            (root / name / "meta.json").write_text("{}")
+    got = list_checkpoints(str(tmp_path / "run"))
+    assert [os.path.basename(p) for p in got] == ["update-000000", "update-000002", "update-000010"]
+    assert [checkpoint_update(p) for p in got] == [0, 2, 10]
+    assert list_checkpoints(str(tmp_path / "nothing")) == []
+
+
+# --------------------------------------------------------------------------
+# the maths, by hand
+
+def test_gae_by_hand():
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.6, 0.7]])
+    dones = torch.tensor([[False, False, True]])
+    adv, ret = ppo.gae(rewards, values, dones, gamma=0.9, lam=0.8)
+    # t=2: 1 - 0.7 = 0.3; t=1: 0.9*0.7 - 0.6 + 0.72*0.3 = 0.246; t=0: 0.9*0.6 - 0.5 + 0.72*0.246 = 0.21712
+    assert torch.allclose(adv, torch.tensor([[0.21712, 0.246, 0.3]]), atol=1e-6)
+    assert torch.allclose(ret, torch.tensor([[0.71712, 0.846, 1.0]]), atol=1e-6)
+    # an episode boundary stops the bootstrap: two episodes of 2 steps in one row
+    adv, _ = ppo.gae(torch.tensor([[1.0, 0.0, 0.0, 2.0]]), torch.tensor([[0.0, 1.0, 5.0, 0.0]]),
+                     torch.tensor([[False, True, False, True]]), gamma=1.0, lam=1.0)
+    # t=3: 2; t=2: 0 + 0 - 5 + 2 = -3; t=1 (done): 0 - 1 = -1, nothing bootstrapped from t=2; t=0: 1 + 1 - 0 - 1 = 1
+    assert torch.allclose(adv, torch.tensor([[1.0, -1.0, -3.0, 2.0]]))
+
+
+def test_ppo_losses_by_hand():
+    logp = torch.log(torch.tensor([0.5, 0.2]))
+    old = torch.log(torch.tensor([0.25, 0.2]))  # ratios 2 and 1
+    adv = torch.tensor([1.0, -1.0])
+    out = ppo.ppo_losses(logp, old, adv, torch.tensor([0.5, 0.0]), torch.tensor([1.0, 0.0]), clip=0.2, norm_adv=False)
+    # row 0: max(-1 * 2, -1 * 1.2) = -1.2; row 1: max(1 * 1, 1 * 1) = 1; mean -0.1
+    assert out["pg_loss"].item() == pytest.approx(-0.1)
+    assert out["v_loss"].item() == pytest.approx(0.5 * (0.25 + 0.0) / 2)
+    assert out["clipfrac"].item() == pytest.approx(0.5)
+    assert out["approx_kl"].item() == pytest.approx(((2 - 1) - math.log(2)) / 2)
+    # negative advantage, ratio below 1 - clip: clipped at 0.8 (no incentive to push further)
+    out = ppo.ppo_losses(torch.log(torch.tensor([0.1])), torch.log(torch.tensor([0.5])), torch.tensor([-2.0]),
+                         torch.zeros(1), torch.zeros(1), clip=0.2, norm_adv=False)
+    assert out["pg_loss"].item() == pytest.approx(max(2 * 0.2, 2 * 0.8))
+    # normalised advantages: (1, -1) -> (0.7071, -0.7071) with the unbiased std
+    out = ppo.ppo_losses(torch.zeros(2), torch.zeros(2), torch.tensor([3.0, 1.0]), torch.zeros(2), torch.zeros(2), 0.2)
+    assert out["pg_loss"].item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_reinforce_and_grpo_advantages_by_hand():
+    rewards = torch.tensor([[0.0, 1.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # binary success at the last step
+    adv = reinforce.advantages(rewards, gamma=1.0, normalize=False)
+    assert torch.allclose(adv, torch.tensor([[0.5, 0.5], [-0.5, -0.5], [0.5, 0.5], [-0.5, -0.5]]))
+    adv = reinforce.advantages(rewards, gamma=1.0, normalize=True)  # std 0.5
+    assert torch.allclose(adv, torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, 1.0], [-1.0, -1.0]]), atol=1e-6)
+    adv = reinforce.advantages(torch.tensor([[1.0, 1.0], [0.0, 0.0]]), gamma=0.5, normalize=False)
+    assert torch.allclose(adv, torch.tensor([[0.75, 0.5], [-0.75, -0.5]]))  # returns-to-go 1.5, 1 vs 0, 0
+    g = grpo.group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0]), group_size=3)
+    # group 1: mean 1/3, population std sqrt(2)/3; group 2: mean 2/3
+    s = math.sqrt(2) / 3
+    assert torch.allclose(g, torch.tensor([(2 / 3) / s, -(1 / 3) / s, -(1 / 3) / s, -(2 / 3) / s, (1 / 3) / s,
+                                           (1 / 3) / s]), atol=1e-4)
+    assert torch.equal(grpo.group_advantages(torch.ones(4), 2), torch.zeros(4))  # nothing to learn
+
+
+def test_rewards_and_seeds():
+    success = np.array([[False, True, False], [False, True, True]])
+    dense = np.array([[0.3, 1.0, 0.6], [0.0, 1.0, 1.0]], np.float32)
+    assert common.episode_rewards(success, dense, "success").tolist() == [[0, 0, 0], [0, 0, 1]]
+    assert np.allclose(common.episode_rewards(success, dense, "dense").sum(1), [1.9 / 3, 2 / 3])
+    assert common.train_seeds(0, 1, 3) == [0, 1, 2] and common.train_seeds(0, 2, 3) == [3, 4, 5]
+    assert max(common.train_seeds(0, 10**6, 8)) < common.TRAIN_SEED_LIMIT
+    assert common.instruction_pattern("put the {cube} cube on the {target} target").match("put the red cube on the blue target")
+    assert not common.instruction_pattern("put the {cube} cube on the {target} target").match("stack the red cube")
+
+
+def _synthetic(policy, E=2, T=3, seed=0):
+    g = np.random.default_rng(seed)
+    traj = Trajectories(image=g.integers(0, 256, (E, T, H, H, 3), dtype=np.uint8),
+                        state=g.normal(size=(E, T, 16)).astype(np.float32), instruction=[f"do it {e}" for e in range(E)],
+                        tokens=g.integers(0, 256, (E, T, 7)).astype(np.uint8), logp=np.zeros((E, T), np.float32),
+                        success=np.zeros((E, T), bool), dense=np.zeros((E, T), np.float32), seeds=np.arange(E))
+    N = E * T
+    tokens = torch.from_numpy(traj.flat("tokens").astype(np.int64))
+    with torch.no_grad():
+        old = policy.log_prob(traj.observation(np.arange(N), "cpu"), tokens) - 0.05
+        features = policy.features(traj.observation(np.arange(N), "cpu"))
+    batch = {"tokens": tokens, "old_logp": old, "advantages": torch.from_numpy(g.normal(size=N).astype(np.float32)),
+             "returns": torch.from_numpy(g.normal(size=N).astype(np.float32)), "features": features, "kl_ref": None}
+    return traj, batch
+
+
+def test_kl_penalty_at_zero_equals_the_plain_update(base_dir):
+    cfg = common.resolve(AdaptConfig(method="ppo", base=base_dir, out="-", epochs=1, minibatch_size=6, seed=3))
+
+    def fresh():
+        policy = SmallVLA.load(base_dir)
+        head = ppo.ValueHead(policy.feature_dim, 16, seed=1)
+        opt = torch.optim.AdamW([{"params": list(policy.parameters()), "lr": 1e-3},
+                                 {"params": list(head.parameters()), "lr": 1e-3}])
+        return policy, head, opt
+
+    def step_fn(opt):
+        return lambda loss: common.optimizer_step(opt, loss, cfg.grad_clip)
+
+    policy, head, opt = fresh()
+    traj, batch = _synthetic(policy)
+    # the plain PPO step written out: one epoch, one minibatch (in update_epochs' order), no KL
+    perm = torch.randperm(6, generator=common.generator(cfg.seed, 1, "minibatches", 0))
+    logp = policy.log_prob(traj.observation(perm.numpy(), "cpu"), batch["tokens"][perm])
+    out = ppo.ppo_losses(logp, batch["old_logp"][perm], batch["advantages"][perm], head(batch["features"][perm]),
+                         batch["returns"][perm], cfg.clip_coef, cfg.norm_adv)
+    common.optimizer_step(opt, out["pg_loss"] + cfg.vf_coef * out["v_loss"], cfg.grad_clip)
+    plain = policy.state_dict()
+
+    results = {}
+    base = SmallVLA.load(base_dir).eval()
+
+    class Evaluated(KLPenalty):  # the penalty computed and added with weight 0
+        active = True
+
+    for name, kl in (("off", KLPenalty(None, 0.0)), ("zero", Evaluated(base, 0.0)), ("on", KLPenalty(base, 1.0))):
+        policy, head, opt = fresh()
+        traj, batch = _synthetic(policy)
+        with torch.no_grad():
+            batch["kl_ref"] = kl.reference(traj.observation(np.arange(6), "cpu"), torch.Generator().manual_seed(0)) \
+                if kl.base is not None else None
+        stats = ppo.update_epochs(policy, head, traj, batch, cfg, kl, step_fn(opt), update=1)
+        results[name] = (policy.state_dict(), stats)
+    assert same_weights(plain, results["off"][0])
+    assert same_weights(plain, results["zero"][0])
+    assert not same_weights(plain, results["on"][0])
+    # at the base itself the forward KL is 0 (and so is its gradient)
+    assert results["zero"][1]["kl_to_base"] == pytest.approx(0.0, abs=1e-6)
+    assert results["on"][1]["kl_to_base"] == pytest.approx(0.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------
+# every method, end to end on the fake task
+
+@pytest.mark.parametrize("method", ["ppo", "reinforce", "grpo", "iterative-sft", "sft"])
+def test_method_runs_two_updates_and_changes_the_policy(fake, base_dir, method):
+    kw = {"data": [demos(fake / "demos")]} if method == "sft" else {}
+    if method == "iterative-sft":
+        kw["episodes_per_update"] = 8  # FakeEnv succeeds about half the time: some episodes to learn from
+    cfg = config(fake, base_dir, method, **kw)
+    summary = load_method(method)(cfg)
+    assert summary["updates"] == 2
+    ckpts = list_checkpoints(cfg.out)
+    assert [checkpoint_update(p) for p in ckpts] == [0, 1, 2]
+    assert same_weights(state(ckpts[0]), state(base_dir))  # update 0 is the base
+    assert not same_weights(state(ckpts[-1]), state(base_dir))
+    meta = read_meta(ckpts[-1])
+    assert {k: meta[k] for k in ("method", "update", "base", "task", "run")} == \
+        {"method": method, "update": 2, "base": base_dir, "task": TARGET, "run": method}
+    assert meta["hparams"]["lr"] == common.METHOD_DEFAULTS[method]["lr"] and meta["samples_seen"] > 0
+    assert (meta["env_steps"] > 0) == (method != "sft")
+    ts = torch.load(os.path.join(ckpts[-1], "train_state.pt"), weights_only=True)
+    assert ts["update"] == 2 and ts["optimizer"]["state"] and bool(ts["value_head"]) == (method == "ppo")
+    policy = load_policy(ckpts[-1])
+    assert policy.checkpoint_hash() == SmallVLA.load(ckpts[-1]).checkpoint_hash()
+    with open(os.path.join(cfg.out, "run.json")) as f:
+        run = json.load(f)
+    assert run["kind"] == "adapt" and run["method"] == method and run["task"] == TARGET and run["base"] == base_dir
+    assert run["config"]["updates"] == 2 and "vla_forget_version" in run
+    rows = log_lines(cfg.out)
+    assert [r["update"] for r in rows] == [1, 2] and all("wall_s" in r and "env_steps" in r for r in rows)
+    if method != "sft":
+        assert all(0 <= r["success_rate"] <= 1 for r in rows)
+    assert os.path.isdir(os.path.join(cfg.out, "traces")) == (method in ("ppo", "reinforce", "grpo"))
+
+
+def test_traces_reencode_to_the_sampled_tokens(tmp_path, base_dir):
+    policy = SmallVLA.load(base_dir)
+    traj, _ = _synthetic(policy, E=3, T=4)
+    traj.success[[0, 2], -1] = True
+    writer = TraceWriter(str(tmp_path), TARGET, "ppo test",
+                         lambda tok: policy.decode_actions(torch.from_numpy(tok)).numpy())
+    assert writer.add(traj, update=1) == 2
+    writer.flush(1)
+    assert trace_datasets(str(tmp_path)) == [str(tmp_path / "traces" / "update-000001")]
+    ds = open_dataset(trace_datasets(str(tmp_path))[0])
+    assert ds.num_episodes == 2 and ds.manifest["tasks"] == [TARGET]
+    for i, e in enumerate((0, 2)):
+        ep = ds.episode(i)
+        assert np.array_equal(policy.tokenizer.encode(ep.action), traj.tokens[e].astype(np.int64))
+        assert np.array_equal(ep.image, traj.image[e]) and ep.instruction == traj.instruction[e]
+    assert not os.listdir(tmp_path / "traces" / "pending")
+
+
+def test_rl_trace_sft_trains_on_an_rl_runs_traces(fake, base_dir):
+    rl = config(fake, base_dir, "grpo", episodes_per_update=8, group_size=4)
+    load_method("grpo")(rl)
+    assert trace_datasets(rl.out), "the fake task succeeds about half the time: some traces"
+    cfg = config(fake, base_dir, "rl-trace-sft", traces=rl.out)
+    load_method("rl-trace-sft")(cfg)
+    assert not same_weights(state(list_checkpoints(cfg.out)[-1]), state(base_dir))
+    with open(os.path.join(cfg.out, "events.jsonl")) as f:
+        data = [json.loads(x) for x in f if '"data"' in x][0]
+    assert data["datasets"] == trace_datasets(rl.out)
+    with pytest.raises(AdaptError, match="not an adaptation run"):
+        load_method("rl-trace-sft")(config(fake, base_dir, "rl-trace-sft", out="x", traces=str(fake)))
+    with pytest.raises(AdaptError, match="traces come from RL runs"):
+        load_method("rl-trace-sft")(config(fake, base_dir, "rl-trace-sft", out="y", traces=cfg.out))
+
+
+# --------------------------------------------------------------------------
+# resume, divergence, refusals
+
+@pytest.mark.parametrize("method", ["ppo", "sft"])
+def test_resume_equals_an_uninterrupted_run(fake, base_dir, monkeypatch, method):
+    kw = {"data": [demos(fake / "demos")]} if method == "sft" else {}
+    full = config(fake, base_dir, method, out="full", updates=4, save_every=2, **kw)
+    load_method(method)(full)
+    part = config(fake, base_dir, method, out="part", updates=4, save_every=2, **kw)
+    # crash in the middle of update 3 (after its rollouts and traces, before its checkpoint)
+    target = (ppo, "update_epochs") if method == "ppo" else (common.Run, "step")
+    original = getattr(*target)
+    calls = {"n": 0}
+
+    def crash(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == (3 if method == "ppo" else 3):
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    monkeypatch.setattr(*target, crash)
+    with pytest.raises(KeyboardInterrupt):
+        load_method(method)(part)
+    monkeypatch.setattr(*target, original)
+    assert [checkpoint_update(p) for p in list_checkpoints(part.out)] == [0, 2]
+    with pytest.raises(AdaptError, match="--resume"):
+        load_method(method)(part)
+    with pytest.raises(AdaptError, match="other settings"):
+        load_method(method)(config(fake, base_dir, method, out="part", updates=4, save_every=2, lr=1e-3, **kw), resume=True)
+    load_method(method)(part, resume=True)
+    a, b = list_checkpoints(full.out)[-1], list_checkpoints(part.out)[-1]
+    assert checkpoint_update(b) == 4 and same_weights(state(a), state(b))
+    ta = torch.load(os.path.join(a, "train_state.pt"), weights_only=True)
+    tb = torch.load(os.path.join(b, "train_state.pt"), weights_only=True)
+    for k in ta["value_head"]:
+        assert torch.equal(ta["value_head"][k], tb["value_head"][k])
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "update_s", "rollout_s")} for r in rows]  # noqa: E731
+    assert strip(log_lines(full.out)) == strip(log_lines(part.out))
+    if method == "ppo":  # the traces of the redone update are written once
+        n = lambda run: sum(open_dataset(d).num_episodes for d in trace_datasets(run))  # noqa: E731
+        assert n(full.out) == n(part.out) and n(full.out) > 0
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(fake, base_dir, monkeypatch, capsys):
+    original = SmallVLA.action_logits
+    calls = {"n": 0}
+
+    def poisoned(self, obs, tokens):
+        out = original(self, obs, tokens)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] > 4:  # update 1 takes 4 minibatch steps (16 steps, minibatch 8, 2 epochs)
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(SmallVLA, "action_logits", poisoned)
+    out = str(fake / "nan")
+    rc = main(["adapt", "--method", "ppo", "--base", base_dir, "--task", TARGET, "--out", out, "--updates", "4",
+               "--save-every", "1", "--workers", "0", "--episodes-per-update", "4", "--max-episode-steps", "4",
+               "--minibatch-size", "8", "--threads", "1", "--no-progress"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "diverged at update 2" in err and "update-000001" in err
+    assert [checkpoint_update(p) for p in list_checkpoints(out)] == [0, 1]
+    assert all(torch.isfinite(v).all() for v in state(list_checkpoints(out)[-1]).values() if v.is_floating_point())
+    with open(os.path.join(out, "events.jsonl")) as f:
+        assert json.loads(f.readlines()[-1])["event"] == "diverged"
+    monkeypatch.setattr(SmallVLA, "action_logits", original)
+    with pytest.raises(Diverged) as e:  # the library raises, naming the checkpoint
+        cfg = config(fake, base_dir, "sft", data=[demos(fake / "demos")], updates=3)
+        monkeypatch.setattr(common, "backward", lambda loss, what="loss": (_ for _ in ()).throw(
+            common.NonFiniteError("the loss is nan")))
+        load_method("sft")(cfg)
+    assert e.value.last_checkpoint.endswith("update-000000")
+
+
+def test_battery_task_is_refused(tmp_path, base_dir, capsys):
+    cfg = AdaptConfig(method="ppo", base=base_dir, out=str(tmp_path / "r"), task="PickCube-v1", progress=False)
+    with pytest.raises(AdaptError, match="is in the battery tabletop-v1.*--allow-battery-task"):
+        load_method("ppo")(cfg)
+    assert not os.path.exists(cfg.out)
+    rc = main(["adapt", "--method", "sft", "--base", base_dir, "--task", "StackCube-v1", "--out", cfg.out, "--data", "x"])
+    assert rc == 2 and "meaningless" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="meaningless"):
+        task, _ = common.resolve_task(AdaptConfig(method="ppo", base=base_dir, out="-", task="PickCube-v1",
+                                                  allow_battery_task=True))
+    assert task == "PickCube-v1" and "MEANINGLESS" in capsys.readouterr().err
+    task, target = common.resolve_task(AdaptConfig(method="ppo", base=base_dir, out="-"))
+    assert task == "PlaceCubeOnTarget-v1" and target.full_id == "place-cube-on-target-v1"
+
+
+def test_demonstrations_of_another_task_are_refused(fake, base_dir):
+    cases = [
+        (demos(fake / "other", task="FakeA-v1"), "holds demonstrations of FakeA-v1, not of the target task"),
+        (demos(fake / "words", instruction="pick up the red cube"), "do not fit FakeTarget-v1's instruction"),
+        (demos(fake / "six", action_dim=6), "7-D"),
+        (str(fake / "missing"), "does not exist"),
+    ]
+    for i, (path, message) in enumerate(cases):
+        with pytest.raises(AdaptError, match=message) as e:
+            load_method("sft")(config(fake, base_dir, "sft", out=f"sft{i}", data=[path]))
+        assert path in str(e.value)
+    with pytest.raises(AdaptError, match="--data PATH"):
+        load_method("sft")(config(fake, base_dir, "sft", out="nodata"))
+
+
+def test_cli_options_match_the_config(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["adapt", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "--kl-coef" in text and "examples:" in text and "--resume" in text
+    from vla_forget.cli import build_parser
+
+    args = build_parser().parse_args(["adapt", "--method", "grpo", "--base", "b", "--out", "o", "--data", "d1",
+                                      "--data", "d2", "--no-save-traces", "--kl-coef", "0.5"])
+    cfg = common.config_from_args(args)
+    assert cfg == AdaptConfig(method="grpo", base="b", out="o", data=["d1", "d2"], save_traces=False, kl_coef=0.5)
+    assert set(common.field_docs()) == {f for f in AdaptConfig.__dataclass_fields__}
+
+
+# --------------------------------------------------------------------------
+# the real simulator, through a worker process
+
+def test_ppo_on_the_real_simulator_with_a_worker(tmp_path, base_dir):
+    out = str(tmp_path / "real")
+    rc = main(["adapt", "--method", "ppo", "--base", base_dir, "--task", "place-cube-on-target-v1", "--out", out,
+               "--updates", "2", "--save-every", "1", "--episodes-per-update", "2", "--max-episode-steps", "4",
+               "--image-size", "32", "--workers", "1", "--minibatch-size", "8", "--threads", "1", "--no-progress"])
+    assert rc == 0
+    rows = log_lines(out)
+    assert [r["env_steps"] for r in rows] == [8, 16]
+    assert all(math.isfinite(r["pg_loss"]) for r in rows)
+    assert not same_weights(state(list_checkpoints(out)[-1]), state(base_dir))
+    assert not os.path.exists(os.path.join(out, common.ROLLOUT_WEIGHTS))
+
+
+@pytest.mark.gpu
+def test_ppo_with_batched_gpu_envs(tmp_path, base_dir):
+    out = str(tmp_path / "gpu")
+    rc = main(["adapt", "--method", "ppo", "--base", base_dir, "--out", out, "--updates", "2", "--num-envs", "8",
+               "--episodes-per-update", "8", "--max-episode-steps", "8", "--device", "cuda", "--no-progress"])
+    assert rc == 0 and [r["env_steps"] for r in log_lines(out)] == [64, 128]
