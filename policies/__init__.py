@@ -1,8 +1,14 @@
 """Policy registry and loading.
 
-``load_policy(spec)`` accepts a registered policy id (``vla-forget ls``) or a
+``load_policy(spec)`` accepts a registered policy id (``vla-forget ls``), a
 path to a checkpoint folder saved by a policy's ``save`` (its ``config.json``
-names the policy class). Heavy modules are imported only when a policy is made.
+names the policy class), an OpenVLA-format Hugging Face checkpoint folder (its
+``config.json`` is a transformers config), or ``openvla:FOLDER_OR_HUB_ID[#options]``
+(see :mod:`vla_forget.policies.openvla`). Heavy modules are imported only when a
+policy is made. Checkpoints that run code shipped with them (OpenVLA-7B's
+``modeling_prismatic.py``) load only with ``trust_remote_code=True`` (or the
+environment variable ``VLA_FORGET_TRUST_REMOTE_CODE=1``, which
+``--trust-remote-code`` sets so that worker processes inherit the choice).
 """
 
 from __future__ import annotations
@@ -48,7 +54,11 @@ POLICIES.register(
 CLASS_KEY = "policy_class"
 CHECKPOINT_CLASSES = {
     "SmallVLA": "vla_forget.policies.small_vla:SmallVLA.load",
+    "OpenVLA": "vla_forget.policies.openvla:load",
 }
+#: classes whose loader takes ``trust_remote_code``
+REMOTE_CODE_CLASSES = ("OpenVLA",)
+OPENVLA_PREFIX = "openvla:"
 
 
 class CheckpointError(ValueError):
@@ -59,11 +69,22 @@ def is_checkpoint_dir(path: str) -> bool:
     return os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json"))
 
 
-def load_policy(spec: str, *, device: Optional[str] = None, **overrides: Any):
-    """Make a policy from a registered id or a checkpoint folder."""
+def is_hf_model_config(cfg: Any) -> bool:
+    """A transformers model config (``model_type``/``architectures``), not one of this project's policy configs."""
+    return isinstance(cfg, dict) and CLASS_KEY not in cfg and ("model_type" in cfg or "architectures" in cfg)
+
+
+def load_policy(spec: str, *, device: Optional[str] = None, trust_remote_code: Optional[bool] = None, **overrides: Any):
+    """Make a policy from a registered id, a checkpoint folder or an ``openvla:`` spec.
+
+    ``trust_remote_code``: allow checkpoints that run their own code (None: the
+    ``VLA_FORGET_TRUST_REMOTE_CODE`` environment variable decides).
+    """
     from vla_forget.registry import Entry
 
-    if spec in POLICIES:
+    if spec.startswith(OPENVLA_PREFIX):
+        policy = Entry("OpenVLA", CHECKPOINT_CLASSES["OpenVLA"]).load()(spec, trust_remote_code=trust_remote_code, **overrides)
+    elif spec in POLICIES:
         entry = POLICIES.get(spec)
         factory = entry.load()
         kwargs = {**entry.kwargs, **overrides}
@@ -79,6 +100,10 @@ def load_policy(spec: str, *, device: Optional[str] = None, **overrides: Any):
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{spec}/config.json is not valid JSON: {e}") from None
         cls_name = cfg.get(CLASS_KEY)
+        if cls_name is None and is_hf_model_config(cfg):
+            cls_name = "OpenVLA"  # a Hugging Face model folder: OpenVLA's format
+        if cls_name in REMOTE_CODE_CLASSES:
+            overrides["trust_remote_code"] = trust_remote_code
         if cls_name not in CHECKPOINT_CLASSES:
             raise CheckpointError(
                 f"{spec}/config.json names policy_class={cls_name!r}; known classes: {', '.join(sorted(CHECKPOINT_CLASSES))}"
@@ -86,7 +111,8 @@ def load_policy(spec: str, *, device: Optional[str] = None, **overrides: Any):
         policy = Entry(cls_name, CHECKPOINT_CLASSES[cls_name]).load()(spec, **overrides)
     else:
         raise UnknownIdError(
-            f"{POLICIES.unknown_message(spec)}; or give the path of a checkpoint folder (no such path: {spec})"
+            f"{POLICIES.unknown_message(spec)}; or give the path of a checkpoint folder (no such path: {spec}), "
+            f"or an OpenVLA checkpoint as {OPENVLA_PREFIX}FOLDER_OR_HUB_ID"
         )
     if device is not None and hasattr(policy, "to"):
         policy = policy.to(device)
