@@ -14,6 +14,9 @@ examples:
   vla-forget bench --policy expert-v1 --policy runs/adapt/ckpt-000100 \\
       --base small-vla-random-v1 --battery tabletop-v1 --episodes 50 --out runs/mine
   vla-forget bench --policy ckpt/ --base base/ --battery my_battery.yaml --target none --out runs/x
+  vla-forget bench --policy runs/ppo/checkpoints/update-000100 \\
+      --base "openvla:openvla/openvla-7b#unnorm_key=fractal20220817_data" --trust-remote-code \\
+      --battery simpler-google-v1 --device cuda --num-envs 1 --image-size 224 --out runs/openvla
   vla-forget bench --checkpoints runs/sweeps/forgetting --episodes 20 --out runs/bench-forgetting
   vla-forget bench --checkpoints runs/adapt/ppo --checkpoint-stride 2 --out runs/bench-ppo --resume
 
@@ -57,12 +60,25 @@ def _bench_parser(sub) -> None:
     p.add_argument("--greedy", action="store_true", default=None, help="act greedily instead of sampling")
     p.add_argument("--seed", type=int, help="seed of the divergence prefix sampling")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _trust_remote_code_arg(p)
+
+
+def _trust_remote_code_arg(p) -> None:
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow checkpoints that run code shipped with them (OpenVLA-7B's modeling_prismatic.py); read it first")
+
+
+def apply_trust_remote_code(args) -> None:
+    """--trust-remote-code: every load_policy in this process and its workers may run checkpoint code."""
+    if getattr(args, "trust_remote_code", False):
+        os.environ["VLA_FORGET_TRUST_REMOTE_CODE"] = "1"
 
 
 def cmd_bench(args) -> int:
     from vla_forget.bench import BenchConfig, run_bench
     from vla_forget.spec import load_preset
 
+    apply_trust_remote_code(args)
     preset = load_preset(args.preset or "default")
     pick = lambda name, dflt=None: getattr(args, name) if getattr(args, name, None) is not None else preset.get(name, dflt)  # noqa: E731
     checkpoints = list(args.checkpoints or [])
