@@ -79,6 +79,7 @@ statistics, ``unnorm_key``, remote code, library versions) runs at construction.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -111,6 +112,7 @@ TRUST_ENV = "VLA_FORGET_TRUST_REMOTE_CODE"
 SKIP_VERSION_CHECK_ENV = "VLA_FORGET_SKIP_VERSION_CHECK"
 OPENVLA_PINS = {"transformers": "4.40.1", "tokenizers": "0.19.1", "timm": "0.9.16"}
 INSTALL_HINT = "pip install -c constraints.txt -e '.[openvla]' (a separate virtualenv: the core and the test extra use a current transformers)"
+LORA_STATE_PREFIX = "lora."
 SPEC_OPTIONS = ("unnorm_key", "dtype", "lora_rank", "lora_alpha", "lora_dropout", "attn_implementation")
 
 
@@ -252,6 +254,13 @@ def _file_digest(path: str) -> str:
                 h.update(block)
         _FILE_HASHES[key] = h.hexdigest()
     return _FILE_HASHES[key]
+
+
+def base_fingerprint(folder: str) -> Dict[str, Any]:
+    """A cheap identity of an HF checkpoint: config.json's sha256 and the weight files' names and sizes."""
+    names = sorted(n for n in os.listdir(folder) if n.endswith((".safetensors", ".bin")) and not n.startswith("adapter_"))
+    return {"config_sha256": _file_digest(os.path.join(folder, "config.json")),
+            "weights": {n: os.path.getsize(os.path.join(folder, n)) for n in names}}
 
 
 def weights_digest(folder: str) -> str:
@@ -455,12 +464,12 @@ class OpenVLAPolicy(TokenPolicy):
                          attn_implementation=opts.get("attn_implementation"), statistics=statistics)
         except OpenVLAError as e:
             raise OpenVLAError(f"{path} adapts {base}: {e}") from None
-        want = meta.get("base_weights")
+        want = meta.get("base_fingerprint")
         if want:
-            got = weights_digest(policy.folder)
+            got = base_fingerprint(policy.folder)
             if got != want:
-                raise OpenVLAError(f"{path} was trained on a base whose weights differ from {policy.folder} now "
-                                   f"(sha256 {want[:16]} vs {got[:16]}); point its config.json 'base' at the right checkpoint")
+                raise OpenVLAError(f"{path} was trained on another base than {policy.folder} holds now (config.json or "
+                                   "weight files differ); point the 'base' in its config.json at the right checkpoint")
         return policy
 
     def set_statistics(self, statistics: Dict[str, Dict[str, Any]], unnorm_key: Optional[str] = None) -> None:
@@ -601,8 +610,34 @@ class OpenVLAPolicy(TokenPolicy):
         return super().named_parameters(*args, **kwargs)
 
     def state_dict(self, *args: Any, **kwargs: Any):
+        """With LoRA on: the adapter's tensors only, keyed ``lora.NAME`` (the frozen base is in its
+        files; a 7 B state dict would be 15 GB per copy); else the whole module's state dict."""
         self._ensure()
+        if self._lora_on:
+            from peft import get_peft_model_state_dict
+
+            return {LORA_STATE_PREFIX + k: v for k, v in get_peft_model_state_dict(self._model, save_embedding_layers=False).items()}
         return super().state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True, assign: bool = False):
+        """Accepts :meth:`state_dict`'s output: adapter tensors (switching LoRA on) or a full state dict."""
+        keys = list(state_dict)
+        if not keys or not all(k.startswith(LORA_STATE_PREFIX) for k in keys):
+            self._ensure()
+            return super().load_state_dict(state_dict, strict=strict)
+        from peft import set_peft_model_state_dict
+
+        self.enable_lora()
+        want = {k[len(LORA_STATE_PREFIX):]: v for k, v in state_dict.items()}
+        from peft import get_peft_model_state_dict
+
+        have = set(get_peft_model_state_dict(self._model, save_embedding_layers=False))
+        missing, unexpected = sorted(have - set(want)), sorted(set(want) - have)
+        if strict and (missing or unexpected):
+            raise OpenVLAError(f"adapter state does not match this policy's LoRA layers: {len(missing)} missing "
+                               f"({missing[:3]}), {len(unexpected)} unexpected ({unexpected[:3]})")
+        set_peft_model_state_dict(self._model, want)
+        return torch.nn.modules.module._IncompatibleKeys(missing, unexpected)
 
     @property
     def text_tokenizer(self):
@@ -610,15 +645,26 @@ class OpenVLAPolicy(TokenPolicy):
         return self._text_tokenizer
 
     # --- LoRA -------------------------------------------------------------------
-    def enable_lora(self, settings: Optional[LoRASettings] = None) -> None:
-        """Wrap the model with peft LoRA adapters (default: rank 32 on all linear layers); idempotent."""
-        if settings is not None:
-            if self._lora_on and asdict(settings) != asdict(self.lora):
-                raise OpenVLAError(f"LoRA is already on with {asdict(self.lora)}; cannot switch to {asdict(settings)}")
-            self.lora = settings
-        model = self._ensure()
+    def enable_lora(self, settings: Optional[LoRASettings] = None, *, rank: Optional[int] = None,
+                    alpha: Optional[float] = None, dropout: Optional[float] = None) -> None:
+        """Wrap the model with peft LoRA adapters (default: rank 32 on every linear layer); idempotent.
+
+        ``rank``/``alpha``/``dropout`` override the policy's settings (``vla-forget adapt --lora-rank``);
+        asking for other settings once LoRA is on is an error."""
+        want = copy.deepcopy(settings) if settings is not None else copy.deepcopy(self.lora)
+        if rank is not None:
+            want.rank = int(rank)
+        if alpha is not None:
+            want.alpha = float(alpha)
+        if dropout is not None:
+            want.dropout = float(dropout)
         if self._lora_on:
+            if asdict(want) != asdict(self.lora):
+                raise OpenVLAError(f"LoRA is already on with {asdict(self.lora)}; cannot switch to {asdict(want)}")
+            self._ensure()
             return
+        self.lora = want
+        model = self._ensure()
         from peft import get_peft_model
 
         self._model = get_peft_model(model, self.lora.peft_config(model))
@@ -801,7 +847,7 @@ class OpenVLAPolicy(TokenPolicy):
         if self._model is not None and self._lora_on:
             from peft import get_peft_model_state_dict
 
-            return get_peft_model_state_dict(self._model)
+            return get_peft_model_state_dict(self._model, save_embedding_layers=False)
         if self.adapter_dir is not None:
             from safetensors.torch import load_file
 
@@ -837,10 +883,10 @@ class OpenVLAPolicy(TokenPolicy):
         os.makedirs(path, exist_ok=True)
         if self._lora_on and not merged:
             model = self._ensure()
-            model.save_pretrained(path)
+            model.save_pretrained(path, save_embedding_layers=False)  # LoRA on lm_head, not a copy of it
             base = self.source if not os.path.isdir(self.source) else os.path.abspath(self.folder)
             meta = {"policy_class": POLICY_CLASS, "format_version": ADAPTER_FORMAT_VERSION, "base": base,
-                    "base_weights": weights_digest(self.folder), "unnorm_key": self.unnorm_key,
+                    "base_fingerprint": base_fingerprint(self.folder), "unnorm_key": self.unnorm_key,
                     "lora": asdict(self.lora), "prompt": PROMPT,
                     "note": "LoRA adapter of an OpenVLA-format checkpoint: load_policy(this folder) loads base + adapter"}
             with open(os.path.join(path, "config.json"), "w") as f:

@@ -322,12 +322,14 @@ def _adapt_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_ADAPT)
     add_config_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue the run in OUT from its newest checkpoint")
+    _trust_remote_code_arg(p)
 
 
 def cmd_adapt(args) -> int:
     from vla_forget.adapt import load_method
     from vla_forget.adapt.common import AdaptError, Diverged, config_from_args
 
+    apply_trust_remote_code(args)
     cfg = config_from_args(args)
     try:
         s = load_method(cfg.method)(cfg, resume=args.resume)
