@@ -78,4 +78,5 @@ def test_cli_bench_bad_checkpoint_is_a_clear_error(tmp_path, capsys):
     ck.mkdir()
     (ck / "config.json").write_text('{"policy_class": "Nope"}')
     assert main(["bench", "--policy", str(ck), "--base", "small-vla-random-v1", "--out", str(tmp_path / "r")]) == 2
-    assert "known classes: SmallVLA" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "known classes:" in err and "SmallVLA" in err and "Nope" in err

@@ -48,10 +48,15 @@ _POLICIES: Dict[str, Any] = {}
 _MAX_ENVS = 2
 
 
-def worker_init() -> None:
+def worker_init(render_threads: Optional[int] = None) -> None:
+    """Per-process set-up: one torch thread; with several worker processes, Mesa's software
+    renderer (lavapipe) rasterises in the worker's own thread instead of starting a thread per
+    core, so that processes do not oversubscribe the cores (a user's LP_NUM_THREADS wins)."""
     import torch
 
     torch.set_num_threads(1)
+    if render_threads is not None:
+        os.environ.setdefault("LP_NUM_THREADS", str(render_threads))
 
 
 def _get_policy(spec: str, device: str):
@@ -112,7 +117,9 @@ def run_parallel(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int, on
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=worker_init) as pool:
+    render_threads = 0 if workers > 1 else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=worker_init,
+                             initargs=(render_threads,)) as pool:
         pending: set = set()
 
         def refill() -> None:
