@@ -104,8 +104,8 @@ class AdaptConfig:
     """seed of every random draw (env seeds, sampling, minibatches, dropout)"""
     device: str = "cpu"
     """device of the policy: cpu or cuda"""
-    threads: Optional[int] = None
-    """torch CPU threads of the trainer (default: the CPU count, at most 8)"""
+    threads: int = 1
+    """torch CPU threads of the trainer (more help only on an otherwise idle machine)"""
     progress: bool = True
     """show a progress bar"""
     # --- rollouts (ppo, reinforce, grpo, iterative-sft) ---------------------
@@ -201,8 +201,6 @@ def resolve(cfg: AdaptConfig) -> AdaptConfig:
     for k, v in METHOD_DEFAULTS[cfg.method].items():
         if getattr(cfg, k) is None:
             setattr(cfg, k, v)
-    if cfg.threads is None:
-        cfg.threads = min(8, os.cpu_count() or 1)
     problems = []
     for name in ("updates", "save_every", "episodes_per_update", "epochs", "minibatch_size", "batch_size", "threads",
                  "num_envs", "image_size"):
@@ -536,7 +534,7 @@ class Run:
         existing = list_checkpoints(cfg.out) if resume else []
         self.resume_from: Optional[str] = existing[-1] if existing else None
         self.last_checkpoint: Optional[str] = self.resume_from
-        policy = load_policy(self.resume_from or cfg.base)
+        policy = load_policy(self.resume_from or cfg.base, device=self.device)
         if cfg.lora_rank > 0:  # the hook for transformer policies (peft); full fine-tuning otherwise
             if not hasattr(policy, "enable_lora"):
                 raise AdaptError(f"--lora-rank {cfg.lora_rank}: {type(policy).__name__} has no LoRA support "

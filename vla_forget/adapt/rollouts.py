@@ -62,7 +62,7 @@ class Trajectories:
     success: np.ndarray  # bool [E, T] info["is_success"] after the step's action
     dense: np.ndarray  # float32 [E, T] ManiSkill's normalised dense reward after the step's action
     seeds: np.ndarray  # int64 [E]
-    wall_s: float = 0.0  # seconds spent collecting
+    wall_s: float = 0.0  # wall-clock seconds of the collection
 
     @property
     def num_episodes(self) -> int:
@@ -226,6 +226,7 @@ class Collector:
         """Episodes from ``seeds`` (generator seeds ``gen_seeds``, one per episode), in that order."""
         if len(seeds) != len(gen_seeds) or not len(seeds):
             raise ValueError(f"need one generator seed per env seed, got {len(seeds)} and {len(gen_seeds)}")
+        t0 = time.perf_counter()
         was_training = policy.training
         policy.eval()
         try:
@@ -235,7 +236,9 @@ class Collector:
                 parts = self._in_workers(policy, list(seeds), list(gen_seeds), version)
         finally:
             policy.train(was_training)
-        return Trajectories.concat(parts)
+        traj = Trajectories.concat(parts)
+        traj.wall_s = time.perf_counter() - t0
+        return traj
 
     def _in_process(self, policy, seeds: List[int], gen_seeds: List[int]) -> List[Dict[str, Any]]:
         from vla_forget import rollout

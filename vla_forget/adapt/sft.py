@@ -35,11 +35,11 @@ def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = No
     datasets = common.open_demonstrations(list(data if data is not None else cfg.data), run.task, policy, data_option)
     sampler = SplitSampler(datasets, [ds.num_steps for ds in datasets], [np.arange(ds.num_episodes) for ds in datasets],
                            common.policy_tokenizer(policy), np.random.default_rng(0))
-    run.event("data", datasets=[ds.root for ds in datasets], episodes=[ds.num_episodes for ds in datasets],
-              steps=[ds.num_steps for ds in datasets])
     policy.train()
     opt = run.optimizer()
     run.begin(opt)
+    run.event("data", datasets=[ds.root for ds in datasets], episodes=[ds.num_episodes for ds in datasets],
+              steps=[ds.num_steps for ds in datasets])
     for update in run.loop(stop_at):
         # 1. a batch of demonstration steps, tokenised with the policy's statistics
         sampler.rng = np.random.default_rng(common.derive_seed(cfg.seed, update, "batch"))
