@@ -269,8 +269,9 @@ class Collector:
 
             from vla_forget.rollout import worker_init
 
+            # as bench's executor: with several workers, lavapipe rasterises in each worker's own thread
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=worker_init)
+                                             initializer=worker_init, initargs=(0 if self.workers > 1 else None,))
         jobs = [RolloutJob(task=self.task, seeds=[s], gen_seed=g, policy=self.policy_dir, weights=self.weights_path,
                            version=int(version), image_size=self.image_size, max_episode_steps=self.max_episode_steps)
                 for s, g in zip(seeds, gen_seeds)]
