@@ -58,7 +58,7 @@ def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = No
 
             # 2. group-normalised advantages, one per episode, on every step
             T, N = traj.horizon, traj.num_steps
-            rewards = torch.from_numpy(common.episode_rewards(traj.success, traj.dense, cfg.reward))
+            rewards = torch.from_numpy(traj.reward)
             episode_adv = group_advantages(rewards.sum(1), G)
             adv = episode_adv.repeat_interleave(T).to(device)
             tokens = torch.from_numpy(traj.flat("tokens").astype(np.int64)).to(device)

@@ -141,7 +141,7 @@ def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = No
                     refs.append(run.kl.reference(obs, kl_gen))
                 features = torch.cat(features)
                 values = value_head(features).view(E, T)
-            rewards = torch.from_numpy(common.episode_rewards(traj.success, traj.dense, cfg.reward)).to(device)
+            rewards = torch.from_numpy(traj.reward).to(device)
             dones = torch.from_numpy(traj.done).to(device)
             advantages, returns = gae(rewards, values, dones, cfg.gamma, cfg.gae_lambda)
             batch = {"tokens": torch.from_numpy(traj.flat("tokens").astype(np.int64)).to(device),

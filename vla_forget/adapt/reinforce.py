@@ -60,7 +60,7 @@ def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = No
 
             # 2. advantages: returns-to-go minus the batch-mean baseline
             N = traj.num_steps
-            rewards = torch.from_numpy(common.episode_rewards(traj.success, traj.dense, cfg.reward))
+            rewards = torch.from_numpy(traj.reward)
             adv = advantages(rewards, cfg.gamma, cfg.normalize_returns).reshape(N).to(device)
             tokens = torch.from_numpy(traj.flat("tokens").astype(np.int64)).to(device)
 

@@ -3,9 +3,10 @@
 :class:`Collector` rolls out the *current* policy on the target task and
 returns a :class:`Trajectories` batch: per step the camera image, proprio
 state, the 7 sampled action tokens and their joint log-probability under the
-sampling policy, success flags and ManiSkill's dense reward; per episode the
-instruction and seed. Every episode runs to the task's length (the task
-contract), so a batch is a rectangle ``[E episodes, T steps]``.
+sampling policy, the reward (``AdaptConfig.reward``), done and success flags
+and ManiSkill's dense reward; per episode the instruction and seed. Every
+episode runs to the task's length (the task contract), so a batch is a
+rectangle ``[E episodes, T steps]``.
 
 Where the simulator runs:
 
@@ -63,6 +64,7 @@ class Trajectories:
     dense: np.ndarray  # float32 [E, T] ManiSkill's normalised dense reward after the step's action
     seeds: np.ndarray  # int64 [E]
     wall_s: float = 0.0  # wall-clock seconds of the collection
+    reward: Optional[np.ndarray] = None  # float32 [E, T] per-step rewards (set by the Collector: AdaptConfig.reward)
 
     @property
     def num_episodes(self) -> int:
@@ -215,8 +217,9 @@ class Collector:
     """Collects on-policy trajectories of the current policy (see the module docstring)."""
 
     def __init__(self, *, task: str, policy_dir: str, weights_path: str, workers: int, num_envs: int = 1,
-                 image_size: int = 128, max_episode_steps: Optional[int] = None, device: str = "cpu"):
-        self.task, self.policy_dir, self.weights_path = task, policy_dir, weights_path
+                 image_size: int = 128, max_episode_steps: Optional[int] = None, device: str = "cpu",
+                 reward: str = "success"):
+        self.task, self.policy_dir, self.weights_path, self.reward = task, policy_dir, weights_path, reward
         self.num_envs = max(1, int(num_envs))
         self.workers = 0 if self.num_envs > 1 else max(0, int(workers))
         self.image_size, self.max_episode_steps, self.device = int(image_size), max_episode_steps, device
@@ -236,7 +239,10 @@ class Collector:
                 parts = self._in_workers(policy, list(seeds), list(gen_seeds), version)
         finally:
             policy.train(was_training)
+        from vla_forget.adapt.common import episode_rewards
+
         traj = Trajectories.concat(parts)
+        traj.reward = episode_rewards(traj.success, traj.dense, self.reward)
         traj.wall_s = time.perf_counter() - t0
         return traj
 
@@ -392,7 +398,8 @@ def collector_for(run) -> Collector:
     cfg = run.cfg
     return Collector(task=run.task, policy_dir=os.path.join(run.ckpt_root, checkpoint_name(0)),
                      weights_path=os.path.join(run.dir, ROLLOUT_WEIGHTS), workers=cfg.workers, num_envs=cfg.num_envs,
-                     image_size=cfg.image_size, max_episode_steps=cfg.max_episode_steps, device=run.device)
+                     image_size=cfg.image_size, max_episode_steps=cfg.max_episode_steps, device=run.device,
+                     reward=cfg.reward)
 
 
 def traces_for(run) -> TraceWriter:
