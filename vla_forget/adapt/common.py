@@ -193,11 +193,22 @@ def hparams(cfg: AdaptConfig) -> Dict[str, Any]:
     return {k: d[k] for k in COMMON_HPARAMS + METHOD_HPARAMS[cfg.method]}
 
 
+def _absolute_data(spec: str) -> str:
+    """``PATH[:WEIGHT]`` with PATH made absolute, so that a resume from another folder finds the data."""
+    from vla_forget.pretrain import parse_data_spec
+
+    path, _ = parse_data_spec(spec)
+    if not os.path.exists(path):
+        return spec  # reported by the dataset checks
+    return os.path.abspath(path) + spec[len(path):]
+
+
 def resolve(cfg: AdaptConfig) -> AdaptConfig:
     """Fill the method's defaults and check the values; raises AdaptError."""
     if cfg.method not in METHODS:
         raise AdaptError(f"unknown --method {cfg.method!r}; methods: {', '.join(METHODS)}")
-    cfg = dataclasses.replace(cfg, data=list(cfg.data))
+    cfg = dataclasses.replace(cfg, data=[_absolute_data(d) for d in cfg.data],
+                              traces=os.path.abspath(cfg.traces) if cfg.traces else cfg.traces)
     for k, v in METHOD_DEFAULTS[cfg.method].items():
         if getattr(cfg, k) is None:
             setattr(cfg, k, v)
