@@ -22,6 +22,16 @@ StackColorCube-v1        VLAF-StackColorCube-v1                 yes
 PlaceCubeOnTarget-v1     VLAF-PlaceCubeOnTarget-v1              yes
 =======================  ====================================  ==============
 
+SimplerEnv's tasks are registered too (:mod:`vla_forget.envs.simpler_tasks`):
+the Google robot's SimplerPickCokeCan-v1, SimplerOpenDrawer-v1,
+SimplerCloseDrawer-v1 and SimplerMoveNear-v1 (``simpler_env``, an optional
+install) and the WidowX's BridgeCarrotOnPlate-v1, BridgeSpoonOnTowel-v1,
+BridgeStackCube-v1 and BridgeEggplantInBasket-v1 (ManiSkill3's Bridge digital
+twins, whose assets are downloads); they take OpenVLA's un-normalised actions.
+Making one where its simulator or assets are missing raises
+:class:`~vla_forget.envs.simpler.TaskUnavailableError` saying what to do;
+:func:`task_unavailable_reason` says it without making the env.
+
 ``max_episode_steps`` is about twice the longest time the scripted expert
 (``expert-v1``) needed over 30 seeds (PickCube/StackCube/PlaceSphere <= 38 steps
 -> 80; the colour-cube tasks <= 42 -> 100; push/pull <= 13 -> 50), leaving room
@@ -36,7 +46,8 @@ from typing import Optional
 from vla_forget.envs.base import TaskEnv, TaskInfo
 from vla_forget.registry import Registry, UnknownIdError
 
-__all__ = ["TASKS", "EXPERT_KINDS", "TaskInfo", "TaskEnv", "task_info", "make_task_env", "UnknownIdError"]
+__all__ = ["TASKS", "EXPERT_KINDS", "TaskInfo", "TaskEnv", "task_info", "make_task_env", "task_unavailable_reason",
+           "UnknownIdError"]
 
 #: What the scripted expert does on a task; the env puts the index into
 #: ``Observation.privileged["task_kind"]``.
@@ -135,6 +146,10 @@ def _register_all() -> None:
         description="three coloured cubes and three coloured targets; put the named cube on the named target (9 instructions); the adaptation target",
     )
 
+    from vla_forget.envs.simpler_tasks import register as register_simpler
+
+    register_simpler(TASKS)
+
 
 TASKS = Registry("task", populate=_register_all)
 
@@ -158,9 +173,20 @@ def task_info(task_id: str) -> TaskInfo:
         max_episode_steps=m["max_episode_steps"],
         description=entry.description,
         pick_and_place=m["pick_and_place"],
-        backend="maniskill",
-        extra={"ms_id": entry.kwargs["ms_id"], "expert": entry.kwargs["expert"]},
+        backend=m.get("backend", "maniskill"),
+        extra={"ms_id": entry.kwargs["ms_id"], "expert": entry.kwargs["expert"],
+               **({"unnorm_key": m["unnorm_key"]} if "unnorm_key" in m else {})},
     )
+
+
+def task_unavailable_reason(task_id: str) -> Optional[str]:
+    """None if ``task_id`` can run here; else what is missing (simulator, assets) and what to do."""
+    info = task_info(task_id)
+    if info.backend in ("simpler", "bridge"):
+        from vla_forget.envs.simpler import unavailable_reason
+
+        return unavailable_reason(task_id)
+    return None
 
 
 def make_task_env(

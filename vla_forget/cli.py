@@ -417,6 +417,47 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+EPILOG_ASSETS = """\
+examples:
+  vla-forget assets                                   # what is there, what is missing, how to get it
+  vla-forget assets --download bridge --download widowx
+  vla-forget assets --from ~/Downloads/bridge_v2_real2sim_dataset.zip
+  vla-forget assets --from SimplerEnv/ManiSkill2_real2sim/data --link
+
+Groups: bridge and widowx (ManiSkill3's Bridge digital twins, the WidowX tasks;
+into $MS_ASSET_DIR) and simpler (SimplerEnv's data for the Google-robot tasks;
+into $VLA_FORGET_SIMPLER_DATA). The Google-robot tasks also need SimplerEnv
+itself in its own interpreter: set VLA_FORGET_SIMPLER_PYTHON. Exit status 0
+when every group asked for (all, if none) is complete.
+"""
+
+
+def _assets_parser(sub) -> None:
+    p = sub.add_parser("assets", help="stage and check the SimplerEnv / Bridge assets (downloads or a local folder)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_ASSETS)
+    p.add_argument("--download", action="append", choices=["bridge", "widowx", "simpler"], metavar="GROUP",
+                   help="fetch a group from the internet: bridge, widowx, simpler (repeatable)")
+    p.add_argument("--from", dest="source", metavar="PATH",
+                   help="stage every group found in a local folder or downloaded .zip")
+    p.add_argument("--link", action="store_true", help="with --from: symlink the folder instead of copying it")
+
+
+def cmd_assets(args) -> int:
+    from vla_forget.sim_assets import download, report, stage_from, status
+
+    wanted = set(args.download or [])
+    if args.source:
+        staged = stage_from(args.source, link=args.link)
+        print(f"staged from {args.source}: {', '.join(staged)}")
+        wanted |= set(staged)
+    if args.download:
+        download(tuple(args.download))
+    rows = status()
+    print(report(rows))
+    incomplete = [r["group"] for r in rows if r["missing"] and (not wanted or r["group"] in wanted)]
+    return 1 if incomplete else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from vla_forget import __version__
 
@@ -440,12 +481,14 @@ def build_parser() -> argparse.ArgumentParser:
     _sweep_parser(sub)
     _adapt_parser(sub)
     sub.add_parser("doctor", help="print versions and check that a Vulkan device works for the simulator")
+    _assets_parser(sub)
     return parser
 
 
 COMMANDS = {"bench": cmd_bench, "ls": cmd_ls, "validate": cmd_validate, "doctor": cmd_doctor}
 COMMANDS["demos"] = cmd_demos
 COMMANDS["pretrain"] = cmd_pretrain
+COMMANDS["assets"] = cmd_assets
 COMMANDS["sweep"] = cmd_sweep
 COMMANDS["adapt"] = cmd_adapt
 
@@ -477,6 +520,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from vla_forget.pretrain import PretrainError
 
         expected += [PretrainError]
+        from vla_forget.envs.simpler import TaskUnavailableError
+        from vla_forget.sim_assets import AssetError
+
+        expected += [TaskUnavailableError, AssetError]
     except ImportError:  # pragma: no cover
         pass
     try:
