@@ -705,8 +705,7 @@ class OpenVLAPolicy(TokenPolicy):
             raise ValueError("OpenVLA needs camera images (Observation.image is None)")
         if len(obs.instruction) != obs.batch_size:
             raise ValueError(f"{len(obs.instruction)} instructions for a batch of {obs.batch_size}")
-        core = self._core()
-        dtype = next(core.parameters()).dtype
+        dtype = self._core().get_input_embeddings().weight.dtype  # the base's dtype (LoRA weights may be float32)
         return self.image_processor(obs.image.to(self._device), dtype)
 
     def _token_ids(self, bins: torch.Tensor) -> torch.Tensor:
