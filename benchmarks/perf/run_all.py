@@ -17,7 +17,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = ["small_vla_latency.py", "divergence_speed.py", "harness_throughput.py", "demos_throughput.py", "pretrain_throughput.py",
-              "adapt_throughput.py"]
+              "adapt_throughput.py", "openvla_divergence.py"]
 
 
 def main(argv=None) -> int:
