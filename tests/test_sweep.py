@@ -123,13 +123,13 @@ def test_expansion_names_and_commands(tmp_path):
     assert [r.name for r in runs[:4]] == ["ppo_lr1e-4_b8_s0", "ppo_lr1e-4_b8_s1", "ppo_lr3e-4_b8_s0", "ppo_lr3e-4_b8_s1"]
     assert len({r.name for r in runs}) == len(runs)
     ppo, sft = runs[0], runs[4]
-    assert ppo.argv("S/runs/x", threads=2) == [
+    assert ppo.argv("S/runs/x") == [
         "adapt", "--method", "ppo", "--base", "small-vla-random-v1", "--task", "place-cube-on-target-v1", "--lr", "0.0001",
         "--minibatch-size", "8", "--seed", "0", "--updates", "2", "--save-every", "1", "--no-progress", "--workers", "0",
-        "--no-save-traces", "--threads", "2", "--out", "S/runs/x"]
+        "--no-save-traces", "--out", "S/runs/x"]
     a = sft.argv("S/runs/y", resume=True)
     assert a[a.index("--updates") + 1] == "4" and a.count("--data") == 2 and a[-1] == "--resume"
-    assert a[a.index("--batch-size") + 1] == "8" and "--minibatch-size" not in a and "--threads" not in a
+    assert a[a.index("--batch-size") + 1] == "8" and "--minibatch-size" not in a
     assert format_lr(3e-4) == "3e-4" and format_lr(2.5e-5) == "2.5e-5" and format_lr(1.0) == "1e0"
     assert option_args({"a_b": [1, 2], "c": None, "d": False, "e": True}) == ["--a-b", "1", "--a-b", "2", "--no-d", "--e"]
 
@@ -232,8 +232,8 @@ def test_shipped_sweep_commands_parse_as_adapt_commands(sweep):
 
     parser = build_parser()
     for r in expand(load_sweep(sweep)):
-        args = parser.parse_args(r.argv(f"runs/{r.name}", resume=True, threads=1))
+        args = parser.parse_args(r.argv(f"runs/{r.name}", resume=True))
         cfg = config_from_args(args)
         assert args.command == "adapt" and args.resume and cfg.method == r.method and cfg.lr == r.lr
-        assert cfg.seed == r.seed and cfg.progress is False and cfg.threads == 1
+        assert cfg.seed == r.seed and cfg.progress is False
         assert (cfg.minibatch_size if r.method in ("ppo", "grpo") else cfg.batch_size) == r.batch_size

@@ -28,8 +28,7 @@ axis does not change it (vary ``episodes_per_update`` in ``method_options``).
 Each run is a subprocess ``vla-forget adapt --method M ... --no-progress --out
 SWEEP/runs/NAME`` named ``{method}_lr{lr}_b{batch_size}_s{seed}`` (e.g.
 ``ppo_lr3e-4_b32_s0``), so runs are isolated; its output goes to
-``SWEEP/logs/NAME.log``. Unless the spec sets ``threads``, each run gets
-``--threads`` = CPU cores / ``--parallel`` (at least 1).
+``SWEEP/logs/NAME.log``.
 ``SWEEP/sweep.json`` lists every run with its command and status (pending,
 running, done, failed, interrupted) and is rewritten after each change.
 ``--resume`` skips runs that are done and restarts the others, passing
@@ -116,9 +115,8 @@ class RunPlan:
     params: Dict[str, Any]
     """every option passed to adapt, but --out and --resume (what a resumed run must not change)"""
 
-    def argv(self, out: str, resume: bool = False, threads: Optional[int] = None) -> List[str]:
-        extra = ["--threads", str(threads)] if threads and self.params.get("threads") is None else []
-        return ["adapt", *option_args(self.params), *extra, "--out", out] + (["--resume"] if resume else [])
+    def argv(self, out: str, resume: bool = False) -> List[str]:
+        return ["adapt", *option_args(self.params), "--out", out] + (["--resume"] if resume else [])
 
 
 # --------------------------------------------------------------------------
@@ -378,7 +376,6 @@ def run_sweep(spec: SweepSpec, out: str, *, parallel: int = 1, resume: bool = Fa
     if parallel < 1:
         raise SweepError(f"--parallel must be >= 1, got {parallel}")
     runs = expand(spec)
-    threads = max(1, (os.cpu_count() or 1) // parallel)
     runs_root = os.path.join(out, "runs")
     previous = read_sweep_json(out)
     if dry_run:
@@ -388,7 +385,7 @@ def run_sweep(spec: SweepSpec, out: str, *, parallel: int = 1, resume: bool = Fa
             if resume and done:
                 log(f"# {r.name}: done, skipped")
                 continue
-            log(command_line(r.argv(path, resume=resume and _run_dir_started(path), threads=threads)))
+            log(command_line(r.argv(path, resume=resume and _run_dir_started(path))))
         return previous or {}
     if previous is not None and not resume:
         raise SweepError(f"{out} already holds a sweep: pass --resume to continue it, or choose another --out")
@@ -435,7 +432,7 @@ def run_sweep(spec: SweepSpec, out: str, *, parallel: int = 1, resume: bool = Fa
 
     def start(r: RunPlan) -> None:
         path = os.path.join(runs_root, r.name)
-        argv = r.argv(path, resume=_run_dir_started(path), threads=threads)
+        argv = r.argv(path, resume=_run_dir_started(path))
         e = entries[r.name]
         e.update(command=command_line(argv), returncode=None, started=_now(), finished=None, wall_s=None,
                  attempts=e["attempts"] + 1)
