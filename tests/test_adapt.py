@@ -451,3 +451,24 @@ def test_ppo_with_batched_gpu_envs(tmp_path, base_dir):
     rc = main(["adapt", "--method", "ppo", "--base", base_dir, "--out", out, "--updates", "2", "--num-envs", "8",
                "--episodes-per-update", "8", "--max-episode-steps", "8", "--device", "cuda", "--no-progress"])
     assert rc == 0 and [r["env_steps"] for r in log_lines(out)] == [64, 128]
+
+
+def test_rollout_log_probs_equal_the_learners(fake, base_dir):
+    """PPO's ratio is exp(learner - sampler): on the collected steps, before any update, the learner's
+    joint log-probability of the sampled tokens must equal the one the rollout stored (ratio 1)."""
+    from vla_forget.adapt.rollouts import Collector
+
+    policy = load_policy(base_dir).eval()
+    col = Collector(task=TARGET, policy_dir=base_dir, weights_path=str(fake / "w.pt"), workers=0, image_size=32,
+                    max_episode_steps=4)
+    try:
+        traj = col.collect(policy, [0, 1, 2], [10, 11, 12], version=0)
+    finally:
+        col.close()
+    idx = np.arange(traj.num_steps)
+    with torch.no_grad():
+        logp = policy.log_prob(traj.observation(idx, "cpu"), torch.from_numpy(traj.flat("tokens").astype(np.int64)))
+    stored = torch.from_numpy(traj.flat("logp")).float()
+    assert traj.num_steps == 12
+    assert torch.allclose(logp, stored, atol=1e-4), (logp - stored).abs().max()
+    assert float(stored.max()) < 0  # real log-probabilities of 7 tokens, not placeholders
