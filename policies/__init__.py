@@ -44,6 +44,13 @@ POLICIES.register(
     needs_image=True,
 )
 POLICIES.register(
+    "openvla-tiny-v1",
+    "vla_forget.policies.openvla_tiny:load_tiny",
+    description="a tiny OpenVLA-format checkpoint (random weights), built offline into the cache on first use: "
+                "the OpenVLA adapter's real code path on any CPU",
+    seed=0,
+)
+POLICIES.register(
     "small-vla-base-v1",
     "vla_forget.policies:load_asset",
     description="the small VLA behaviour-cloned on the tabletop-v1 tasks (assets/small-vla-base; see its MODEL_CARD.md)",

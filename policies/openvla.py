@@ -263,13 +263,46 @@ def base_fingerprint(folder: str) -> Dict[str, Any]:
             "weights": {n: os.path.getsize(os.path.join(folder, n)) for n in names}}
 
 
+#: config.json keys that record how or where a checkpoint was saved, not what it computes
+VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "_commit_hash", "dtype", "torch_dtype",
+                        "_attn_implementation_autoset", "attn_implementation"}
+
+
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _canonical(v) for k, v in sorted(obj.items()) if k not in VOLATILE_CONFIG_KEYS}
+    if isinstance(obj, list):
+        return [_canonical(v) for v in obj]
+    return obj
+
+
+def _tensor_digest(path: str) -> str:
+    """sha256 of a safetensors file's tensors (names, dtypes, shapes, bytes), not of its header metadata."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, "tensors")
+    if key not in _FILE_HASHES:
+        from safetensors import safe_open
+
+        h = hashlib.sha256()
+        with safe_open(path, framework="pt") as f:
+            for name in sorted(f.keys()):
+                t = f.get_tensor(name).contiguous()
+                h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        _FILE_HASHES[key] = h.hexdigest()
+    return _FILE_HASHES[key]
+
+
 def weights_digest(folder: str) -> str:
-    """sha256 over the config and every weight file of an HF checkpoint folder (cached per file)."""
+    """sha256 of what an HF checkpoint folder computes: its config (without save-time fields such as the
+    transformers version) and the tensors of every weight file, independent of how the files were sharded
+    or annotated; cached per file."""
     h = hashlib.sha256()
+    h.update(json.dumps(_canonical(_read_json(os.path.join(folder, "config.json"))), sort_keys=True).encode())
     names = sorted(n for n in os.listdir(folder) if n.endswith((".safetensors", ".bin")) and not n.startswith("adapter_"))
-    for name in ["config.json"] + names:
-        h.update(name.encode())
-        h.update(_file_digest(os.path.join(folder, name)).encode())
+    for name in names:
+        path = os.path.join(folder, name)
+        h.update((_tensor_digest(path) if name.endswith(".safetensors") else _file_digest(path)).encode())
     return h.hexdigest()
 
 

@@ -398,6 +398,30 @@ def _portable_tokenizer_config(out: str) -> None:
         f.write("\n")
 
 
+def load_tiny(seed: int = 0, **overrides: Any):
+    """The registered ``openvla-tiny-v1``: the stand-in built (once, atomically) into the cache, then loaded
+    by the OpenVLA adapter like any OpenVLA-format folder."""
+    import shutil
+    import tempfile
+
+    from vla_forget.policies.openvla import OpenVLAPolicy
+
+    cache = os.environ.get("VLA_FORGET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vla-forget")
+    path = os.path.join(cache, "policies", f"openvla-tiny-v1-seed{int(seed)}")
+    if not os.path.exists(os.path.join(path, "dataset_statistics.json")):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".build-", dir=os.path.dirname(path))
+        try:
+            build_tiny_openvla(tmp, seed=int(seed))
+            try:
+                os.rename(tmp, path)  # atomic; another process may have won the race
+            except OSError:
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return OpenVLAPolicy.from_spec(path, **overrides)
+
+
 def preprocessor_config(image_size: int) -> Dict[str, Any]:
     """The Prismatic image processor's settings (single backbone, resize-naive, bicubic, mean/std 0.5)."""
     return {
