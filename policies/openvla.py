@@ -87,7 +87,6 @@ import shutil
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -111,7 +110,8 @@ TRUST_ENV = "VLA_FORGET_TRUST_REMOTE_CODE"
 #: set to 1 to try remote-code checkpoints under an unpinned transformers (at your own risk)
 SKIP_VERSION_CHECK_ENV = "VLA_FORGET_SKIP_VERSION_CHECK"
 OPENVLA_PINS = {"transformers": "4.40.1", "tokenizers": "0.19.1", "timm": "0.9.16"}
-INSTALL_HINT = "pip install -c constraints.txt -e '.[openvla]' (a separate virtualenv: the core and the test extra use a current transformers)"
+INSTALL_HINT = ("pip install -c constraints.txt -e '.[openvla]' (a separate virtualenv: the core and the test extra "
+                "use a current transformers)")
 LORA_STATE_PREFIX = "lora."
 SPEC_OPTIONS = ("unnorm_key", "dtype", "lora_rank", "lora_alpha", "lora_dropout", "attn_implementation")
 

@@ -4,8 +4,9 @@
   checkpoints are adapter folders that load back;
 * ``vla-forget adapt --method ppo`` (1 update of 2 episodes of 3 steps) on the real CPU simulator, in-process
   (the compact adapter state dict that worker processes receive is covered in test_openvla.py);
-* ``vla-forget bench`` on the real CPU simulator (one task, 2 episodes of 3 steps; a state recorded every 5 steps, so 2 states) with the base and the
-  SFT-adapted checkpoint: success matrix, videos and the chain-rule divergences to the base.
+* ``vla-forget bench`` on the real CPU simulator (one task, 2 episodes of 3 steps; a state recorded every 5
+  steps, so 2 states) with the base and the SFT-adapted checkpoint: success matrix, videos and the
+  chain-rule divergences to the base.
 
 Needs the test extra (transformers, peft) and the rlds extra (datasets); about a minute and a half.
 """

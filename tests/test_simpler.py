@@ -321,8 +321,8 @@ def test_bench_runs_openvla_on_a_simpler_task(fake_simpler, tmp_path):
     battery.write_text("id: simpler-smoke\nversion: 1\nepisodes: 2\nseed_start: 0\nmax_episode_steps: 3\n"
                        "tasks:\n  - task: SimplerOpenDrawer-v1\n    seeds: [0]\n")
     out = str(tmp_path / "bench")
-    rc = main(["bench", "--policy", f"openvla:{tiny}", "--base", f"openvla:{tiny}",
-               "--battery", str(battery), "--episodes", "1", "--target", "SimplerPickCokeCan-v1", "--target-episodes", "1", "--workers", "0",
+    rc = main(["bench", "--policy", f"openvla:{tiny}", "--base", f"openvla:{tiny}", "--battery", str(battery),
+               "--episodes", "1", "--target", "SimplerPickCokeCan-v1", "--target-episodes", "1", "--workers", "0",
                "--image-size", "32", "--kl-states-per-task", "2", "--videos-per-task", "1", "--no-progress", "--out", out])
     assert rc == 0
     res = json.load(open(os.path.join(out, "results.json")))
