@@ -448,6 +448,7 @@ class OpenVLAPolicy(TokenPolicy):
         self._prompt_cache: Dict[str, List[int]] = {}
         self._weights_digest: Optional[str] = None
         self._lora_on = adapter_dir is not None
+        self.training = False  # loaded policies start in eval mode (as SmallVLA.load); train() switches
 
     # --- construction helpers ----------------------------------------------
     @classmethod
