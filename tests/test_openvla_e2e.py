@@ -99,16 +99,16 @@ def test_adapt_ppo_one_update_on_the_simulator(work, base):
 def test_bench_runs_the_adapter_on_the_cpu_simulator(work, base, sft_run):
     battery = work / "battery.yaml"
     battery.write_text("id: openvla-smoke\nversion: 1\nepisodes: 2\nseed_start: 100000\nmax_episode_steps: 3\n"
-                       "tasks:\n  - task: PickCube-v1\n")
+                       "tasks:\n  - task: PlaceCubeOnTarget-v1\n")  # the env PPO made: its shaders are compiled
     adapted = list_checkpoints(sft_run)[-1]
     out = str(work / "bench")
     rc = main(["bench", "--policy", adapted, "--base", f"openvla:{base}", "--battery", str(battery), "--episodes", "2",
-               "--target", "none", "--workers", "0", "--image-size", "64", "--kl-states-per-task", "4",
+               "--target", "none", "--workers", "0", "--image-size", "32", "--kl-states-per-task", "4",
                "--videos-per-task", "1", "--no-progress", "--out", out])
     assert rc == 0
     res = json.load(open(os.path.join(out, "results.json")))
     assert set(res["success"]) == {f"openvla:{base}", adapted}
-    assert res["success"][adapted]["PickCube-v1"]["n"] == 2
+    assert res["success"][adapted]["PlaceCubeOnTarget-v1"]["n"] == 2
     kl = res["kl_to_base"][adapted]
     assert kl["n_states"] == 2 and kl["forward"] > 0 and np.isfinite(kl["reverse"]) and 0 < kl["tv"] <= 1
     assert {r["kind"] for r in res["policies"]} == {"OpenVLAPolicy"}
