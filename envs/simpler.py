@@ -325,6 +325,8 @@ class BridgeTaskEnv(TaskEnv):
                              render_backend="gpu" if torch.cuda.is_available() else "cpu",
                              control_mode=BRIDGE_CONTROL_MODE, max_episode_steps=_NO_LIMIT)
         self._u = self._env.unwrapped
+        agent = self._u.agent  # the WidowX has no `tcp` link attribute: its controller's ee link is the TCP
+        self._ee = getattr(agent, "tcp", None) or agent.robot.links_map["ee_gripper_link"]
         self._t = 0
         self._image = None
         self._instructions: List[str] = []
@@ -362,7 +364,7 @@ class BridgeTaskEnv(TaskEnv):
         from vla_forget.policies.base import Observation
 
         self._image = _resize(obs["sensor_data"][self.camera]["rgb"], self.image_size).cpu()
-        tcp = self._u.agent.tcp.pose.raw_pose
+        tcp = self._ee.pose.raw_pose
         state = _state(tcp, self._u.agent.robot.get_qpos(), self.num_envs)
         priv: Dict[str, torch.Tensor] = {}
         if self.privileged:
