@@ -8,7 +8,7 @@ from importlib import metadata
 from typing import Dict
 
 PACKAGES = ("vla-forget", "torch", "numpy", "mani-skill", "sapien", "gymnasium", "safetensors", "imageio",
-            "tensorflow-datasets", "transformers", "peft")
+            "tensorflow-datasets", "transformers", "tokenizers", "peft", "timm")
 
 
 def software_versions() -> Dict[str, str]:
