@@ -35,7 +35,7 @@ Seeds pick the episode deterministically:
   an RTX-capable GPU;
 * move-near: SimplerEnv's episode ``s mod 60`` (its fixed object triplets);
 * Bridge: ManiSkill3's ``episode_id = s`` (the env takes it modulo its
-  configurations: 24 for the flat-table tasks, 32 for the sink).
+  configurations: 24 for the three flat-table tasks, 64 for the eggplant in the sink).
 """
 
 from __future__ import annotations
