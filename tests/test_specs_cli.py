@@ -80,3 +80,17 @@ def test_cli_bench_bad_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["bench", "--policy", str(ck), "--base", "small-vla-random-v1", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "known classes:" in err and "SmallVLA" in err and "Nope" in err
+
+
+def test_a_folder_named_like_an_id_does_not_shadow_it(tmp_path, monkeypatch, capsys):
+    """`ls` and `validate` in a folder that holds a sub-folder named like a preset id: the id wins;
+    a folder given where a spec file is expected is a clear error."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke").mkdir()
+    assert main(["ls", "presets"]) == 0
+    assert "smoke" in capsys.readouterr().out
+    assert main(["validate", "smoke"]) == 0
+    assert "OK preset smoke" in capsys.readouterr().out
+    (tmp_path / "mine").mkdir()
+    assert main(["validate", "mine"]) != 0
+    assert "is a folder, not a YAML spec file" in capsys.readouterr().out

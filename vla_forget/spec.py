@@ -126,8 +126,10 @@ def available(kind: str) -> List[str]:
 
 
 def _read(kind: str, ref: str) -> tuple[Dict[str, Any], str]:
-    if os.path.exists(ref):
+    if os.path.isfile(ref):
         path, text = ref, open(ref).read()
+    elif os.path.isdir(ref) and not _spec_dir(kind).joinpath(f"{ref}.yaml").is_file():
+        raise SpecError(ref, ["is a folder, not a YAML spec file"])
     else:
         f = _spec_dir(kind).joinpath(f"{ref}.yaml")
         if not f.is_file():
@@ -306,7 +308,10 @@ def load_preset(ref: str) -> Dict[str, Any]:
 
 def validate(ref: str) -> str:
     """Validate a battery, target or sweep spec file or id; returns a one-line summary or raises SpecError."""
-    if os.path.exists(ref):
+    registered = any(ref in available(k) for k in ("batteries", "targets", "sweeps", "presets"))
+    if os.path.isdir(ref) and not registered:
+        raise SpecError(ref, ["is a folder, not a YAML spec file"])
+    if os.path.isfile(ref):
         with open(ref) as f:
             try:
                 data = yaml.safe_load(f)
@@ -314,13 +319,17 @@ def validate(ref: str) -> str:
                 raise SpecError(ref, [f"not valid YAML: {e}"]) from None
         if not isinstance(data, dict):
             raise SpecError(ref, ["expected a mapping at the top level"])
-        kind = "battery" if "tasks" in data else "sweep" if "grid" in data else "target"
+        kind = "battery" if "tasks" in data else "sweep" if "grid" in data else \
+            "preset" if "policies" in data and "task" not in data else "target"
     else:
         kind = "battery" if ref in available("batteries") else "target" if ref in available("targets") else \
-            "sweep" if ref in available("sweeps") else None
+            "sweep" if ref in available("sweeps") else "preset" if ref in available("presets") else None
         if kind is None:
             raise UnknownIdError(f"{ref!r} is neither a spec file nor a registered id. Batteries: {', '.join(available('batteries'))}; "
                                  f"targets: {', '.join(available('targets'))}; sweeps: {', '.join(available('sweeps'))}")
+    if kind == "preset":
+        p = load_preset(ref)
+        return f"OK preset {ref}: battery {p.get('battery', 'tabletop-v1')}, policies {', '.join(p.get('policies', []))}"
     if kind == "sweep":
         from vla_forget.sweep import expand, load_sweep
 
