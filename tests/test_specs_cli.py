@@ -93,4 +93,4 @@ def test_a_folder_named_like_an_id_does_not_shadow_it(tmp_path, monkeypatch, cap
     assert "OK preset smoke" in capsys.readouterr().out
     (tmp_path / "mine").mkdir()
     assert main(["validate", "mine"]) != 0
-    assert "is a folder, not a YAML spec file" in capsys.readouterr().out
+    assert "is a folder, not a YAML spec file" in capsys.readouterr().err
