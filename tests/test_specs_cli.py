@@ -94,3 +94,21 @@ def test_a_folder_named_like_an_id_does_not_shadow_it(tmp_path, monkeypatch, cap
     (tmp_path / "mine").mkdir()
     assert main(["validate", "mine"]) != 0
     assert "is a folder, not a YAML spec file" in capsys.readouterr().err
+
+
+def test_bench_without_preset_takes_episode_counts_from_the_specs(tmp_path, monkeypatch):
+    import vla_forget.bench as bench
+
+    seen = {}
+
+    def fake_run_bench(config, **kw):
+        seen["config"] = config
+        return {}
+
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    main(["bench", "--policy", "zero-v1", "--base", "zero-v1", "--out", str(tmp_path / "a")])
+    assert seen["config"].episodes is None and seen["config"].target_episodes is None  # the battery's 50
+    main(["bench", "--preset", "smoke", "--out", str(tmp_path / "b")])
+    assert seen["config"].episodes == 2 and seen["config"].policies == ["expert-v1", "small-vla-random-v1"]
+    main(["bench", "--preset", "smoke", "--episodes", "3", "--out", str(tmp_path / "c")])
+    assert seen["config"].episodes == 3

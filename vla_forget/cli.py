@@ -35,7 +35,8 @@ OUT/forgetting_vs_kl.png (with the plots extra).
 def _bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="roll out policies on a battery and measure success, forgetting and divergence",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_BENCH)
-    p.add_argument("--preset", help="a named preset filling unset options (see `vla-forget ls`): smoke, default")
+    p.add_argument("--preset", help="a named preset filling the options not given (see `vla-forget ls presets`): smoke, default; "
+                                    "without one, episode counts come from the battery and target specs")
     p.add_argument("--policy", action="append", dest="policies", metavar="P",
                    help="policy id or checkpoint folder to evaluate (repeatable)")
     p.add_argument("--checkpoints", action="append", metavar="DIR",
@@ -79,7 +80,8 @@ def cmd_bench(args) -> int:
     from vla_forget.spec import load_preset
 
     apply_trust_remote_code(args)
-    preset = load_preset(args.preset or "default")
+    # a preset fills only the options it is asked for: without --preset, episode counts come from the specs
+    preset = load_preset(args.preset) if args.preset else {}
     pick = lambda name, dflt=None: getattr(args, name) if getattr(args, name, None) is not None else preset.get(name, dflt)  # noqa: E731
     checkpoints = list(args.checkpoints or [])
     if checkpoints:  # the runs say what they were adapted from and to; a preset's policies are not added
