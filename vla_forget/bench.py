@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from vla_forget import law, metrics
+from vla_forget.jsonio import write_json
 from vla_forget.rollout import EpisodeJob
 from vla_forget.spec import Battery, Target, load_battery, load_target
 from vla_forget.video import slug
@@ -150,11 +151,7 @@ def _append(path: str, record: Dict[str, Any]) -> None:
 
 
 def _write_json(path: str, data: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, allow_nan=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, data, indent=2, sort_keys=True)
 
 
 # --------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from vla_forget.jsonio import write_json
 from vla_forget.tokenizer import (
     ACTION_DIM,
     STATS_FILENAME,
@@ -318,11 +319,7 @@ def write_dataset(
 
 
 def _write_json(path: str, data: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, data)
 
 
 # --------------------------------------------------------------------------

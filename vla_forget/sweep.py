@@ -53,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional
 
+from vla_forget.jsonio import write_json
 from vla_forget.spec import SpecError, _check_id_version, _check_keys, _int, _read
 
 SWEEP_FORMAT = 1
@@ -331,11 +332,7 @@ def _now() -> str:
 
 
 def _write_json(path: str, data: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, data, indent=2)
 
 
 def read_sweep_json(out: str) -> Optional[Dict[str, Any]]:

@@ -39,6 +39,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from vla_forget.jsonio import append_jsonl, write_json
 from vla_forget.adapt import CHECKPOINTS_DIR, META, METHODS, checkpoint_name, list_checkpoints
 
 RUN_JSON = "run.json"
@@ -756,13 +757,8 @@ def _round(v: Any) -> Any:
 
 
 def _append(path: str, rec: Dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(rec) + "\n")
+    append_jsonl(path, rec)
 
 
 def _write_json(path: str, data: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, data)
