@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
@@ -48,12 +49,29 @@ _POLICIES: Dict[str, Any] = {}
 _MAX_ENVS = 2
 
 
+def _die_with_parent() -> None:
+    """On Linux, ask the kernel to end this worker when the process that started it dies (killed, not
+    just interrupted), so that no orphaned simulator keeps a core busy after its run is gone."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def worker_init(render_threads: Optional[int] = None) -> None:
     """Per-process set-up: one torch thread; with several worker processes, Mesa's software
     renderer (lavapipe) rasterises in the worker's own thread instead of starting a thread per
     core, so that processes do not oversubscribe the cores (a user's LP_NUM_THREADS wins)."""
     import torch
 
+    _die_with_parent()
     torch.set_num_threads(1)
     if render_threads is not None:
         os.environ.setdefault("LP_NUM_THREADS", str(render_threads))
