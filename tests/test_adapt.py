@@ -472,3 +472,17 @@ def test_rollout_log_probs_equal_the_learners(fake, base_dir):
     assert traj.num_steps == 12
     assert torch.allclose(logp, stored, atol=1e-4), (logp - stored).abs().max()
     assert float(stored.max()) < 0  # real log-probabilities of 7 tokens, not placeholders
+
+
+def test_ppo_target_kl_ends_the_epochs_early(fake, base_dir):
+    """With a tiny target_kl, every update stops after its first epoch (approx KL > 0 once the policy moved);
+    without it, all epochs run."""
+    early = ppo.train(config(fake, base_dir, "ppo", out="early", epochs=4, lr=1e-3, target_kl=1e-12, updates=1))
+    full = ppo.train(config(fake, base_dir, "ppo", out="full", epochs=4, lr=1e-3, updates=1))
+    logs = {}
+    for name in ("early", "full"):
+        with open(fake / name / "log.jsonl") as f:
+            logs[name] = [json.loads(line) for line in f if line.strip()]
+    assert logs["early"][-1]["epochs_run"] == 1
+    assert "epochs_run" not in logs["full"][-1]
+    assert early is not None and full is not None

@@ -49,7 +49,7 @@ _POLICIES: Dict[str, Any] = {}
 _MAX_ENVS = 2
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """On Linux, ask the kernel to end this worker when the process that started it dies (killed, not
     just interrupted), so that no orphaned simulator keeps a core busy after its run is gone."""
     if not sys.platform.startswith("linux"):
@@ -71,7 +71,7 @@ def worker_init(render_threads: Optional[int] = None) -> None:
     core, so that processes do not oversubscribe the cores (a user's LP_NUM_THREADS wins)."""
     import torch
 
-    _die_with_parent()
+    die_with_parent()
     torch.set_num_threads(1)
     if render_threads is not None:
         os.environ.setdefault("LP_NUM_THREADS", str(render_threads))

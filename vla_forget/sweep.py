@@ -358,7 +358,11 @@ Launcher = Callable[[List[str], Any], "subprocess.Popen"]
 
 def default_launcher(argv: List[str], log) -> "subprocess.Popen":
     """Start ``vla-forget ARGV`` as a child process writing to the open file ``log``."""
-    return subprocess.Popen([*ADAPT_PROGRAM, *argv], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    from vla_forget.rollout import die_with_parent
+
+    # a sweep killed outright takes its runs with it (they resume with `sweep --resume`)
+    return subprocess.Popen([*ADAPT_PROGRAM, *argv], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
 
 
 def run_sweep(spec: SweepSpec, out: str, *, parallel: int = 1, resume: bool = False, dry_run: bool = False,

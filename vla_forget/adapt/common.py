@@ -131,6 +131,8 @@ class AdaptConfig:
     """ppo, grpo: steps per minibatch; reinforce: steps per chunk of its single accumulated step"""
     clip_coef: float = 0.2
     """ppo, grpo: clip the probability ratio to [1 - clip, 1 + clip]"""
+    target_kl: Optional[float] = None
+    """ppo: end an update's epochs early once an epoch's mean approximate KL to the rollout policy exceeds this (default: off)"""
     gamma: float = 1.0
     """ppo, reinforce: discount"""
     gae_lambda: float = 0.95
@@ -176,7 +178,7 @@ METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
 COMMON_HPARAMS = ("updates", "save_every", "lr", "weight_decay", "grad_clip", "kl_coef", "lora_rank", "seed")
 ROLLOUT_HPARAMS = ("episodes_per_update", "image_size", "max_episode_steps", "reward")
 METHOD_HPARAMS: Dict[str, Tuple[str, ...]] = {
-    "ppo": ROLLOUT_HPARAMS + ("epochs", "minibatch_size", "clip_coef", "gamma", "gae_lambda", "vf_coef", "ent_coef",
+    "ppo": ROLLOUT_HPARAMS + ("epochs", "minibatch_size", "clip_coef", "target_kl", "gamma", "gae_lambda", "vf_coef", "ent_coef",
                               "norm_adv", "value_hidden", "value_lr"),
     "reinforce": ROLLOUT_HPARAMS + ("gamma", "normalize_returns", "ent_coef"),
     "grpo": ROLLOUT_HPARAMS + ("group_size", "epochs", "minibatch_size", "clip_coef", "ent_coef"),

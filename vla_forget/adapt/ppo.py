@@ -11,6 +11,7 @@ One update::
          + vf_coef * 0.5 (V(s) - R)^2
          - ent_coef * entropy  (summed over the 7 tokens)
          + kl_coef * KL(base || pi)(s)  (exact per token, chain rule; see common.KLPenalty)
+       (with `target_kl`, the epochs stop early once an epoch's mean approximate KL exceeds it)
     4. log one record; checkpoint every `save_every` updates; successful episodes -> RUN/traces/
 
 The policy stays in eval mode (no dropout) so that the ratio compares the
@@ -20,6 +21,7 @@ minibatch's steps.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any, Callable, Dict, Optional
 
@@ -90,6 +92,10 @@ def update_epochs(policy, value_head: ValueHead, traj: Trajectories, batch: Dict
     N = traj.num_steps
     stats: Dict[str, list] = defaultdict(list)
     for epoch in range(cfg.epochs):
+        if cfg.target_kl is not None and stats["approx_kl"] and \
+                np.mean(stats["approx_kl"][-math.ceil(N / cfg.minibatch_size):]) > cfg.target_kl:
+            stats["epochs_run"].append(epoch)  # the last epoch moved the policy too far from the sampler
+            break
         perm = torch.randperm(N, generator=common.generator(cfg.seed, update, "minibatches", epoch))
         for start in range(0, N, cfg.minibatch_size):
             mb = perm[start:start + cfg.minibatch_size].to(device)
