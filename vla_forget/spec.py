@@ -307,10 +307,10 @@ def load_preset(ref: str) -> Dict[str, Any]:
 
 
 def validate(ref: str) -> str:
-    """Validate a battery, target or sweep spec file or id; returns a one-line summary or raises SpecError."""
-    registered = any(ref in available(k) for k in ("batteries", "targets", "sweeps", "presets"))
-    if os.path.isdir(ref) and not registered:
-        raise SpecError(ref, ["is a folder, not a YAML spec file"])
+    """Validate a battery, target, sweep or preset spec file or id; returns a one-line summary or raises SpecError."""
+    ids = {kind: available(folder) for kind, folder in
+           (("battery", "batteries"), ("target", "targets"), ("sweep", "sweeps"), ("preset", "presets"))}
+    registered = next((kind for kind, known in ids.items() if ref in known), None)
     if os.path.isfile(ref):
         with open(ref) as f:
             try:
@@ -321,12 +321,15 @@ def validate(ref: str) -> str:
             raise SpecError(ref, ["expected a mapping at the top level"])
         kind = "battery" if "tasks" in data else "sweep" if "grid" in data else \
             "preset" if "policies" in data and "task" not in data else "target"
+    elif registered is not None:
+        kind = registered
+    elif os.path.isdir(ref):
+        raise SpecError(ref, ["is a folder, not a YAML spec file"])
     else:
-        kind = "battery" if ref in available("batteries") else "target" if ref in available("targets") else \
-            "sweep" if ref in available("sweeps") else "preset" if ref in available("presets") else None
-        if kind is None:
-            raise UnknownIdError(f"{ref!r} is neither a spec file nor a registered id. Batteries: {', '.join(available('batteries'))}; "
-                                 f"targets: {', '.join(available('targets'))}; sweeps: {', '.join(available('sweeps'))}")
+        raise UnknownIdError(f"{ref!r} is neither a spec file nor a registered id. "
+                             + "; ".join(f"{folder}: {', '.join(ids[kind])}" for kind, folder in
+                                         (("battery", "Batteries"), ("target", "targets"), ("sweep", "sweeps"),
+                                          ("preset", "presets"))))
     if kind == "preset":
         p = load_preset(ref)
         return f"OK preset {ref}: battery {p.get('battery', 'tabletop-v1')}, policies {', '.join(p.get('policies', []))}"
