@@ -187,14 +187,9 @@ def resolve_source(source: str) -> str:
 
 
 def _read_json(path: str) -> Dict[str, Any]:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise OpenVLAError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise OpenVLAError(f"{path}: expected a JSON object")
-    return data
+    from vla_forget.jsonio import read_json_object
+
+    return read_json_object(path, OpenVLAError)
 
 
 def _version_tuple(v: str) -> Tuple[int, ...]:

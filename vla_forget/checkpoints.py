@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from vla_forget.jsonio import read_json_object
+
 
 class CheckpointDiscoveryError(ValueError):
     """A folder that holds no adaptation run or sweep, or no finished checkpoint."""
@@ -54,14 +56,7 @@ class CheckpointInfo:
 
 
 def _load_json(path: str) -> Dict[str, Any]:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointDiscoveryError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise CheckpointDiscoveryError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, CheckpointDiscoveryError)
 
 
 def is_run_dir(path: str) -> bool:

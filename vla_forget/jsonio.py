@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Type
 
 
 def write_json(path: str, data: Any, *, indent: int = 1, sort_keys: bool = False) -> None:
@@ -14,6 +14,18 @@ def write_json(path: str, data: Any, *, indent: int = 1, sort_keys: bool = False
         json.dump(data, f, indent=indent, sort_keys=sort_keys)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def read_json_object(path: str, error: Type[Exception] = ValueError) -> Dict[str, Any]:
+    """A JSON file that must hold an object; ``error`` (the caller's exception class) names the file and the problem."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise error(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object")
+    return data
 
 
 def append_jsonl(path: str, record: Dict[str, Any]) -> None:
