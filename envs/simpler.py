@@ -295,10 +295,25 @@ def _state(tcp_pose, finger_qpos, n: int):
     return s
 
 
+class _LastImageEnv(TaskEnv):
+    """What both SimplerEnv-style envs share: the last observation's images and the episode's instructions."""
+
+    _image: Any = None  # a torch uint8 tensor [N, H, W, 3] after a reset
+    _instructions: Sequence[str] = ()
+
+    def frames(self) -> np.ndarray:
+        if self._image is None:
+            raise RuntimeError("frames() needs a reset first")
+        return self._image.numpy()
+
+    def instructions(self) -> List[str]:
+        return list(self._instructions)
+
+
 # --------------------------------------------------------------------------
 # WidowX: ManiSkill3's Bridge digital twins, in this process
 # --------------------------------------------------------------------------
-class BridgeTaskEnv(TaskEnv):
+class BridgeTaskEnv(_LastImageEnv):
     """``num_envs`` copies of a ManiSkill3 Bridge digital twin behind the task contract (see the module docstring)."""
 
     def __init__(self, info: TaskInfo, *, ms_id: str, simpler_task: str, num_envs: int = 1, image_size: int = 128,
@@ -372,14 +387,6 @@ class BridgeTaskEnv(TaskEnv):
                     "tcp_pose": tcp.float().cpu()}
         return Observation(image=self._image, state=state, instruction=list(self._instructions), privileged=priv)
 
-    def frames(self) -> np.ndarray:
-        if self._image is None:
-            raise RuntimeError("frames() needs a reset first")
-        return self._image.numpy()
-
-    def instructions(self) -> List[str]:
-        return list(self._instructions)
-
     def close(self) -> None:
         if getattr(self, "_env", None) is not None:
             self._env.close()
@@ -428,7 +435,7 @@ class SimplerWorker:
                 self.proc.wait()
 
 
-class SimplerGoogleTaskEnv(TaskEnv):
+class SimplerGoogleTaskEnv(_LastImageEnv):
     """One SimplerEnv Google-robot env (ManiSkill2, CPU, one per process) behind the task contract."""
 
     def __init__(self, info: TaskInfo, *, simpler_task: str, num_envs: int = 1, image_size: int = 128,
@@ -497,14 +504,6 @@ class SimplerGoogleTaskEnv(TaskEnv):
         if self.privileged:
             priv = {"task_kind": torch.tensor([EXPERT_KINDS.index("none")]), "tcp_pose": state[:, :7].clone()}
         return Observation(image=self._image, state=state, instruction=list(self._instructions), privileged=priv)
-
-    def frames(self) -> np.ndarray:
-        if self._image is None:
-            raise RuntimeError("frames() needs a reset first")
-        return self._image.numpy()
-
-    def instructions(self) -> List[str]:
-        return list(self._instructions)
 
     def close(self) -> None:
         if getattr(self, "_worker", None) is not None:
