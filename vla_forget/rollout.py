@@ -111,6 +111,16 @@ def close_all() -> None:
     _POLICIES.clear()
 
 
+def worker_pool(workers: int):
+    """``workers`` spawned simulator processes (the one pool type of bench, demos and adaptation rollouts);
+    with several, each rasterises in its own thread (see :func:`worker_init`)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=worker_init,
+                               initargs=(0 if workers > 1 else None,))
+
+
 def run_parallel(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int, on_result: Callable[[Any], None],
                  *, more: Callable[[int], bool] = lambda n_pending: True) -> None:
     """Run ``fn(job)`` for each job in ``workers`` spawned processes (0: in this process).
@@ -132,12 +142,9 @@ def run_parallel(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int, on
         finally:
             close_all()
         return
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
 
-    render_threads = 0 if workers > 1 else None
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=worker_init,
-                             initargs=(render_threads,)) as pool:
+    with worker_pool(workers) as pool:
         pending: set = set()
 
         def refill() -> None:

@@ -270,14 +270,9 @@ class Collector:
         torch.save({k: v.detach().cpu() for k, v in policy.state_dict().items()}, tmp)
         os.replace(tmp, self.weights_path)
         if self._pool is None:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
+            from vla_forget.rollout import worker_pool
 
-            from vla_forget.rollout import worker_init
-
-            # as bench's executor: with several workers, lavapipe rasterises in each worker's own thread
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=worker_init, initargs=(0 if self.workers > 1 else None,))
+            self._pool = worker_pool(self.workers)  # bench's pool: the same worker set-up
         jobs = [RolloutJob(task=self.task, seeds=[s], gen_seed=g, policy=self.policy_dir, weights=self.weights_path,
                            version=int(version), image_size=self.image_size, max_episode_steps=self.max_episode_steps)
                 for s, g in zip(seeds, gen_seeds)]
