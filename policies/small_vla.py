@@ -12,6 +12,7 @@ Architecture (defaults in :class:`SmallVLAConfig`)::
     image uint8 [H, W, 3] --resize, normalise--> strided convs, each
         GroupNorm -> FiLM(text vector) -> ReLU, residual blocks at low
         resolution --adaptive pool--> image tokens [G*G, d]
+        the 16 x 16 map --spatial softmax--> K keypoints (x, y) --MLP--> keypoint token [1, d]
     proprio state --standardise, MLP--> state token [1, d]
 
     memory = [image tokens; text tokens; state token]         (the prefix)
@@ -74,6 +75,11 @@ class SmallVLAConfig:
     """the last this-many conv stages get an extra residual 3x3 conv block"""
     image_grid: int = 4
     """image tokens per side: the last feature map is pooled to 2 * image_grid and 2x2 blocks are stacked into channels"""
+    keypoints: int = 32
+    """spatial-softmax keypoints (one more image token holding their expected x, y); 0 = none.
+    Checkpoints whose config predates this field have none."""
+    keypoint_stage: int = -2
+    """conv stage whose feature map the keypoints read (index into conv_channels; -2: 16 x 16 at 128 px)"""
     state_dim: int = 16
     """proprio state size; shorter states are zero-padded, longer ones are an error"""
     d_model: int = 128
@@ -107,6 +113,15 @@ class SmallVLAConfig:
             raise ValueError(f"max_instruction_bytes must be an even number >= 4, got {self.max_instruction_bytes}")
         if not 0 <= self.residual_stages <= len(self.conv_channels):
             raise ValueError(f"residual_stages={self.residual_stages} must be in 0..{len(self.conv_channels)}")
+        if self.keypoints < 0:
+            raise ValueError(f"keypoints must be >= 0, got {self.keypoints}")
+        if not -len(self.conv_channels) <= self.keypoint_stage < len(self.conv_channels):
+            raise ValueError(f"keypoint_stage={self.keypoint_stage} is not a conv stage (there are {len(self.conv_channels)})")
+
+    @property
+    def image_tokens(self) -> int:
+        """image tokens in the memory: the pooled grid, plus the keypoint token when there are keypoints"""
+        return self.image_grid**2 + (1 if self.keypoints else 0)
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -119,6 +134,8 @@ class SmallVLAConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown SmallVLA config fields: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        d = dict(d)
+        d.setdefault("keypoints", 0)  # configs written before keypoints existed had none
         return cls(**d)
 
 
@@ -256,8 +273,36 @@ class ConvBlock(nn.Module):
         return torch.addcmul(shift[:, :, None, None], h, scale[:, :, None, None]).relu_()
 
 
+class SpatialSoftmax(nn.Module):
+    """Keypoints from a feature map, as in visuomotor policy learning (Levine et al. 2016) and
+    robomimic's image encoders: a 1x1 conv makes K heat maps, a softmax over each map's pixels
+    gives a distribution whose expected (x, y) in [-1, 1] is keypoint k. Sub-cell precise,
+    so a cube a few pixels wide is located to well under a feature cell. An MLP turns the
+    2K coordinates into one memory token."""
+
+    def __init__(self, cin: int, keypoints: int, d: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, keypoints, 1)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.proj = nn.Sequential(nn.Linear(2 * keypoints, d), nn.GELU(), nn.Linear(d, d))
+        self.ln = nn.LayerNorm(d)
+
+    def coordinates(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> expected keypoint positions ``[B, K, 2]`` (x, y in [-1, 1], pixel centres)."""
+        B, _, H, W = x.shape
+        logits = self.conv(x).flatten(2) / self.log_temperature.exp()
+        attn = torch.softmax(logits, dim=-1)  # [B, K, H*W]
+        ys = torch.linspace(-1.0 + 1.0 / H, 1.0 - 1.0 / H, H, device=x.device)
+        xs = torch.linspace(-1.0 + 1.0 / W, 1.0 - 1.0 / W, W, device=x.device)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(H * W, 2)
+        return attn @ grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.proj(self.coordinates(x).flatten(1)))
+
+
 class ImageEncoder(nn.Module):
-    """uint8 images -> ``image_grid ** 2`` tokens, every conv block FiLM-conditioned on the instruction.
+    """uint8 images -> ``image_grid ** 2`` tokens (plus a keypoint token), every conv block FiLM-conditioned on the instruction.
 
     A 4x4 stride-4 patch conv, then 3x3 stride-2 convs (128 px: 32 -> 16 -> 8), residual
     3x3 blocks on the last ``residual_stages`` stages; each 2x2 block of the final 8x8 map
@@ -284,6 +329,8 @@ class ImageEncoder(nn.Module):
         self.proj = nn.Linear(4 * chans[-1], cfg.d_model)
         self.pos = nn.Parameter(torch.randn(cfg.image_grid**2, cfg.d_model) * 0.02)
         self.ln_out = nn.LayerNorm(cfg.d_model)
+        self.keypoint_stage = cfg.keypoint_stage % len(chans)
+        self.keypoints = SpatialSoftmax(chans[self.keypoint_stage], cfg.keypoints, cfg.d_model) if cfg.keypoints else None
         self.reset_film()
 
     def reset_film(self) -> None:
@@ -310,16 +357,20 @@ class ImageEncoder(nn.Module):
         x = self.preprocess(image)
         film = self.film(text_vec).split([2 * c for c in self.film_sizes], dim=-1)
         k = 0
+        keypoint_token = None
         for i, block in enumerate(self.blocks):
             x = block(x, *film[k].chunk(2, dim=-1))
             k += 1
             if str(i) in self.residual:
                 x = x + self.residual[str(i)](x, *film[k].chunk(2, dim=-1))
                 k += 1
+            if self.keypoints is not None and i == self.keypoint_stage:
+                keypoint_token = self.keypoints(x).unsqueeze(1)
         if x.shape[-1] != 2 * self.grid:
             x = F.adaptive_avg_pool2d(x, 2 * self.grid)
         x = F.pixel_unshuffle(x, 2).flatten(2).transpose(1, 2)  # [B, G*G, 4 C]: no detail averaged away
-        return self.ln_out(self.proj(x) + self.pos)
+        tokens = self.ln_out(self.proj(x) + self.pos)
+        return tokens if keypoint_token is None else torch.cat([tokens, keypoint_token], dim=1)
 
 
 class DecoderLayer(nn.Module):
@@ -402,7 +453,7 @@ class SmallVLA(TokenPolicy):
         self.ln_f = nn.LayerNorm(d)
         self.head = Dense(d, cfg.n_bins)
         self.register_buffer("bin_values", torch.linspace(-1.0, 1.0, cfg.n_bins).unsqueeze(-1), persistent=False)
-        self.n_memory = cfg.image_grid**2 + cfg.text_tokens + 1
+        self.n_memory = cfg.image_tokens + cfg.text_tokens + 1
         #: cache instruction encodings in eval mode without gradients (see :meth:`clear_caches`)
         self.cache_instructions = True
         self.clear_caches()
@@ -619,7 +670,7 @@ class SmallVLA(TokenPolicy):
     def features(self, obs: Observation) -> torch.Tensor:
         """``[B, 3 d]``: mean image token, mean text token, state token (for a value head)."""
         memory = self.encode(obs)
-        G = self.config.image_grid**2
+        G = self.config.image_tokens
         T = self.config.text_tokens
         return torch.cat([memory[:, :G].mean(1), memory[:, G : G + T].mean(1), memory[:, -1]], dim=-1)
 

@@ -240,3 +240,43 @@ def test_config_round_trips():
     assert SmallVLAConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown"):
         SmallVLAConfig.from_dict({"d_modle": 3})
+
+
+def test_spatial_softmax_finds_a_peak():
+    """A heat map peaked at one feature cell puts the keypoint at that cell's centre in [-1, 1]."""
+    from vla_forget.policies.small_vla import SpatialSoftmax
+
+    ss = SpatialSoftmax(cin=1, keypoints=1, d=8)
+    with torch.no_grad():
+        ss.conv.weight.fill_(1.0)
+        ss.conv.bias.zero_()
+        ss.log_temperature.fill_(-5.0)  # temperature e^-5: the softmax is all but an argmax
+    x = torch.zeros(2, 1, 16, 16)
+    x[0, 0, 3, 12] = 1.0  # row 3, column 12
+    x[1, 0, 15, 0] = 1.0
+    kp = ss.coordinates(x)
+    cell = 2.0 / 16
+    expected = torch.tensor([[[-1 + cell * 12.5, -1 + cell * 3.5]], [[-1 + cell * 0.5, -1 + cell * 15.5]]])
+    assert torch.allclose(kp, expected, atol=1e-3), kp
+
+
+def test_keypoints_add_one_image_token_and_follow_the_image(model):
+    assert model.config.keypoints > 0 and model.n_memory == model.config.image_grid**2 + 1 + model.config.text_tokens + 1
+    obs = make_obs(batch=2)
+    with torch.no_grad():
+        memory = model.encode(obs)
+    kp_token = memory[:, model.config.image_grid**2]
+    assert memory.shape[1] == model.n_memory
+    assert not torch.allclose(kp_token[0], kp_token[1])  # different images, different keypoints
+
+
+def test_configs_from_before_keypoints_load_without_them(tmp_path):
+    """A checkpoint saved before the keypoint field existed loads as the model it was (no keypoint token)."""
+    old = SmallVLA.random_init(seed=0, keypoints=0)
+    old.save(str(tmp_path))
+    meta = json.loads((tmp_path / "config.json").read_text())
+    del meta["config"]["keypoints"], meta["config"]["keypoint_stage"]
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    loaded = SmallVLA.load(str(tmp_path))
+    assert loaded.config.keypoints == 0
+    assert loaded.checkpoint_hash() == old.checkpoint_hash()
