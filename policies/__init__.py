@@ -51,7 +51,7 @@ POLICIES.register(
     seed=0,
 )
 POLICIES.register(
-    "small-vla-base-v1",
+    "small-vla-base-v2",
     "vla_forget.policies:load_asset",
     description="the small VLA behaviour-cloned on the tabletop-v1 tasks (assets/small-vla-base; see its MODEL_CARD.md)",
     name="small-vla-base",
