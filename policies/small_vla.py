@@ -289,9 +289,12 @@ class SpatialSoftmax(nn.Module):
 
     def coordinates(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> expected keypoint positions ``[B, K, 2]`` (x, y in [-1, 1], pixel centres)."""
-        B, _, H, W = x.shape
-        logits = self.conv(x).flatten(2) / self.log_temperature.exp()
-        attn = torch.softmax(logits, dim=-1)  # [B, K, H*W]
+        B, C, H, W = x.shape
+        # the 1x1 conv as one matmul over the channels-last pixels (conv2d's 1x1 CPU path is slow)
+        pixels = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+        weight = self.conv.weight.view(-1, C)
+        logits = torch.addmm(self.conv.bias, pixels.reshape(-1, C), weight.t()).view(B, H * W, -1).transpose(1, 2)
+        attn = torch.softmax(logits / self.log_temperature.exp(), dim=-1)  # [B, K, H*W]
         ys = torch.linspace(-1.0 + 1.0 / H, 1.0 - 1.0 / H, H, device=x.device)
         xs = torch.linspace(-1.0 + 1.0 / W, 1.0 - 1.0 / W, W, device=x.device)
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(H * W, 2)
