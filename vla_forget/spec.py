@@ -308,8 +308,8 @@ def load_preset(ref: str) -> Dict[str, Any]:
 
 def validate(ref: str) -> str:
     """Validate a battery, target, sweep or preset spec file or id; returns a one-line summary or raises SpecError."""
-    ids = {kind: available(folder) for kind, folder in
-           (("battery", "batteries"), ("target", "targets"), ("sweep", "sweeps"), ("preset", "presets"))}
+    kinds = (("battery", "batteries"), ("target", "targets"), ("sweep", "sweeps"), ("preset", "presets"))
+    ids = {kind: available(folder) for kind, folder in kinds}
     registered = next((kind for kind, known in ids.items() if ref in known), None)
     if os.path.isfile(ref):
         with open(ref) as f:
@@ -326,10 +326,8 @@ def validate(ref: str) -> str:
     elif os.path.isdir(ref):
         raise SpecError(ref, ["is a folder, not a YAML spec file"])
     else:
-        raise UnknownIdError(f"{ref!r} is neither a spec file nor a registered id. "
-                             + "; ".join(f"{folder}: {', '.join(ids[kind])}" for kind, folder in
-                                         (("battery", "Batteries"), ("target", "targets"), ("sweep", "sweeps"),
-                                          ("preset", "presets"))))
+        known = "; ".join(f"{folder}: {', '.join(ids[kind])}" for kind, folder in kinds)
+        raise UnknownIdError(f"{ref!r} is neither a spec file nor a registered id. {known[0].upper()}{known[1:]}")
     if kind == "preset":
         p = load_preset(ref)
         return f"OK preset {ref}: battery {p.get('battery', 'tabletop-v1')}, policies {', '.join(p.get('policies', []))}"
