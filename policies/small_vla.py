@@ -34,6 +34,7 @@ envs running one task shares one encoding) — exact, and differentiable.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -273,6 +274,14 @@ class ConvBlock(nn.Module):
         return torch.addcmul(shift[:, :, None, None], h, scale[:, :, None, None]).relu_()
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_centres(H: int, W: int, device: torch.device) -> torch.Tensor:
+    """(x, y) of each pixel centre of an ``H x W`` map in [-1, 1], row-major ``[H*W, 2]`` (built once per size)."""
+    ys = torch.linspace(-1.0 + 1.0 / H, 1.0 - 1.0 / H, H, device=device)
+    xs = torch.linspace(-1.0 + 1.0 / W, 1.0 - 1.0 / W, W, device=device)
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(H * W, 2)
+
+
 class SpatialSoftmax(nn.Module):
     """Keypoints from a feature map, as in visuomotor policy learning (Levine et al. 2016) and
     robomimic's image encoders: a 1x1 conv makes K heat maps, a softmax over each map's pixels
@@ -295,10 +304,7 @@ class SpatialSoftmax(nn.Module):
         weight = self.conv.weight.view(-1, C)
         logits = torch.addmm(self.conv.bias, pixels.reshape(-1, C), weight.t()).view(B, H * W, -1).transpose(1, 2)
         attn = torch.softmax(logits / self.log_temperature.exp(), dim=-1)  # [B, K, H*W]
-        ys = torch.linspace(-1.0 + 1.0 / H, 1.0 - 1.0 / H, H, device=x.device)
-        xs = torch.linspace(-1.0 + 1.0 / W, 1.0 - 1.0 / W, W, device=x.device)
-        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(H * W, 2)
-        return attn @ grid
+        return attn @ _pixel_centres(H, W, x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ln(self.proj(self.coordinates(x).flatten(1)))
