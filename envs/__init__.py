@@ -199,13 +199,16 @@ def make_task_env(
     sim_backend: str = "auto",
     device: Optional[str] = None,
     max_episode_steps: Optional[int] = None,
+    wrist_camera: bool = False,
 ) -> TaskEnv:
     """Make ``num_envs`` copies of a task (see :class:`vla_forget.envs.base.TaskEnv`).
 
     ``sim_backend="auto"`` picks ManiSkill's GPU physics when CUDA is present and
     ``num_envs > 1``, else the CPU (one env per process). ``privileged=True`` adds
     the simulator state the scripted expert reads. ``max_episode_steps``
-    overrides the task's episode length.
+    overrides the task's episode length. ``wrist_camera=True`` adds a camera on the
+    robot's hand: images are then the front and wrist views side by side, ``[N, S, 2S, 3]``
+    (ManiSkill tasks only).
     """
     entry = TASKS.get(task_id)
     info = task_info(task_id)
@@ -219,6 +222,14 @@ def make_task_env(
 
     check_vulkan()
     cls = entry.load()
+    if wrist_camera:
+        from vla_forget.envs.maniskill import ManiSkillTaskEnv
+
+        entry_kwargs = dict(entry.kwargs, wrist_camera=True)
+        if not (isinstance(cls, type) and issubclass(cls, ManiSkillTaskEnv)):
+            raise ValueError(f"task {task_id!r} has no wrist camera: it is offered on the ManiSkill tabletop tasks only")
+    else:
+        entry_kwargs = dict(entry.kwargs)
     return cls(
         info,
         num_envs=num_envs,
@@ -227,5 +238,5 @@ def make_task_env(
         privileged=privileged,
         sim_backend=sim_backend,
         device=device,
-        **entry.kwargs,
+        **entry_kwargs,
     )

@@ -20,7 +20,12 @@ Observation
 ``image``: uint8 ``[N, S, S, 3]`` from ``base_camera``, the same fixed camera
 for every task (in front of the table at (0.35, 0, 0.45) m looking at
 (-0.05, 0, 0), 1.2 rad field of view: the whole workspace and the gripper), or
-``None`` when ``render_images=False``. ``instruction``: one string per env, fixed per seed.
+``None`` when ``render_images=False``. With ``wrist_camera=True`` a second
+camera rides on the Panda's hand (where ManiSkill's ``panda_wristcam`` mounts its
+RealSense, looking down between the fingers, pi/2 field of view) and ``image`` is
+``[N, S, 2S, 3]``: the front view on the left, the wrist view on the right. The
+robot stays the plain ``panda`` (same links, same physics); only a camera is added,
+so scenes, seeds and success are those of the front-only task. ``instruction``: one string per env, fixed per seed.
 
 ``privileged`` (only with ``privileged=True``; for scripted experts)::
 
@@ -98,6 +103,11 @@ CAMERA = "base_camera"
 CAMERA_EYE = (0.35, 0.0, 0.45)
 CAMERA_TARGET = (-0.05, 0.0, 0.0)
 CAMERA_FOV = 1.2  # radians
+WRIST_CAMERA = "hand_camera"
+#: The wrist camera's pose in the ``panda_hand`` frame: ManiSkill's panda_wristcam mount
+#: (panda_v3.urdf: realsense_joint, then camera_link_joint), looking along the fingers.
+WRIST_CAMERA_OFFSET = ((0.035, 0.0, 0.036), (0.0, -1.5707, 3.1415), (0.0, 0.02, 0.0115))
+WRIST_CAMERA_FOV = 1.5707963267948966
 #: gym.make's own time limit is set far beyond ours; the episode length is ours.
 _NO_LIMIT = 10_000
 #: One render system kept alive for the life of the process. SAPIEN frees its
@@ -185,6 +195,33 @@ PRIVILEGED: Dict[str, Callable[[Any, Dict[str, Any]], Dict[str, torch.Tensor]]] 
 }
 
 
+def _wrist_camera_pose():
+    import sapien
+    from transforms3d.euler import euler2quat
+
+    (p0, rpy, p1) = WRIST_CAMERA_OFFSET
+    return sapien.Pose(p=list(p0), q=list(euler2quat(*rpy))) * sapien.Pose(p=list(p1))
+
+
+_WRIST_CLASSES: Dict[type, type] = {}
+
+
+def with_wrist_camera(cls: type) -> type:
+    """``cls`` (a ManiSkill env class) with a camera on the Panda's hand added to its sensors."""
+    if cls not in _WRIST_CLASSES:
+        from mani_skill.sensors.camera import CameraConfig
+
+        def _default_sensor_configs(self):
+            own = super(sub, self)._default_sensor_configs
+            own = list(own.values()) if isinstance(own, dict) else list(own) if isinstance(own, (list, tuple)) else [own]
+            hand = self.agent.robot.links_map["panda_hand"]
+            return own + [CameraConfig(WRIST_CAMERA, _wrist_camera_pose(), 128, 128, WRIST_CAMERA_FOV, 0.01, 100, mount=hand)]
+
+        sub = type(cls.__name__ + "WithWristCamera", (cls,), {"_default_sensor_configs": property(_default_sensor_configs)})
+        _WRIST_CLASSES[cls] = sub
+    return _WRIST_CLASSES[cls]
+
+
 def resolve_sim_backend(sim_backend: str, num_envs: int) -> str:
     if sim_backend == "auto":
         sim_backend = "gpu" if (num_envs > 1 and torch.cuda.is_available()) else "cpu"
@@ -217,6 +254,7 @@ class ManiSkillTaskEnv(TaskEnv):
         sim_backend: str = "auto",
         device: Optional[str] = None,
         robot_uids: str = "panda",
+        wrist_camera: bool = False,
     ):
         import gymnasium as gym
 
@@ -232,6 +270,9 @@ class ManiSkillTaskEnv(TaskEnv):
         self.render_images = bool(render_images)
         self.privileged = bool(privileged)
         self.ms_id = ms_id
+        self.wrist_camera = bool(wrist_camera) and self.render_images
+        if self.wrist_camera and robot_uids != "panda":
+            raise ValueError(f"wrist_camera=True mounts a camera on the plain 'panda' robot; this task uses {robot_uids!r}")
         self.sim_backend = resolve_sim_backend(sim_backend, self.num_envs)
         self._kind = EXPERT_KINDS.index(expert)
         kwargs: Dict[str, Any] = dict(
@@ -252,7 +293,15 @@ class ManiSkillTaskEnv(TaskEnv):
             render_backend="gpu" if torch.cuda.is_available() else "cpu",
         )
         _quiet_maniskill_logs()
-        self._env = gym.make(ms_id, **kwargs)
+        if self.wrist_camera:
+            from mani_skill.utils.registration import REGISTERED_ENVS
+
+            spec = REGISTERED_ENVS[ms_id]
+            direct = {**spec.default_kwargs, **kwargs}
+            direct.pop("max_episode_steps")  # gym.make's time-limit wrapper option; our episodes end by our count
+            self._env = with_wrist_camera(spec.cls)(**direct)
+        else:
+            self._env = gym.make(ms_id, **kwargs)
         self._u = self._env.unwrapped
         if not _RENDER_KEEPALIVE and self.sim_backend == "cpu":
             render_system = getattr(self._u.scene.sub_scenes[0], "render_system", None)
@@ -320,6 +369,8 @@ class ManiSkillTaskEnv(TaskEnv):
         image = None
         if self.render_images:
             image = obs["sensor_data"][CAMERA]["rgb"]
+            if self.wrist_camera:
+                image = torch.cat([image, obs["sensor_data"][WRIST_CAMERA]["rgb"]], dim=2)
             self._last_image = image
         privileged: Dict[str, torch.Tensor] = {}
         if self.privileged:

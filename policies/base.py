@@ -73,11 +73,23 @@ class Observation:
         )
 
 
+def views_for(policy: Any, obs: Observation) -> Observation:
+    """``obs`` as ``policy`` reads it: a policy without a wrist camera given front and wrist views side by
+    side (``[B, H, 2H, 3]``, e.g. states recorded from a two-camera base) gets the front half."""
+    img = obs.image
+    if img is None or getattr(policy, "wrist_camera", False) or img.ndim != 4 or img.shape[2] != 2 * img.shape[1]:
+        return obs
+    return Observation(image=img[:, :, : img.shape[1]], state=obs.state, instruction=list(obs.instruction),
+                       privileged=dict(obs.privileged))
+
+
 class Policy:
     """Anything that acts: ``act`` maps an observation batch to ``[B, 7]`` continuous actions."""
 
     #: Whether this policy reads camera images (tasks skip rendering otherwise).
     needs_image: bool = True
+    #: Whether it reads the wrist camera too (tasks then give the front and wrist views side by side).
+    wrist_camera: bool = False
     #: Whether this policy reads ``Observation.privileged`` (scripted experts).
     needs_privileged: bool = False
 

@@ -81,6 +81,13 @@ class SmallVLAConfig:
     Checkpoints whose config predates this field have none."""
     keypoint_stage: int = -2
     """conv stage whose feature map the keypoints read (index into conv_channels; -2: 16 x 16 at 128 px)"""
+    wrist_camera: bool = False
+    """read a wrist camera too: images are the front and wrist views side by side ([H, 2H, 3],
+    as tasks give them with ``wrist_camera=True``); the wrist half has its own conv net"""
+    wrist_image_size: int = 64
+    """the wrist view is resized to this square size"""
+    wrist_image_grid: int = 2
+    """wrist image tokens per side (plus its keypoint token when there are keypoints)"""
     state_dim: int = 16
     """proprio state size; shorter states are zero-padded, longer ones are an error"""
     d_model: int = 128
@@ -122,7 +129,9 @@ class SmallVLAConfig:
     @property
     def image_tokens(self) -> int:
         """image tokens in the memory: the pooled grid, plus the keypoint token when there are keypoints"""
-        return self.image_grid**2 + (1 if self.keypoints else 0)
+        front = self.image_grid**2 + (1 if self.keypoints else 0)
+        wrist = self.wrist_image_grid**2 + (1 if self.keypoints else 0) if self.wrist_camera else 0
+        return front + wrist
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -318,10 +327,10 @@ class ImageEncoder(nn.Module):
     becomes one token (space-to-depth), so 16 tokens keep the 8x8 map's spatial detail.
     """
 
-    def __init__(self, cfg: SmallVLAConfig):
+    def __init__(self, cfg: SmallVLAConfig, size: Optional[int] = None, grid: Optional[int] = None):
         super().__init__()
-        self.size = cfg.image_size
-        self.grid = cfg.image_grid
+        self.size = int(size or cfg.image_size)
+        self.grid = int(grid or cfg.image_grid)
         chans = cfg.conv_channels
         self.blocks = nn.ModuleList()
         self.residual = nn.ModuleDict()
@@ -336,7 +345,7 @@ class ImageEncoder(nn.Module):
         # weight is zero and the bias gives scale 1, shift 0 (plain GroupNorm + ReLU)
         self.film = nn.Linear(cfg.d_model, 2 * sum(self.film_sizes))
         self.proj = nn.Linear(4 * chans[-1], cfg.d_model)
-        self.pos = nn.Parameter(torch.randn(cfg.image_grid**2, cfg.d_model) * 0.02)
+        self.pos = nn.Parameter(torch.randn(self.grid**2, cfg.d_model) * 0.02)
         self.ln_out = nn.LayerNorm(cfg.d_model)
         self.keypoint_stage = cfg.keypoint_stage % len(chans)
         self.keypoints = SpatialSoftmax(chans[self.keypoint_stage], cfg.keypoints, cfg.d_model) if cfg.keypoints else None
@@ -447,6 +456,8 @@ class SmallVLA(TokenPolicy):
 
         self.text = TextEncoder(cfg)
         self.image = ImageEncoder(cfg)
+        #: the wrist view's own conv net (None without a wrist camera)
+        self.wrist = ImageEncoder(cfg, cfg.wrist_image_size, cfg.wrist_image_grid) if cfg.wrist_camera else None
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
         self.state_mlp = nn.Sequential(nn.Linear(cfg.state_dim, d), nn.GELU(), nn.Linear(d, d), nn.LayerNorm(d))
@@ -469,7 +480,13 @@ class SmallVLA(TokenPolicy):
 
         # conv weights in the memory layout of the channels-last activations (no per-call reorder)
         self.image.to(memory_format=torch.channels_last)
+        if self.wrist is not None:
+            self.wrist.to(memory_format=torch.channels_last)
         self.set_statistics(statistics or {DEFAULT_UNNORM_KEY: {"action": default_statistics().to_dict()}}, unnorm_key)
+
+    @property
+    def wrist_camera(self) -> bool:  # type: ignore[override]
+        return bool(self.config.wrist_camera)
 
     # --- construction -----------------------------------------------------
     def _init_weights(self, generator: torch.Generator) -> None:
@@ -490,10 +507,12 @@ class SmallVLA(TokenPolicy):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         for p_name, p in self.named_parameters():
-            if p_name in ("start", "dim_pos", "memory_type", "text.pos", "text.pool.queries", "image.pos"):
+            if p_name in ("start", "dim_pos", "memory_type", "text.pos", "text.pool.queries", "image.pos", "wrist.pos"):
                 with torch.no_grad():
                     p.normal_(0.0, 0.02, generator=generator)
         self.image.reset_film()
+        if self.wrist is not None:
+            self.wrist.reset_film()
         with torch.no_grad():
             self.text.byte_emb.weight[TextEncoder.PAD].zero_()
 
@@ -583,7 +602,16 @@ class SmallVLA(TokenPolicy):
         if len(obs.instruction) != obs.batch_size:
             raise ValueError(f"{len(obs.instruction)} instructions for a batch of {obs.batch_size}")
         text_tokens, text_vec = self._text(obs.instruction)
-        img = self.image(obs.image.to(self.start.device), text_vec)
+        image = obs.image.to(self.start.device)
+        if self.wrist is not None:
+            H, W = int(image.shape[1]), int(image.shape[2])
+            if image.ndim != 4 or W != 2 * H:
+                raise ValueError(
+                    f"this SmallVLA reads the front and wrist cameras side by side (images [B, H, 2H, 3]), got shape "
+                    f"{tuple(image.shape)}: make the task env with wrist_camera=True (demos: --wrist-camera)")
+            img = torch.cat([self.image(image[:, :, :H], text_vec), self.wrist(image[:, :, H:], text_vec)], dim=1)
+        else:
+            img = self.image(image, text_vec)
         state = self.state_mlp(self._state(obs.state)).unsqueeze(1)
         t = self.memory_type
         return torch.cat([img + t[0], text_tokens + t[1], state + t[2]], dim=1)

@@ -435,6 +435,8 @@ def compute_divergences(plan: Plan, out: str, cache=None, batch_size: int = 64) 
     base = None  # free its memory before the policies load (OpenVLA-7B is 15 GB)
     result["base_passes"] = base_passes
     result["cache_hits"] = cache.hits
+    from vla_forget.policies.base import views_for
+
     per_policy: Dict[str, Any] = {}
     for ref in plan.refs:
         if ref.key == plan.base.key:
@@ -451,7 +453,7 @@ def compute_divergences(plan: Plan, out: str, cache=None, batch_size: int = 64) 
                 for i in range(0, obs.batch_size, batch_size):
                     sub = _repeat(obs.index(slice(i, i + batch_size)), S).to(cfg.device)
                     j = slice(i * S, i * S + sub.batch_size)
-                    lg = pol.action_logits(sub, toks[j].to(cfg.device)).float().cpu()
+                    lg = pol.action_logits(views_for(pol, sub), toks[j].to(cfg.device)).float().cpu()
                     parts.append(token_divergences(bl[j], lg, toks[j]))
             per = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
             entry[name] = summarize(per, n_states=obs.batch_size).to_dict()

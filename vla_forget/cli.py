@@ -126,6 +126,7 @@ examples:
   vla-forget demos --task PickCube-v1 --episodes 200 --out data/pick_cube --workers 2
   vla-forget demos --task PullCube-v1 --episodes 2 --out data/pull_small --image-size 64
   vla-forget demos --task PickCube-v1 --episodes 200 --out data/pick_cube --resume
+  vla-forget demos --task PickCube-v1 --episodes 150 --out data/pick_cube_wrist --wrist-camera --workers 2
 
 Seeds SEED_START, SEED_START+1, ... are tried until EPISODES of them succeed;
 failed episodes are dropped and the kept fraction is reported. Training seeds
@@ -146,6 +147,8 @@ def _demos_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="simulator worker processes (default 1; 0 = in-process)")
     p.add_argument("--seed-start", type=int, default=0, help="first seed tried (default 0; below 100000)")
     p.add_argument("--image-size", type=int, default=128, help="camera image size in pixels (default 128)")
+    p.add_argument("--wrist-camera", action="store_true",
+                   help="add a camera on the robot's hand: each image is the front and wrist views side by side (S x 2S)")
     p.add_argument("--success-hold", type=int, default=5,
                    help="end an episode after this many consecutive successful steps (default 5; 0 = full length)")
     p.add_argument("--max-attempts", type=int, help="seeds to try at most (default 3 x EPISODES + 10)")
@@ -159,7 +162,7 @@ def cmd_demos(args) -> int:
 
     cfg = DemoConfig(task=args.task, episodes=args.episodes, out=args.out, workers=args.workers,
                      seed_start=args.seed_start, image_size=args.image_size, success_hold=args.success_hold,
-                     max_attempts=args.max_attempts, name=args.name, progress=not args.no_progress)
+                     wrist_camera=args.wrist_camera, max_attempts=args.max_attempts, name=args.name, progress=not args.no_progress)
     s = collect_demos(cfg, resume=args.resume)
     rate = f", {s['demos_per_min']} demos/min" if s["demos_per_min"] else ""
     print(f"{s['task']}: {s['episodes']} demonstrations by {s['source']}, kept {s['episodes']}/{s['attempts']} "

@@ -80,6 +80,8 @@ class DemoConfig:
     """first seed tried; seeds go up by one and must stay below TRAIN_SEED_LIMIT"""
     image_size: int = 128
     """camera image size in pixels (square)"""
+    wrist_camera: bool = False
+    """add the wrist camera: images are the front and wrist views side by side ([S, 2S, 3])"""
     success_hold: int = 5
     """end an episode once the task has been solved this many consecutive steps (0: run to the task's length)"""
     max_attempts: Optional[int] = None
@@ -119,6 +121,7 @@ class DemoJob:
     image_size: int
     success_hold: int
     raw_dir: str
+    wrist_camera: bool = False
 
 
 class _Recorder:
@@ -261,7 +264,7 @@ def collect_episode(job: DemoJob) -> Dict[str, Any]:
 
     t0 = time.perf_counter()
     env = _get_env(job.task, image_size=job.image_size, render=True, num_envs=1, max_steps=None, sim_backend="cpu",
-                   device="cpu")
+                   device="cpu", wrist_camera=job.wrist_camera)
     rec = _Recorder()
     if job.source == EXPERT:
         instruction = _expert_episode(env, job, rec)
@@ -326,6 +329,7 @@ def _check_config(raw_dir: str, cfg: DemoConfig, source: str, resume: bool) -> N
             raise DemoError(f"{cfg.out} already holds demonstrations: add --resume to continue them, or choose another --out")
         with open(path) as f:
             have = json.load(f)
+        have.setdefault("wrist_camera", False)  # collections from before the wrist camera have none
         diff = [f"{k}: {have.get(k)!r} -> {v!r}" for k, v in want.items() if have.get(k) != v]
         if diff:
             raise DemoError(f"{cfg.out} was collected with other settings ({'; '.join(diff)}); use another --out")
@@ -377,7 +381,7 @@ def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
         tried = [s for s in candidates if s in attempts]
         bar.set_postfix_str(f"kept {len(_kept(attempts, candidates))}/{len(tried)}", refresh=False)
 
-    todo = (DemoJob(cfg.task, s, source, cfg.image_size, cfg.success_hold, raw_dir)
+    todo = (DemoJob(cfg.task, s, source, cfg.image_size, cfg.success_hold, raw_dir, cfg.wrist_camera)
             for s in candidates if s not in attempts)
     need = lambda pending: cfg.episodes - len(_kept(attempts, candidates)) - pending  # noqa: E731
     try:
@@ -439,6 +443,7 @@ def build_dataset(cfg: DemoConfig, source: str, seeds: List[int], summary: Dict[
         "seed_start": cfg.seed_start,
         "success_hold": cfg.success_hold,
         "image_size": cfg.image_size,
+        "cameras": ["front", "wrist"] if cfg.wrist_camera else ["front"],
         "software": software_versions(),
     }
     datasets.write_dataset(

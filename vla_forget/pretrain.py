@@ -225,10 +225,13 @@ def split_episodes(n: int, fraction: float, rng: np.random.Generator) -> Tuple[n
 
 
 def shift_images(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
-    """Random shift by up to ``pad`` pixels per image (edge-replicated padding, crop back)."""
+    """Random shift by up to ``pad`` pixels per image (edge-replicated padding, crop back); front and
+    wrist views side by side (``[B, H, 2H, 3]``) are shifted each on its own."""
     if pad <= 0:
         return images
     B, H, W, _ = images.shape
+    if W == 2 * H:
+        return np.concatenate([shift_images(images[:, :, :H], pad, rng), shift_images(images[:, :, H:], pad, rng)], axis=2)
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
     dx = rng.integers(0, 2 * pad + 1, size=B)
     dy = rng.integers(0, 2 * pad + 1, size=B)
@@ -241,7 +244,31 @@ def shift_images(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
 # --------------------------------------------------------------------------
 # the model and the optimiser
 
-def _load_model(cfg: PretrainConfig):
+def _load_model(cfg: PretrainConfig, image_shape: Optional[Sequence[int]] = None, log=None):
+    """The initial model; with data from two cameras (``[H, 2H, 3]`` images) and a front-only ``--init``,
+    a wrist-view conv net is added (seeded random init; every other weight is ``--init``'s)."""
+    model = _load_init(cfg)
+    if image_shape is None:
+        return model
+    from vla_forget.policies.small_vla import SmallVLA
+
+    H, W = int(image_shape[0]), int(image_shape[1])
+    wide = W == 2 * H
+    if model.config.wrist_camera and not wide:
+        raise PretrainError(f"--init {cfg.init} reads the front and wrist cameras (images [H, 2H, 3]) but the data's images "
+                            f"are {list(image_shape)}: collect the demonstrations with --wrist-camera")
+    if wide and not model.config.wrist_camera:
+        grown = SmallVLA.random_init(cfg.seed, **{**model.config.to_dict(), "wrist_camera": True})
+        missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("wrist.") for k in missing):
+            raise PretrainError(f"cannot add a wrist camera to --init {cfg.init}: unexpected {unexpected}, missing {missing}")
+        if log is not None:
+            log({"event": "wrist_camera_added", "init": cfg.init, "new_parameters": int(sum(p.numel() for p in grown.wrist.parameters()))})
+        model = grown
+    return model
+
+
+def _load_init(cfg: PretrainConfig):
     from vla_forget.policies import load_policy
     from vla_forget.policies.small_vla import SmallVLA
 
@@ -379,7 +406,7 @@ def dagger_episode(job: DaggerJob) -> Dict[str, Any]:
     policy = _get_policy(job.policy, "cpu")
     expert = _get_policy_uncached_expert()
     env = _get_env(job.task, image_size=job.image_size, render=True, num_envs=1, max_steps=None, sim_backend="cpu",
-                   device="cpu")
+                   device="cpu", wrist_camera=policy.wrist_camera)
     gen = torch.Generator().manual_seed(episode_generator_seed(policy.checkpoint_hash(), job.task, job.seed))
     obs = env.reset([job.seed])
     policy.reset(1)
@@ -503,7 +530,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
 
     # --- model, optimiser, state ---------------------------------------------
     torch.manual_seed(cfg.seed)
-    model = _load_model(cfg)
+    model = _load_model(cfg, datasets[0].image_shape, log if not (resume and checkpoint_dirs(cfg.out)) else None)
     model.set_statistics(mix.all_statistics, cfg.name)
     if hasattr(model, "set_state_statistics"):
         model.set_state_statistics(*_state_statistics(datasets, train_eps))

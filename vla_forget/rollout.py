@@ -90,15 +90,17 @@ def _get_policy(spec: str, device: str):
     return _POLICIES[key]
 
 
-def _get_env(task: str, *, image_size: int, render: bool, num_envs: int, max_steps: Optional[int], sim_backend: str, device: str):
-    key = (task, image_size, render, num_envs, max_steps, sim_backend)
+def _get_env(task: str, *, image_size: int, render: bool, num_envs: int, max_steps: Optional[int], sim_backend: str, device: str,
+             wrist_camera: bool = False):
+    wrist_camera = bool(wrist_camera and render)
+    key = (task, image_size, render, num_envs, max_steps, sim_backend, wrist_camera)
     if key not in _ENVS:
         from vla_forget.envs import make_task_env
 
         while len(_ENVS) >= _MAX_ENVS:
             _ENVS.pop(next(iter(_ENVS))).close()
         kwargs: Dict[str, Any] = dict(num_envs=num_envs, image_size=image_size, render_images=render, privileged=True,
-                                      sim_backend=sim_backend)
+                                      sim_backend=sim_backend, wrist_camera=wrist_camera)
         if max_steps is not None:
             kwargs["max_episode_steps"] = max_steps
         _ENVS[key] = make_task_env(task, **kwargs)
@@ -180,7 +182,8 @@ def run_job(job: EpisodeJob) -> List[Dict[str, Any]]:
     want_frames = bool(job.video_seeds) and job.video_dir is not None
     render = bool(job.render or getattr(policy, "needs_image", True) or want_frames or job.states_per_episode > 0)
     env = _get_env(job.task, image_size=job.image_size, render=render, num_envs=job.num_envs,
-                   max_steps=job.max_episode_steps, sim_backend=job.sim_backend, device=job.device)
+                   max_steps=job.max_episode_steps, sim_backend=job.sim_backend, device=job.device,
+                   wrist_camera=bool(getattr(policy, "wrist_camera", False)))
     return run_episodes(env, policy, job)
 
 
