@@ -6,9 +6,12 @@ training loop (:func:`vla_forget.pretrain.pretrain`: sampling, image shifts,
 teacher-forced forward, backward, AdamW) runs ``--steps`` steps of the default
 small VLA and the figure is the mean of metrics.jsonl's ``samples_per_s`` after
 the first log interval (warm-up excluded). The sampler alone (data and
-tokenisation, no model) is timed too.
+tokenisation, no model) is timed too. ``--cameras front front+wrist`` runs both
+the front-only model and the two-camera one (images 128 x 256, front and wrist
+side by side; the wrist view has its own 64 px conv net) side by side.
 
-    python benchmarks/perf/pretrain_throughput.py [--steps 30] [--batch-size 32] [--threads 1 2] [--json out.json]
+    python benchmarks/perf/pretrain_throughput.py [--steps 30] [--batch-size 32] [--threads 1 2]
+        [--cameras front front+wrist] [--json out.json]
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import time
 import numpy as np
 
 
-def _episodes(n: int, T: int, size: int, state_dim: int):
+def _episodes(n: int, T: int, size: int, state_dim: int, width: int = 0):
     rng = np.random.default_rng(0)
     for i in range(n):
-        yield dict(image=rng.integers(0, 256, (T, size, size, 3), dtype=np.uint8),
+        yield dict(image=rng.integers(0, 256, (T, size, width or size, 3), dtype=np.uint8),
                    state=rng.normal(size=(T, state_dim)).astype(np.float32),
                    action=rng.uniform(-1, 1, (T, 7)).astype(np.float32), instruction=f"task {i % 3}", seed=i,
                    task="Synthetic-v1", source="synthetic")
@@ -72,23 +75,31 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--cameras", nargs="+", default=["front"], choices=["front", "front+wrist"],
+                    help="camera set-ups to measure side by side (default: front)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         from vla_forget.datasets import write_dataset
 
-        data = os.path.join(d, "synthetic")
         size = args.image_size
-        write_dataset(data, _episodes(12, 40, size, 16), name="synthetic", image_shape=(size, size, 3), state_dim=16)
         import torch
 
         torch.set_num_threads(1)
-        result = {"sampler_samples_per_s": sampler_rate(data, args.batch_size),
-                  "runs": [measure(data, args.steps, args.batch_size, t) for t in args.threads],
-                  "image_size": size, "torch": torch.__version__, "cpus": os.cpu_count()}
+        result = {"runs": [], "sampler_samples_per_s": {}, "image_size": size, "torch": torch.__version__,
+                  "cpus": os.cpu_count()}
+        for cams in args.cameras:
+            width = 2 * size if cams == "front+wrist" else size
+            data = os.path.join(d, cams.replace("+", "_"))
+            write_dataset(data, _episodes(12, 40, size, 16, width), name="synthetic", image_shape=(size, width, 3),
+                          state_dim=16)
+            result["sampler_samples_per_s"][cams] = sampler_rate(data, args.batch_size)
+            result["runs"] += [dict(measure(data, args.steps, args.batch_size, t), cameras=cams) for t in args.threads]
     for r in result["runs"]:
-        print(f"threads {r['threads']}: {r['samples_per_s']} samples/s ({r['steps_per_s']} steps/s at batch {r['batch_size']})")
-    print(f"sampler alone: {result['sampler_samples_per_s']} samples/s")
+        print(f"{r['cameras']}, threads {r['threads']}: {r['samples_per_s']} samples/s "
+              f"({r['steps_per_s']} steps/s at batch {r['batch_size']})")
+    for cams, rate in result["sampler_samples_per_s"].items():
+        print(f"sampler alone ({cams}): {rate} samples/s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

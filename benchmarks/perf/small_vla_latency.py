@@ -7,6 +7,10 @@ steps) for a batch of 8 and of 1 observations, and of one teacher-forced
 
     python benchmarks/perf/small_vla_latency.py
     python benchmarks/perf/small_vla_latency.py --json runs/perf/small_vla_latency.json --repeats 100
+    python benchmarks/perf/small_vla_latency.py --cameras front front+wrist   # both models, side by side
+
+``front+wrist`` is the two-camera model (``wrist_camera=True``) on front and wrist
+views side by side (``[B, S, 2S, 3]``).
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ from vla_forget.policies.small_vla import SmallVLA
 TARGET_SAMPLE_B8_MS = 20.0
 
 
-def synthetic_obs(batch: int, image_size: int, state_dim: int, seed: int = 0) -> Observation:
+def synthetic_obs(batch: int, image_size: int, state_dim: int, seed: int = 0, width: int = 0) -> Observation:
     g = torch.Generator().manual_seed(seed)
     return Observation(
-        image=torch.randint(0, 256, (batch, image_size, image_size, 3), dtype=torch.uint8, generator=g),
+        image=torch.randint(0, 256, (batch, image_size, width or image_size, 3), dtype=torch.uint8, generator=g),
         state=torch.randn(batch, state_dim, generator=g),
         instruction=["put the red cube on the blue target"] * batch,
     )
@@ -57,36 +61,45 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=50, help="timed calls per measurement")
     ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--cameras", nargs="+", default=["front"], choices=["front", "front+wrist"],
+                    help="models to time, in turn within one run (default: front)")
     ap.add_argument("--json", metavar="PATH", help="also write the results here")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(1)
-    policy = SmallVLA.random_init(seed=0)
-    cfg = policy.config
     gen = torch.Generator().manual_seed(0)
     rows = []
-    with torch.no_grad():
-        for batch in (8, 1):
-            obs = synthetic_obs(batch, args.image_size, cfg.state_dim)
-            r = time_ms(lambda: policy.sample_tokens(obs, generator=gen), args.repeats)
-            rows.append({"measure": f"sample_tokens B={batch}", "batch": batch, **r})
-        obs = synthetic_obs(8, args.image_size, cfg.state_dim)
-        tokens, _ = policy.sample_tokens(obs, generator=gen)
-        r = time_ms(lambda: policy.action_logits(obs, tokens), args.repeats)
-        rows.append({"measure": "action_logits B=8 (teacher-forced)", "batch": 8, **r})
+    sizes = {}
+    for cams in args.cameras:
+        wrist = cams == "front+wrist"
+        policy = SmallVLA.random_init(seed=0, wrist_camera=wrist)
+        cfg = policy.config
+        sizes[cams] = policy.num_parameters()
+        width = 2 * args.image_size if wrist else args.image_size
+        label = "" if len(args.cameras) == 1 else f"[{cams}] "
+        with torch.no_grad():
+            for batch in (8, 1):
+                obs = synthetic_obs(batch, args.image_size, cfg.state_dim, width=width)
+                r = time_ms(lambda: policy.sample_tokens(obs, generator=gen), args.repeats)
+                rows.append({"measure": f"{label}sample_tokens B={batch}", "cameras": cams, "batch": batch, **r})
+            obs = synthetic_obs(8, args.image_size, cfg.state_dim, width=width)
+            tokens, _ = policy.sample_tokens(obs, generator=gen)
+            r = time_ms(lambda: policy.action_logits(obs, tokens), args.repeats)
+            rows.append({"measure": f"{label}action_logits B=8 (teacher-forced)", "cameras": cams, "batch": 8, **r})
 
-    n_params = policy.num_parameters()
-    print(f"SmallVLA {n_params / 1e6:.2f} M parameters, 1 thread, {args.image_size}x{args.image_size} images, torch {torch.__version__}")
-    print(f"{'measure':<38}{'median ms':>11}{'p10':>9}{'p90':>9}{'cpu ms':>9}")
+    n_params = sizes[args.cameras[0]]
+    print(", ".join(f"SmallVLA [{c}] {n / 1e6:.2f} M parameters" for c, n in sizes.items())
+          + f"; 1 thread, {args.image_size} px images, torch {torch.__version__}")
+    print(f"{'measure':<52}{'median ms':>11}{'p10':>9}{'p90':>9}{'cpu ms':>9}")
     for row in rows:
-        print(f"{row['measure']:<38}{row['median_ms']:>11.2f}{row['p10_ms']:>9.2f}{row['p90_ms']:>9.2f}{row['cpu_median_ms']:>9.2f}")
+        print(f"{row['measure']:<52}{row['median_ms']:>11.2f}{row['p10_ms']:>9.2f}{row['p90_ms']:>9.2f}{row['cpu_median_ms']:>9.2f}")
     try:
         load = os.getloadavg()[0]
         print(f"1-min load average {load:.2f} on {os.cpu_count()} cores (a loaded machine inflates the wall times)")
     except OSError:
         load = None
     ok = rows[0]["median_ms"] <= TARGET_SAMPLE_B8_MS
-    print(f"target: sample_tokens B=8 <= {TARGET_SAMPLE_B8_MS:.0f} ms: {'met' if ok else 'NOT met'}")
+    print(f"target: sample_tokens B=8 <= {TARGET_SAMPLE_B8_MS:.0f} ms ({args.cameras[0]}): {'met' if ok else 'NOT met'}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
@@ -103,7 +116,7 @@ def main(argv=None) -> int:
                     "load_average_1min": load,
                     "target_sample_b8_ms": TARGET_SAMPLE_B8_MS,
                     "target_met": ok,
-                    "config": cfg.to_dict(),
+                    "parameters_per_model": sizes,
                     "results": rows,
                 },
                 f,
