@@ -53,8 +53,16 @@ POLICIES.register(
 POLICIES.register(
     "small-vla-base-v2",
     "vla_forget.policies:load_asset",
-    description="the small VLA behaviour-cloned on the tabletop-v1 tasks (assets/small-vla-base; see its MODEL_CARD.md)",
-    name="small-vla-base",
+    description="the small VLA behaviour-cloned on the tabletop-v1 tasks, front camera only (assets/small-vla-base-v2; "
+    "see its MODEL_CARD.md); the initialisation of small-vla-base-v3",
+    name="small-vla-base-v2",
+)
+POLICIES.register(
+    "small-vla-base-v3",
+    "vla_forget.policies:load_asset",
+    description="the small VLA with front and wrist cameras, behaviour-cloned on the tabletop-v1 tasks (assets/small-vla-base-v3; "
+    "see its MODEL_CARD.md); the default base",
+    name="small-vla-base-v3",
 )
 
 # Checkpoint folders name their class in config.json under this key.

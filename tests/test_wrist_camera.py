@@ -176,3 +176,18 @@ def test_front_only_policies_get_the_front_half_of_two_camera_states():
                                                        instruction=obs.instruction), torch.zeros(3, 7, dtype=torch.long)))
     square = _obs(2, 32, 32)
     assert views_for(front, square) is square
+
+
+def test_shipped_bases_load_each_with_its_cameras_and_card():
+    from importlib.resources import files
+
+    from vla_forget.policies import load_policy
+
+    for pid, wrist in (("small-vla-base-v2", False), ("small-vla-base-v3", True)):
+        folder = files("vla_forget.assets").joinpath(pid)
+        size = sum(f.stat().st_size for f in folder.iterdir())
+        assert size < 20e6 and folder.joinpath("MODEL_CARD.md").is_file(), pid
+        policy = load_policy(pid)
+        assert isinstance(policy, SmallVLA) and policy.wrist_camera is wrist and policy.unnorm_key == "pretrain_mix"
+        obs = _obs(2, 128, 256 if wrist else 128)
+        assert torch.isfinite(policy.act(obs)).all()
