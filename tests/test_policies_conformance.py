@@ -26,10 +26,12 @@ def _learned_ids():
     return [pid for pid in POLICIES.ids() if not getattr(_policy_class(pid), "needs_privileged", False)]
 
 
-def synthetic_obs(batch=BATCH, seed=0):
+def synthetic_obs(batch=BATCH, seed=0, policy=None):
+    """Observations as ``policy`` reads them: front and wrist views side by side for a two-camera policy."""
     g = torch.Generator().manual_seed(seed)
+    width = 256 if getattr(policy, "wrist_camera", False) else 128
     return Observation(
-        image=torch.randint(0, 256, (batch, 128, 128, 3), dtype=torch.uint8, generator=g),
+        image=torch.randint(0, 256, (batch, 128, width, 3), dtype=torch.uint8, generator=g),
         state=torch.randn(batch, 16, generator=g),
         instruction=["pick up the red cube", "push the cube to the goal", "put the green cube on the blue target"][:batch],
     )
@@ -39,7 +41,7 @@ def synthetic_obs(batch=BATCH, seed=0):
 def test_act_returns_bounded_actions(policy_id):
     policy = load_policy(policy_id)
     assert not policy.needs_privileged
-    obs = synthetic_obs()
+    obs = synthetic_obs(policy=policy)
     policy.reset(BATCH)
     with torch.no_grad():
         actions = policy.act(obs, generator=torch.Generator().manual_seed(0))
@@ -57,7 +59,7 @@ def test_token_policy_round_trips_through_a_checkpoint(policy_id, tmp_path):
     policy = load_policy(policy_id)
     if not isinstance(policy, TokenPolicy):
         pytest.skip(f"{policy_id} has no action distribution to save")
-    obs = synthetic_obs()
+    obs = synthetic_obs(policy=policy)
     tokens = torch.randint(0, policy.n_bins, (BATCH, policy.action_dim), generator=torch.Generator().manual_seed(1))
     path = str(tmp_path / policy_id)
     policy.save(path)
