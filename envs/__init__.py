@@ -222,14 +222,13 @@ def make_task_env(
 
     check_vulkan()
     cls = entry.load()
+    entry_kwargs = dict(entry.kwargs)
     if wrist_camera:
         from vla_forget.envs.maniskill import ManiSkillTaskEnv
 
-        entry_kwargs = dict(entry.kwargs, wrist_camera=True)
         if not (isinstance(cls, type) and issubclass(cls, ManiSkillTaskEnv)):
             raise ValueError(f"task {task_id!r} has no wrist camera: it is offered on the ManiSkill tabletop tasks only")
-    else:
-        entry_kwargs = dict(entry.kwargs)
+        entry_kwargs["wrist_camera"] = True
     return cls(
         info,
         num_envs=num_envs,

@@ -73,11 +73,17 @@ class Observation:
         )
 
 
+def side_by_side(shape: Any) -> bool:
+    """Whether images of ``shape`` (``[..., H, W, 3]``) hold the front and wrist views side by side (``W == 2H``),
+    as task envs give them with ``wrist_camera=True``."""
+    return len(shape) >= 3 and int(shape[-2]) == 2 * int(shape[-3])
+
+
 def views_for(policy: Any, obs: Observation) -> Observation:
     """``obs`` as ``policy`` reads it: a policy without a wrist camera given front and wrist views side by
     side (``[B, H, 2H, 3]``, e.g. states recorded from a two-camera base) gets the front half."""
     img = obs.image
-    if img is None or getattr(policy, "wrist_camera", False) or img.ndim != 4 or img.shape[2] != 2 * img.shape[1]:
+    if img is None or getattr(policy, "wrist_camera", False) or img.ndim != 4 or not side_by_side(img.shape):
         return obs
     return Observation(image=img[:, :, : img.shape[1]], state=obs.state, instruction=list(obs.instruction),
                        privileged=dict(obs.privileged))

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla_forget.policies.base import ACTION_DIM, N_BINS, Observation, TokenPolicy
+from vla_forget.policies.base import ACTION_DIM, N_BINS, Observation, TokenPolicy, side_by_side
 from vla_forget.tokenizer import (
     STATS_FILENAME,
     ActionStatistics,
@@ -604,11 +604,11 @@ class SmallVLA(TokenPolicy):
         text_tokens, text_vec = self._text(obs.instruction)
         image = obs.image.to(self.start.device)
         if self.wrist is not None:
-            H, W = int(image.shape[1]), int(image.shape[2])
-            if image.ndim != 4 or W != 2 * H:
+            if image.ndim != 4 or not side_by_side(image.shape):
                 raise ValueError(
                     f"this SmallVLA reads the front and wrist cameras side by side (images [B, H, 2H, 3]), got shape "
                     f"{tuple(image.shape)}: make the task env with wrist_camera=True (demos: --wrist-camera)")
+            H = image.shape[1]
             img = torch.cat([self.image(image[:, :, :H], text_vec), self.wrist(image[:, :, H:], text_vec)], dim=1)
         else:
             img = self.image(image, text_vec)

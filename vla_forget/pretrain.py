@@ -229,8 +229,10 @@ def shift_images(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
     wrist views side by side (``[B, H, 2H, 3]``) are shifted each on its own."""
     if pad <= 0:
         return images
+    from vla_forget.policies.base import side_by_side
+
     B, H, W, _ = images.shape
-    if W == 2 * H:
+    if side_by_side(images.shape):
         return np.concatenate([shift_images(images[:, :, :H], pad, rng), shift_images(images[:, :, H:], pad, rng)], axis=2)
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
     dx = rng.integers(0, 2 * pad + 1, size=B)
@@ -244,16 +246,14 @@ def shift_images(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
 # --------------------------------------------------------------------------
 # the model and the optimiser
 
-def _load_model(cfg: PretrainConfig, image_shape: Optional[Sequence[int]] = None, log=None):
-    """The initial model; with data from two cameras (``[H, 2H, 3]`` images) and a front-only ``--init``,
-    a wrist-view conv net is added (seeded random init; every other weight is ``--init``'s)."""
-    model = _load_init(cfg)
-    if image_shape is None:
-        return model
+def _load_model(cfg: PretrainConfig, image_shape: Sequence[int], log=None):
+    """The initial model for data of ``image_shape``; with data from two cameras (``[H, 2H, 3]`` images) and a
+    front-only ``--init``, a wrist-view conv net is added (seeded random init; every other weight is ``--init``'s)."""
+    from vla_forget.policies.base import side_by_side
     from vla_forget.policies.small_vla import SmallVLA
 
-    H, W = int(image_shape[0]), int(image_shape[1])
-    wide = W == 2 * H
+    model = _load_init(cfg)
+    wide = side_by_side(image_shape)
     if model.config.wrist_camera and not wide:
         raise PretrainError(f"--init {cfg.init} reads the front and wrist cameras (images [H, 2H, 3]) but the data's images "
                             f"are {list(image_shape)}: collect the demonstrations with --wrist-camera")
@@ -530,7 +530,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
 
     # --- model, optimiser, state ---------------------------------------------
     torch.manual_seed(cfg.seed)
-    model = _load_model(cfg, datasets[0].image_shape, log if not (resume and checkpoint_dirs(cfg.out)) else None)
+    resuming = bool(resume and checkpoint_dirs(cfg.out))
+    model = _load_model(cfg, datasets[0].image_shape, None if resuming else log)
     model.set_statistics(mix.all_statistics, cfg.name)
     if hasattr(model, "set_state_statistics"):
         model.set_state_statistics(*_state_statistics(datasets, train_eps))
@@ -540,7 +541,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
     step = 0
     dagger_sets: List[str] = []
     last_ckpt: Optional[str] = None
-    if resume and checkpoint_dirs(cfg.out):
+    if resuming:
         from safetensors.torch import load_file
 
         last_ckpt = checkpoint_dirs(cfg.out)[-1]
