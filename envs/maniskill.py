@@ -36,7 +36,8 @@ so scenes, seeds and success are those of the front-only task. ``instruction``: 
     goal_pos       float [N,3]  where the object's centre must end up
     release        bool  [N]    whether the object must be let go at the goal
     align_yaw      bool  [N]    whether the grasp must align with the object's faces
-    is_grasped     bool  [N]    whether the gripper holds the object (simulator contact test)
+    is_grasped     bool  [N]    whether the gripper holds the object (simulator contact test; False
+                                at reset, where the contacts are still the previous episode's)
 
 Actions, rewards, episodes
 --------------------------
@@ -320,7 +321,12 @@ class ManiSkillTaskEnv(TaskEnv):
         obs, ms_info = self._env.reset(seed=seeds)
         self._t = 0
         self._instructions = self._make_instructions()
-        return self._observation(obs, ms_info)
+        out = self._observation(obs, ms_info)
+        if "is_grasped" in out.privileged:
+            # the simulator's contacts are those of the last physics step, i.e. of the previous episode's end:
+            # no task starts with the object in the hand
+            out.privileged["is_grasped"] = torch.zeros_like(out.privileged["is_grasped"])
+        return out
 
     def step(self, action):
         a = torch.as_tensor(action, dtype=torch.float32, device=self._u.device)

@@ -20,11 +20,20 @@ from typing import Any, Optional
 from vla_forget.registry import Registry, UnknownIdError
 
 POLICIES = Registry("policy")
+#: the scripted experts registered below (vla_forget.policies.expert): the default demonstrator and DAgger labeller first
+SCRIPTED_EXPERTS = ("expert-v2", "expert-v1")
 
 POLICIES.register(
     "expert-v1",
     "vla_forget.policies.expert:ScriptedExpert",
     description="scripted pick/push/pull expert that reads privileged simulator state (no action distribution)",
+)
+POLICIES.register(
+    "expert-v2",
+    "vla_forget.policies.expert:ScriptedExpert",
+    description="expert-v1 that grasps cubes at their yaw, without turning to their faces first "
+    "(labels a camera policy can follow); the default demonstrator",
+    align_yaw=False,
 )
 POLICIES.register(
     "small-vla-random-v1",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -41,11 +42,11 @@ def test_demos_writes_an_rlds_dataset(demo_run):
     assert ds.image_shape == (64, 64, 3) and ds.state_dim == 16
     ep = ds.episode(0)
     assert ep.instruction == INSTRUCTION and ds.instructions == [INSTRUCTION] * 2
-    assert ep.metadata["task"] == TASK and ep.metadata["source"] == "expert-v1"
+    assert ep.metadata["task"] == TASK and ep.metadata["source"] == "expert-v2"  # the default expert
     assert ep.reward[-1] == 1.0 and ep.is_last[-1] and ep.is_terminal[-1]  # ends solved, success held
     assert np.all(np.abs(ep.action) <= 1.0) and ep.image.std() > 0  # clipped actions, rendered frames
     m = json.loads((out / "dataset.json").read_text())
-    assert m["collection"]["kept_fraction"] == 1.0 and m["source"] == "expert-v1"
+    assert m["collection"]["kept_fraction"] == 1.0 and m["source"] == "expert-v2"
     stats = json.loads((out / "dataset_statistics.json").read_text())["pull_cube_v1"]
     assert stats["num_trajectories"] == 2 and stats["num_transitions"] == ds.num_steps
 
@@ -70,7 +71,7 @@ def test_resume_redoes_only_what_is_missing(demo_run):
 
 
 def test_refusals_before_simulation(tmp_path, demo_run):
-    from vla_forget.demos import EXPERT, MOTION_PLANNING, DemoConfig, DemoError, collect_demos, demo_source
+    from vla_forget.demos import MOTION_PLANNING, DemoConfig, DemoError, collect_demos, demo_source
 
     out, _ = demo_run
     with pytest.raises(DemoError, match="--resume"):
@@ -79,7 +80,22 @@ def test_refusals_before_simulation(tmp_path, demo_run):
         collect_demos(DemoConfig(task=TASK, episodes=2, out=str(out), image_size=128, progress=False), resume=True)
     with pytest.raises(DemoError, match="evaluation seeds"):
         collect_demos(DemoConfig(task=TASK, episodes=5, out=str(tmp_path / "x"), seed_start=99_990, progress=False))
-    assert demo_source("PickCube-v1") == EXPERT and demo_source("LiftPegUpright-v1") == MOTION_PLANNING
+    assert demo_source("PickCube-v1") == "expert-v2" and demo_source("PickCube-v1", "expert-v1") == "expert-v1"
+    assert demo_source("LiftPegUpright-v1", "expert-v1") == MOTION_PLANNING
+    with pytest.raises(DemoError, match="expert-v2, expert-v1"):
+        demo_source("PickCube-v1", "expert-v9")
+    with pytest.raises(DemoError, match="expert: 'expert-v2' -> 'expert-v1'"):
+        collect_demos(DemoConfig(task=TASK, episodes=2, out=str(out), image_size=64, expert="expert-v1", progress=False),
+                      resume=True)
+    # a collection from before expert-v2 has no expert in its config: expert-v1 made it, and resuming says so
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    cfg = json.loads((old / "raw" / "config.json").read_text())
+    del cfg["expert"]
+    cfg["source"] = "expert-v1"
+    (old / "raw" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DemoError, match="resume it with --expert expert-v1"):
+        collect_demos(DemoConfig(task=TASK, episodes=2, out=str(old), image_size=64, progress=False), resume=True)
     from vla_forget.registry import UnknownIdError
 
     with pytest.raises(UnknownIdError):

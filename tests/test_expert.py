@@ -1,4 +1,4 @@
-"""The scripted expert (``expert-v1``) really solves the tasks it claims (CPU sim, no rendering).
+"""The scripted experts (``expert-v1``, ``expert-v2``) really solve the tasks they claim (CPU sim, no rendering).
 
 Each episode stops a few steps after the first success (the full-length rates
 are in the ``envs`` docs; measured with 30 seeds per task, all 30/30).
@@ -64,3 +64,47 @@ def test_expert_labels_any_state_and_is_safe_where_unsolved():
     assert torch.equal(a, torch.tensor([[0, 0, 0, 0, 0, 0, 1.0]]))
     with pytest.raises(ValueError, match="privileged"):
         expert.act(obs.__class__(image=None, state=obs.state, instruction=obs.instruction))
+
+
+CUBE_GRASPS = ["PickCube-v1", "StackCube-v1", "StackColorCube-v1", "PlaceCubeOnTarget-v1"]
+
+
+@pytest.mark.parametrize("task_id", CUBE_GRASPS)
+def test_expert_v2_grasps_cubes_without_turning(task_id):
+    """expert-v2 solves the cube tasks too, and its labels never ask to turn about z before the grasp."""
+    import torch
+
+    from vla_forget.envs import make_task_env
+    from vla_forget.policies import load_policy
+
+    v1, v2 = load_policy("expert-v1"), load_policy("expert-v2")
+    assert (v1.checkpoint_hash(), v2.checkpoint_hash()) == ("expert-v1", "expert-v2")
+    with make_task_env(task_id, render_images=False, privileged=True) as env:
+        wins = sum(_run(env, v2, s) for s in SEEDS)
+        turns = {"v1": 0.0, "v2": 0.0}
+        for seed in SEEDS:  # the first state of each seed: the cube lies at a random yaw
+            obs = env.reset([seed])
+            turns["v1"] = max(turns["v1"], v1.act(obs)[0, 5].abs().item())
+            turns["v2"] = max(turns["v2"], v2.act(obs)[0, 5].abs().item())
+            assert torch.equal(v1.act(obs)[:, :3], v2.act(obs)[:, :3])  # the same approach otherwise
+    assert wins >= 4, f"{task_id}: {wins}/{len(SEEDS)}"
+    assert turns["v1"] > 0.2 and turns["v2"] < 0.05, turns
+
+
+def test_no_task_starts_grasped_after_an_episode_that_ended_grasping():
+    """The simulator's contacts at reset are those of the previous episode's last step; the env must not report
+    the new episode's object as held (the expert would start by lifting with a closed gripper)."""
+    from vla_forget.envs import make_task_env
+    from vla_forget.policies import load_policy
+
+    expert = load_policy("expert-v2")
+    with make_task_env("PickCube-v1", render_images=False, privileged=True) as env:
+        obs = env.reset([3])
+        for _ in range(env.info.max_episode_steps):
+            obs, *_ = env.step(expert.act(obs))
+            if bool(obs.privileged["is_grasped"][0]):
+                break
+        assert bool(obs.privileged["is_grasped"][0])
+        obs = env.reset([3])
+        assert not bool(obs.privileged["is_grasped"][0])
+        assert expert.act(obs)[0, 6] == 1.0  # approach with the gripper open

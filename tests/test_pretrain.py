@@ -17,6 +17,7 @@ from vla_forget.datasets import write_dataset  # noqa: E402
 from vla_forget.policies.small_vla import SmallVLA  # noqa: E402
 from vla_forget.pretrain import (  # noqa: E402
     Diverged,
+    PretrainError,
     PretrainConfig,
     checkpoint_dirs,
     parse_data_spec,
@@ -145,3 +146,36 @@ def test_cli_pretrain(fixture, capsys):
     assert rc == 0
     assert "ckpt-000004" in capsys.readouterr().out
     assert main(["pretrain", "--data", data[0], "--out", out, "--steps", "4", "--init", init, "--no-progress"]) == 2
+
+
+def test_dagger_episode_labels_with_the_chosen_expert():
+    """A DAgger rollout records the labeller's action at every visited state (here the learner is expert-v2 itself,
+    so the labels are the executed actions); expert-v1 labels the same kind of states with turns to the cube's faces."""
+    from vla_forget.pretrain import DaggerJob, dagger_episode
+
+    ep = dagger_episode(DaggerJob(policy="expert-v2", task="PickCube-v1", seed=3, image_size=32, expert="expert-v2"))
+    assert ep["success"] and ep["source"] == "dagger-expert-v2"
+    assert ep["image"].shape[1:] == (32, 32, 3) and len(ep["action"]) == len(ep["state"]) == len(ep["reward"])
+    assert np.abs(ep["action"][:, 5]).max() < 0.05  # never turns about z
+    v1 = dagger_episode(DaggerJob(policy="expert-v2", task="PickCube-v1", seed=3, image_size=32, expert="expert-v1"))
+    assert v1["source"] == "dagger-expert-v1"
+    n = min(len(v1["state"]), len(ep["state"])) // 2  # the same rollout (the learner's), other labels
+    np.testing.assert_allclose(v1["state"][:n], ep["state"][:n], atol=1e-3)
+    assert np.abs(v1["action"][:, 5]).max() > 0.2
+
+
+def test_dagger_expert_is_checked_and_old_runs_resume_with_expert_v1(fixture):
+    root, data, init = fixture
+    with pytest.raises(PretrainError, match="expert-v2, expert-v1"):
+        pretrain(_cfg(root, data, init, "bad-expert", dagger_rounds=1, dagger_expert="expert-v9",
+                      dagger_tasks=["PullCube-v1"]))
+    # a run folder from before --dagger-expert existed: its config has no such field (expert-v1 labelled it)
+    out = root / "old-run"
+    pretrain(_cfg(root, data, init, "old-run", steps=20), stop_at=20)
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["dagger_expert"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PretrainError, match="dagger_expert: 'expert-v1' -> 'expert-v2'"):
+        pretrain(_cfg(root, data, init, "old-run", steps=20), resume=True)
+    s = pretrain(_cfg(root, data, init, "old-run", steps=20, dagger_expert="expert-v1"), resume=True)
+    assert s["steps"] == 20

@@ -7,6 +7,8 @@ import os
 import sys
 from typing import List, Optional
 
+from vla_forget.policies import SCRIPTED_EXPERTS
+
 EPILOG_BENCH = """\
 examples:
   vla-forget bench --preset smoke --out runs/smoke
@@ -149,6 +151,9 @@ def _demos_parser(sub) -> None:
     p.add_argument("--image-size", type=int, default=128, help="camera image size in pixels (default 128)")
     p.add_argument("--wrist-camera", action="store_true",
                    help="add a camera on the robot's hand: each image is the front and wrist views side by side (S x 2S)")
+    p.add_argument("--expert", default=SCRIPTED_EXPERTS[0], choices=SCRIPTED_EXPERTS,
+                   help="scripted expert (default expert-v2: grasps cubes at their yaw; expert-v1 turns to their faces "
+                        "first, as the v2 and v3 bases' data)")
     p.add_argument("--success-hold", type=int, default=5,
                    help="end an episode after this many consecutive successful steps (default 5; 0 = full length)")
     p.add_argument("--max-attempts", type=int, help="seeds to try at most (default 3 x EPISODES + 10)")
@@ -162,7 +167,8 @@ def cmd_demos(args) -> int:
 
     cfg = DemoConfig(task=args.task, episodes=args.episodes, out=args.out, workers=args.workers,
                      seed_start=args.seed_start, image_size=args.image_size, success_hold=args.success_hold,
-                     wrist_camera=args.wrist_camera, max_attempts=args.max_attempts, name=args.name, progress=not args.no_progress)
+                     wrist_camera=args.wrist_camera, expert=args.expert, max_attempts=args.max_attempts, name=args.name,
+                     progress=not args.no_progress)
     s = collect_demos(cfg, resume=args.resume)
     rate = f", {s['demos_per_min']} demos/min" if s["demos_per_min"] else ""
     print(f"{s['task']}: {s['episodes']} demonstrations by {s['source']}, kept {s['episodes']}/{s['attempts']} "
@@ -221,7 +227,7 @@ def _pretrain_parser(sub) -> None:
     p.add_argument("--device", default=d.device, help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default 1)")
     p.add_argument("--dagger-rounds", type=int, default=d.dagger_rounds,
-                   help="DAgger rounds after --steps: roll out, relabel with expert-v1, train on (default 0)")
+                   help="DAgger rounds after --steps: roll out, relabel with the expert, train on (default 0)")
     p.add_argument("--dagger-steps", type=int, default=d.dagger_steps, help=f"steps after each round (default {d.dagger_steps})")
     p.add_argument("--dagger-episodes", type=int, default=d.dagger_episodes,
                    help=f"rollouts per task per round (default {d.dagger_episodes})")
@@ -231,6 +237,8 @@ def _pretrain_parser(sub) -> None:
                    help=f"sampling weight of each round's data (default {d.dagger_weight})")
     p.add_argument("--dagger-workers", type=int, default=d.dagger_workers,
                    help="simulator processes for DAgger rollouts (default 0 = in-process)")
+    p.add_argument("--dagger-expert", default=d.dagger_expert, choices=SCRIPTED_EXPERTS,
+                   help=f"scripted expert that labels the DAgger rollouts (default {d.dagger_expert})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -244,7 +252,8 @@ def cmd_pretrain(args) -> int:
         keep_checkpoints=args.keep_checkpoints, seed=args.seed, init=args.init, dropout=args.dropout, name=args.name,
         device=args.device, threads=args.threads, dagger_rounds=args.dagger_rounds, dagger_steps=args.dagger_steps,
         dagger_episodes=args.dagger_episodes, dagger_tasks=list(args.dagger_tasks or []),
-        dagger_weight=args.dagger_weight, dagger_workers=args.dagger_workers, progress=not args.no_progress,
+        dagger_weight=args.dagger_weight, dagger_workers=args.dagger_workers, dagger_expert=args.dagger_expert,
+        progress=not args.no_progress,
     )
     try:
         s = pretrain(cfg, resume=args.resume)

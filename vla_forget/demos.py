@@ -4,9 +4,11 @@ Every demonstration is executed in the task env itself: the 7-D end-effector
 delta action the policies use, the task's camera and its per-episode
 instruction. Where the actions come from (:func:`demo_source`):
 
-* ``expert-v1`` — the project's scripted state-feedback expert, on every task
-  it solves (PickCube, PushCube, PullCube, StackCube, PlaceSphere,
-  StackColorCube, PlaceCubeOnTarget);
+* ``expert-v2`` (the default) or ``expert-v1`` (``--expert``) — the project's
+  scripted state-feedback expert, on every task it solves (PickCube, PushCube,
+  PullCube, StackCube, PlaceSphere, StackColorCube, PlaceCubeOnTarget); v2
+  grasps cubes at their yaw, v1 turns to their faces first
+  (:mod:`vla_forget.policies.expert`);
 * ``maniskill-motionplanning`` — for LiftPegUpright-v1, ManiSkill's shipped
   motion-planning solution: planned in a ``pd_joint_pos`` copy of the task,
   then re-executed in the task env's ``pd_ee_delta_pose`` control with
@@ -44,8 +46,10 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
+from vla_forget.policies import SCRIPTED_EXPERTS
+
 TRAIN_SEED_LIMIT = 100_000
-EXPERT = "expert-v1"
+EXPERTS = SCRIPTED_EXPERTS  # the first is the default
 MOTION_PLANNING = "maniskill-motionplanning"
 #: ManiSkill's shipped planner solutions for tasks the scripted expert does not solve.
 PLANNER_SOLUTIONS = {
@@ -82,6 +86,8 @@ class DemoConfig:
     """camera image size in pixels (square)"""
     wrist_camera: bool = False
     """add the wrist camera: images are the front and wrist views side by side ([S, 2S, 3])"""
+    expert: str = EXPERTS[0]
+    """the scripted expert that demonstrates (tasks it solves; others use their planner)"""
     success_hold: int = 5
     """end an episode once the task has been solved this many consecutive steps (0: run to the task's length)"""
     max_attempts: Optional[int] = None
@@ -95,13 +101,16 @@ class DemoConfig:
         return int(self.max_attempts) if self.max_attempts is not None else 3 * int(self.episodes) + 10
 
 
-def demo_source(task: str) -> str:
-    """Where the demonstrations of ``task`` come from; a DemoError names the tasks that have one."""
+def demo_source(task: str, expert: str = EXPERTS[0]) -> str:
+    """Where the demonstrations of ``task`` come from (``expert`` where it solves the task); a DemoError names
+    the tasks that have a demonstrator."""
     from vla_forget.envs import TASKS, task_info
 
+    if expert not in EXPERTS:
+        raise DemoError(f"unknown expert {expert!r}: choose one of {', '.join(EXPERTS)}")
     info = task_info(task)
     if info.extra.get("expert", "none") != "none":
-        return EXPERT
+        return expert
     if task in PLANNER_SOLUTIONS:
         return MOTION_PLANNING
     ok = [t for t in TASKS.ids() if task_info(t).extra.get("expert", "none") != "none" or t in PLANNER_SOLUTIONS]
@@ -164,7 +173,7 @@ def _step(env, rec: _Recorder, obs, action):
 def _expert_episode(env, job: DemoJob, rec: _Recorder) -> str:
     from vla_forget.rollout import _get_policy
 
-    policy = _get_policy(EXPERT, "cpu")
+    policy = _get_policy(job.source, "cpu")
     obs = env.reset([job.seed])
     policy.reset(1)
     for _ in range(env.info.max_episode_steps):
@@ -266,7 +275,7 @@ def collect_episode(job: DemoJob) -> Dict[str, Any]:
     env = _get_env(job.task, image_size=job.image_size, render=True, num_envs=1, max_steps=None, sim_backend="cpu",
                    device="cpu", wrist_camera=job.wrist_camera)
     rec = _Recorder()
-    if job.source == EXPERT:
+    if job.source in EXPERTS:
         instruction = _expert_episode(env, job, rec)
     else:
         instruction = _planner_episode(env, job, rec)
@@ -330,9 +339,12 @@ def _check_config(raw_dir: str, cfg: DemoConfig, source: str, resume: bool) -> N
         with open(path) as f:
             have = json.load(f)
         have.setdefault("wrist_camera", False)  # collections from before the wrist camera have none
+        have.setdefault("expert", "expert-v1")  # ... and from before expert-v2: expert-v1 made them
         diff = [f"{k}: {have.get(k)!r} -> {v!r}" for k, v in want.items() if have.get(k) != v]
         if diff:
-            raise DemoError(f"{cfg.out} was collected with other settings ({'; '.join(diff)}); use another --out")
+            hint = f" (resume it with --expert {have['expert']})" if have.get("expert") != want.get("expert") else ""
+            raise DemoError(f"{cfg.out} was collected with other settings ({'; '.join(diff)}){hint}; "
+                            f"or use another --out")
         return
     os.makedirs(raw_dir, exist_ok=True)
     with open(path, "w") as f:
@@ -356,7 +368,7 @@ def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
     from vla_forget.envs import task_info
 
     info = task_info(cfg.task)  # unknown ids raise with the list of tasks
-    source = demo_source(cfg.task)
+    source = demo_source(cfg.task, cfg.expert)
     if cfg.episodes < 1:
         raise DemoError(f"--episodes must be >= 1, got {cfg.episodes}")
     if cfg.seed_start < 0 or cfg.seed_start + cfg.attempts_cap() > TRAIN_SEED_LIMIT:

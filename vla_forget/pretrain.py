@@ -34,8 +34,8 @@ ends with :class:`Diverged`.
 
 DAgger (``--dagger-rounds R``): after the first ``steps`` steps, each round
 rolls out the current checkpoint in the simulator on the demonstrated tasks
-that the scripted expert solves, labels every visited state with ``expert-v1``
-(which reads the privileged simulator state), writes those steps as a dataset,
+that the scripted expert solves, labels every visited state with the expert
+(``--dagger-expert``, default ``expert-v2``; it reads the privileged simulator state), writes those steps as a dataset,
 adds it to the mixture, and trains ``dagger_steps`` more steps. Labels are
 tokenised with the statistics of the original mixture (they do not change).
 """
@@ -52,6 +52,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from vla_forget.policies import SCRIPTED_EXPERTS
 
 CKPT_PREFIX = "ckpt-"
 TRAIN_STATE_PT = "train_state.pt"
@@ -137,6 +139,8 @@ class PretrainConfig:
     """sampling weight of each DAgger round's dataset in the mixture"""
     dagger_workers: int = 0
     """simulator processes for DAgger rollouts (0: in this process)"""
+    dagger_expert: str = "expert-v2"
+    """the scripted expert that labels the DAgger rollouts (expert-v2 or expert-v1)"""
     image_size: int = 128
     """camera image size of DAgger rollouts (should match the demonstrations)"""
     progress: bool = True
@@ -395,6 +399,7 @@ class DaggerJob:
     seed: int
     image_size: int
     success_hold: int = 5
+    expert: str = "expert-v2"
 
 
 def dagger_episode(job: DaggerJob) -> Dict[str, Any]:
@@ -404,7 +409,7 @@ def dagger_episode(job: DaggerJob) -> Dict[str, Any]:
     from vla_forget.rollout import _get_env, _get_policy, episode_generator_seed
 
     policy = _get_policy(job.policy, "cpu")
-    expert = _get_policy_uncached_expert()
+    expert = _get_policy_uncached_expert(job.expert)
     env = _get_env(job.task, image_size=job.image_size, render=True, num_envs=1, max_steps=None, sim_backend="cpu",
                    device="cpu", wrist_camera=policy.wrist_camera)
     gen = torch.Generator().manual_seed(episode_generator_seed(policy.checkpoint_hash(), job.task, job.seed))
@@ -425,19 +430,19 @@ def dagger_episode(job: DaggerJob) -> Dict[str, Any]:
             break
     return {"task": job.task, "seed": job.seed, "instruction": obs.instruction[0], "success": success,
             "image": np.stack(rec["image"]), "state": np.stack(rec["state"]), "action": np.stack(rec["action"]),
-            "reward": np.asarray(rec["reward"], np.float32), "is_terminal": success, "source": "dagger-expert-v1"}
+            "reward": np.asarray(rec["reward"], np.float32), "is_terminal": success, "source": f"dagger-{job.expert}"}
 
 
-_EXPERT: List[Any] = []
+_EXPERTS: Dict[str, Any] = {}
 
 
-def _get_policy_uncached_expert():
-    """The scripted expert (kept apart from rollout's one-policy cache, which holds the learner)."""
-    if not _EXPERT:
-        from vla_forget.policies.expert import ScriptedExpert
+def _get_policy_uncached_expert(name: str):
+    """The scripted expert ``name`` (kept apart from rollout's one-policy cache, which holds the learner)."""
+    if name not in _EXPERTS:
+        from vla_forget.policies import load_policy
 
-        _EXPERT.append(ScriptedExpert())
-    return _EXPERT[0]
+        _EXPERTS[name] = load_policy(name)
+    return _EXPERTS[name]
 
 
 def dagger_round(cfg: PretrainConfig, checkpoint: str, round_idx: int, tasks: Sequence[str], image_shape, state_dim: int,
@@ -448,7 +453,8 @@ def dagger_round(cfg: PretrainConfig, checkpoint: str, round_idx: int, tasks: Se
 
     out = os.path.join(cfg.out, "dagger", f"round-{round_idx}")
     seed0 = DAGGER_SEED_START + 1000 * (round_idx - 1)
-    jobs = [DaggerJob(policy=os.path.abspath(checkpoint), task=t, seed=seed0 + 100 * k + i, image_size=cfg.image_size)
+    jobs = [DaggerJob(policy=os.path.abspath(checkpoint), task=t, seed=seed0 + 100 * k + i, image_size=cfg.image_size,
+                      expert=cfg.dagger_expert)
             for k, t in enumerate(tasks) for i in range(cfg.dagger_episodes)]
     episodes: List[Dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -456,7 +462,7 @@ def dagger_round(cfg: PretrainConfig, checkpoint: str, round_idx: int, tasks: Se
     episodes.sort(key=lambda e: (e["task"], e["seed"]))
     success = {t: float(np.mean([e["success"] for e in episodes if e["task"] == t])) for t in tasks}
     write_dataset(out, iter(episodes), name=f"dagger_round_{round_idx}", image_shape=tuple(image_shape),
-                  state_dim=state_dim, description=f"DAgger round {round_idx}: rollouts of {checkpoint} labelled by expert-v1")
+                  state_dim=state_dim, description=f"DAgger round {round_idx}: rollouts of {checkpoint} labelled by {cfg.dagger_expert}")
     log({"event": "dagger", "round": round_idx, "episodes": len(episodes),
          "steps_added": int(sum(len(e["action"]) for e in episodes)), "rollout_success": success,
          "wall_s": round(time.perf_counter() - t0, 1)})
@@ -474,6 +480,7 @@ def _check_config(cfg: PretrainConfig, resume: bool) -> None:
             raise PretrainError(f"{cfg.out} already holds a pretraining run: add --resume to continue it, or choose another --out")
         with open(path) as f:
             have = json.load(f)
+        have.setdefault("dagger_expert", "expert-v1")  # runs from before expert-v2 relabelled with expert-v1
         diff = [f"{k}: {have.get(k)!r} -> {v!r}" for k, v in want.items() if k not in VOLATILE and have.get(k) != v]
         if diff:
             raise PretrainError(f"{cfg.out} was trained with other settings ({'; '.join(diff)}); use another --out")
@@ -561,6 +568,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
     sampler = SplitSampler(datasets, weights, train_eps, mix.tokenizer, rng)
 
     dagger_tasks = list(cfg.dagger_tasks)
+    if cfg.dagger_rounds and cfg.dagger_expert not in SCRIPTED_EXPERTS:
+        raise PretrainError(f"--dagger-expert {cfg.dagger_expert!r}: choose one of {', '.join(SCRIPTED_EXPERTS)}")
     if cfg.dagger_rounds and not dagger_tasks:
         known = set(TASKS.ids())
         dagger_tasks = [t for ds in mix.datasets for t in ds.manifest.get("tasks", [])
