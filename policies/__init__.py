@@ -70,8 +70,15 @@ POLICIES.register(
     "small-vla-base-v3",
     "vla_forget.policies:load_asset",
     description="the small VLA with front and wrist cameras, behaviour-cloned on the tabletop-v1 tasks (assets/small-vla-base-v3; "
-    "see its MODEL_CARD.md); the default base",
+    "see its MODEL_CARD.md); the initialisation of small-vla-base-v4",
     name="small-vla-base-v3",
+)
+POLICIES.register(
+    "small-vla-base-v4",
+    "vla_forget.policies:load_asset",
+    description="small-vla-base-v3 trained further on expert-v2 demonstrations of the cube tasks, front and wrist cameras "
+    "(assets/small-vla-base-v4; see its MODEL_CARD.md); the default base",
+    name="small-vla-base-v4",
 )
 
 # Checkpoint folders name their class in config.json under this key.

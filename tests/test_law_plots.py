@@ -83,9 +83,9 @@ def results_fixture(n_points=6):
                    "target_success": 1.0, "battery_success": 0.9})
     section = law.law_section(points)
     section.update(states="target", points=points)
-    return {"base": "small-vla-base-v3", "target": {"id": "t-v1", "task": "PlaceCubeOnTarget-v1"},
-            "success": {"small-vla-base-v3": {"PlaceCubeOnTarget-v1": {"rate": 0.1}}},
-            "battery_mean_success": {"small-vla-base-v3": 0.8}, "checkpoints": rows, "law": section}
+    return {"base": "small-vla-base-v4", "target": {"id": "t-v1", "task": "PlaceCubeOnTarget-v1"},
+            "success": {"small-vla-base-v4": {"PlaceCubeOnTarget-v1": {"rate": 0.1}}},
+            "battery_mean_success": {"small-vla-base-v4": 0.8}, "checkpoints": rows, "law": section}
 
 
 def test_plots_are_written(tmp_path):

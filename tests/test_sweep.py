@@ -64,7 +64,7 @@ def quiet(*_):
 def test_shipped_sweeps_validate():
     assert {"forgetting-v1", "smoke-v1"} <= set(available("sweeps"))
     spec = load_sweep("forgetting-v1")
-    assert set(spec.methods) == {"ppo", "sft", "iterative-sft"} and spec.base == "small-vla-base-v3"
+    assert set(spec.methods) == {"ppo", "sft", "iterative-sft"} and spec.base == "small-vla-base-v4"
     assert len(expand(spec)) == len(spec.methods) * len(spec.lrs) * len(spec.batch_sizes) * len(spec.seeds) >= 12
     assert validate("smoke-v1").startswith("OK sweep smoke-v1: 2 runs")
 

@@ -1,7 +1,7 @@
 """Adaptation throughput: env steps per second during PPO against plain bench rollouts, and SFT samples per second.
 
 Measured side by side in one run (these machines are noisy), with the shipped
-base policy (small-vla-base-v3) on the adaptation target PlaceCubeOnTarget-v1:
+base policy (small-vla-base-v4) on the adaptation target PlaceCubeOnTarget-v1:
 
 1. *bench rollouts*: the bench executor (:func:`vla_forget.bench.execute`, the
    path of ``vla-forget bench``) runs ``updates x episodes`` episodes of the
@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 TASK = "PlaceCubeOnTarget-v1"
-BASE = "small-vla-base-v3"
+BASE = "small-vla-base-v4"
 
 
 def bench_rollouts(workers: int, episodes: int, steps: int, image_size: int) -> dict:
