@@ -49,7 +49,6 @@ import numpy as np
 from vla_forget.policies import SCRIPTED_EXPERTS
 
 TRAIN_SEED_LIMIT = 100_000
-EXPERTS = SCRIPTED_EXPERTS  # the first is the default
 MOTION_PLANNING = "maniskill-motionplanning"
 #: ManiSkill's shipped planner solutions for tasks the scripted expert does not solve.
 PLANNER_SOLUTIONS = {
@@ -86,7 +85,7 @@ class DemoConfig:
     """camera image size in pixels (square)"""
     wrist_camera: bool = False
     """add the wrist camera: images are the front and wrist views side by side ([S, 2S, 3])"""
-    expert: str = EXPERTS[0]
+    expert: str = SCRIPTED_EXPERTS[0]
     """the scripted expert that demonstrates (tasks it solves; others use their planner)"""
     success_hold: int = 5
     """end an episode once the task has been solved this many consecutive steps (0: run to the task's length)"""
@@ -101,13 +100,13 @@ class DemoConfig:
         return int(self.max_attempts) if self.max_attempts is not None else 3 * int(self.episodes) + 10
 
 
-def demo_source(task: str, expert: str = EXPERTS[0]) -> str:
+def demo_source(task: str, expert: str = SCRIPTED_EXPERTS[0]) -> str:
     """Where the demonstrations of ``task`` come from (``expert`` where it solves the task); a DemoError names
     the tasks that have a demonstrator."""
     from vla_forget.envs import TASKS, task_info
 
-    if expert not in EXPERTS:
-        raise DemoError(f"unknown expert {expert!r}: choose one of {', '.join(EXPERTS)}")
+    if expert not in SCRIPTED_EXPERTS:
+        raise DemoError(f"unknown expert {expert!r}: choose one of {', '.join(SCRIPTED_EXPERTS)}")
     info = task_info(task)
     if info.extra.get("expert", "none") != "none":
         return expert
@@ -275,7 +274,7 @@ def collect_episode(job: DemoJob) -> Dict[str, Any]:
     env = _get_env(job.task, image_size=job.image_size, render=True, num_envs=1, max_steps=None, sim_backend="cpu",
                    device="cpu", wrist_camera=job.wrist_camera)
     rec = _Recorder()
-    if job.source in EXPERTS:
+    if job.source in SCRIPTED_EXPERTS:
         instruction = _expert_episode(env, job, rec)
     else:
         instruction = _planner_episode(env, job, rec)
