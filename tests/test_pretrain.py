@@ -169,6 +169,7 @@ def test_dagger_expert_is_checked_and_old_runs_resume_with_expert_v1(fixture):
     with pytest.raises(PretrainError, match="expert-v2, expert-v1"):
         pretrain(_cfg(root, data, init, "bad-expert", dagger_rounds=1, dagger_expert="expert-v9",
                       dagger_tasks=["PullCube-v1"]))
+    assert not (root / "bad-expert").exists()  # refused before the run folder is made
     # a run folder from before --dagger-expert existed: its config has no such field (expert-v1 labelled it)
     out = root / "old-run"
     pretrain(_cfg(root, data, init, "old-run", steps=20), stop_at=20)

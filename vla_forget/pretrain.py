@@ -139,8 +139,8 @@ class PretrainConfig:
     """sampling weight of each DAgger round's dataset in the mixture"""
     dagger_workers: int = 0
     """simulator processes for DAgger rollouts (0: in this process)"""
-    dagger_expert: str = "expert-v2"
-    """the scripted expert that labels the DAgger rollouts (expert-v2 or expert-v1)"""
+    dagger_expert: str = SCRIPTED_EXPERTS[0]
+    """the scripted expert that labels the DAgger rollouts (one of vla_forget.policies.SCRIPTED_EXPERTS)"""
     image_size: int = 128
     """camera image size of DAgger rollouts (should match the demonstrations)"""
     progress: bool = True
@@ -399,7 +399,7 @@ class DaggerJob:
     seed: int
     image_size: int
     success_hold: int = 5
-    expert: str = "expert-v2"
+    expert: str = SCRIPTED_EXPERTS[0]
 
 
 def dagger_episode(job: DaggerJob) -> Dict[str, Any]:
@@ -513,6 +513,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise PretrainError("--device cuda: CUDA is not available on this machine (use --device cpu)")
     torch.set_num_threads(max(1, int(cfg.threads)))
+    if cfg.dagger_rounds and cfg.dagger_expert not in SCRIPTED_EXPERTS:  # before the run folder records it
+        raise PretrainError(f"--dagger-expert {cfg.dagger_expert!r}: choose one of {', '.join(SCRIPTED_EXPERTS)}")
     _check_config(cfg, resume)
     metrics_path = os.path.join(cfg.out, METRICS)
 
@@ -568,8 +570,6 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
     sampler = SplitSampler(datasets, weights, train_eps, mix.tokenizer, rng)
 
     dagger_tasks = list(cfg.dagger_tasks)
-    if cfg.dagger_rounds and cfg.dagger_expert not in SCRIPTED_EXPERTS:
-        raise PretrainError(f"--dagger-expert {cfg.dagger_expert!r}: choose one of {', '.join(SCRIPTED_EXPERTS)}")
     if cfg.dagger_rounds and not dagger_tasks:
         known = set(TASKS.ids())
         dagger_tasks = [t for ds in mix.datasets for t in ds.manifest.get("tasks", [])
