@@ -151,14 +151,20 @@ def test_cli_pretrain(fixture, capsys):
 def test_dagger_episode_labels_with_the_chosen_expert():
     """A DAgger rollout records the labeller's action at every visited state (here the learner is expert-v2 itself,
     so the labels are the executed actions); expert-v1 labels the same kind of states with turns to the cube's faces."""
+    from vla_forget.envs import task_info
     from vla_forget.pretrain import DaggerJob, dagger_episode
 
     ep = dagger_episode(DaggerJob(policy="expert-v2", task="PickCube-v1", seed=3, image_size=32, expert="expert-v2"))
-    assert ep["success"] and ep["source"] == "dagger-expert-v2"
+    assert ep["source"] == "dagger-expert-v2"
+    # by default a rollout runs the task's full length, as bench does: success at the end, after holding still
+    assert len(ep["action"]) == task_info("PickCube-v1").max_episode_steps and ep["success"] and ep["is_terminal"]
+    assert ep["reward"][-1] == 1.0 and 0 < ep["reward"].argmax() < len(ep["reward"]) - 20
     assert ep["image"].shape[1:] == (32, 32, 3) and len(ep["action"]) == len(ep["state"]) == len(ep["reward"])
     assert np.abs(ep["action"][:, 5]).max() < 0.05  # never turns about z
-    v1 = dagger_episode(DaggerJob(policy="expert-v2", task="PickCube-v1", seed=3, image_size=32, expert="expert-v1"))
-    assert v1["source"] == "dagger-expert-v1"
+    v1 = dagger_episode(DaggerJob(policy="expert-v2", task="PickCube-v1", seed=3, image_size=32, expert="expert-v1",
+                                  success_hold=5))
+    assert v1["source"] == "dagger-expert-v1" and v1["success"]
+    assert len(v1["action"]) < len(ep["action"]) and v1["reward"][-5:].min() == 1.0  # ended 5 steps after success
     n = min(len(v1["state"]), len(ep["state"])) // 2  # the same rollout (the learner's), other labels
     np.testing.assert_allclose(v1["state"][:n], ep["state"][:n], atol=1e-3)
     assert np.abs(v1["action"][:, 5]).max() > 0.2
@@ -174,9 +180,13 @@ def test_dagger_expert_is_checked_and_old_runs_resume_with_expert_v1(fixture):
     out = root / "old-run"
     pretrain(_cfg(root, data, init, "old-run", steps=20), stop_at=20)
     cfg = json.loads((out / "config.json").read_text())
-    del cfg["dagger_expert"]
+    del cfg["dagger_expert"], cfg["dagger_success_hold"]  # (nor one for the rollouts' length: 5 steps after success)
     (out / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(PretrainError, match="dagger_expert: 'expert-v1' -> 'expert-v2'"):
+    with pytest.raises(PretrainError, match="dagger_expert: 'expert-v1' -> 'expert-v2'.*dagger_success_hold: 5 -> 0"):
         pretrain(_cfg(root, data, init, "old-run", steps=20), resume=True)
-    s = pretrain(_cfg(root, data, init, "old-run", steps=20, dagger_expert="expert-v1"), resume=True)
+    with pytest.raises(PretrainError, match="--dagger-success-hold must be >= 0"):
+        pretrain(_cfg(root, data, init, "bad-hold", dagger_rounds=1, dagger_success_hold=-1))
+    assert not (root / "bad-hold").exists()
+    s = pretrain(_cfg(root, data, init, "old-run", steps=20, dagger_expert="expert-v1", dagger_success_hold=5),
+                 resume=True)
     assert s["steps"] == 20

@@ -239,6 +239,9 @@ def _pretrain_parser(sub) -> None:
                    help="simulator processes for DAgger rollouts (default 0 = in-process)")
     p.add_argument("--dagger-expert", default=d.dagger_expert, choices=SCRIPTED_EXPERTS,
                    help=f"scripted expert that labels the DAgger rollouts (default {d.dagger_expert})")
+    p.add_argument("--dagger-success-hold", type=int, default=d.dagger_success_hold, metavar="N",
+                   help="end a DAgger rollout after N consecutive successful steps (default 0: the task's full "
+                        "episode length, as bench runs it, so the expert also labels what to do after success)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -253,6 +256,7 @@ def cmd_pretrain(args) -> int:
         device=args.device, threads=args.threads, dagger_rounds=args.dagger_rounds, dagger_steps=args.dagger_steps,
         dagger_episodes=args.dagger_episodes, dagger_tasks=list(args.dagger_tasks or []),
         dagger_weight=args.dagger_weight, dagger_workers=args.dagger_workers, dagger_expert=args.dagger_expert,
+        dagger_success_hold=args.dagger_success_hold,
         progress=not args.no_progress,
     )
     try:

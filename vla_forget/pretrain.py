@@ -38,6 +38,10 @@ that the scripted expert solves, labels every visited state with the expert
 (``--dagger-expert``, default ``expert-v2``; it reads the privileged simulator state), writes those steps as a dataset,
 adds it to the mixture, and trains ``dagger_steps`` more steps. Labels are
 tokenised with the statistics of the original mixture (they do not change).
+A rollout runs the task's full episode length, as bench does
+(``--dagger-success-hold 0``, the default): demonstrations end a few steps after
+success, so only DAgger shows the learner what to do once the task is solved
+(hold still at the goal, stay clear of a released object); success is judged at the end.
 """
 
 from __future__ import annotations
@@ -141,6 +145,8 @@ class PretrainConfig:
     """simulator processes for DAgger rollouts (0: in this process)"""
     dagger_expert: str = SCRIPTED_EXPERTS[0]
     """the scripted expert that labels the DAgger rollouts (one of vla_forget.policies.SCRIPTED_EXPERTS)"""
+    dagger_success_hold: int = 0
+    """end a DAgger rollout after this many consecutive successful steps (0: the full episode, as bench runs it)"""
     image_size: int = 128
     """camera image size of DAgger rollouts (should match the demonstrations)"""
     progress: bool = True
@@ -398,7 +404,8 @@ class DaggerJob:
     task: str
     seed: int
     image_size: int
-    success_hold: int = 5
+    success_hold: int = 0
+    """stop after this many consecutive successful steps (0: run the task's full episode length)"""
     expert: str = SCRIPTED_EXPERTS[0]
 
 
@@ -426,7 +433,7 @@ def dagger_episode(job: DaggerJob) -> Dict[str, Any]:
         success = bool(torch.as_tensor(info["is_success"]).reshape(-1)[0])
         rec["reward"].append(float(success))
         held = held + 1 if success else 0
-        if held >= job.success_hold:
+        if job.success_hold and held >= job.success_hold:
             break
     return {"task": job.task, "seed": job.seed, "instruction": obs.instruction[0], "success": success,
             "image": np.stack(rec["image"]), "state": np.stack(rec["state"]), "action": np.stack(rec["action"]),
@@ -454,7 +461,7 @@ def dagger_round(cfg: PretrainConfig, checkpoint: str, round_idx: int, tasks: Se
     out = os.path.join(cfg.out, "dagger", f"round-{round_idx}")
     seed0 = DAGGER_SEED_START + 1000 * (round_idx - 1)
     jobs = [DaggerJob(policy=os.path.abspath(checkpoint), task=t, seed=seed0 + 100 * k + i, image_size=cfg.image_size,
-                      expert=cfg.dagger_expert)
+                      success_hold=cfg.dagger_success_hold, expert=cfg.dagger_expert)
             for k, t in enumerate(tasks) for i in range(cfg.dagger_episodes)]
     episodes: List[Dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -481,6 +488,7 @@ def _check_config(cfg: PretrainConfig, resume: bool) -> None:
         with open(path) as f:
             have = json.load(f)
         have.setdefault("dagger_expert", "expert-v1")  # runs from before expert-v2 relabelled with expert-v1
+        have.setdefault("dagger_success_hold", 5)  # and ended their rollouts 5 steps after success
         diff = [f"{k}: {have.get(k)!r} -> {v!r}" for k, v in want.items() if k not in VOLATILE and have.get(k) != v]
         if diff:
             raise PretrainError(f"{cfg.out} was trained with other settings ({'; '.join(diff)}); use another --out")
@@ -515,6 +523,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
     torch.set_num_threads(max(1, int(cfg.threads)))
     if cfg.dagger_rounds and cfg.dagger_expert not in SCRIPTED_EXPERTS:  # before the run folder records it
         raise PretrainError(f"--dagger-expert {cfg.dagger_expert!r}: choose one of {', '.join(SCRIPTED_EXPERTS)}")
+    if cfg.dagger_success_hold < 0:
+        raise PretrainError(f"--dagger-success-hold must be >= 0 (0 = full episodes), got {cfg.dagger_success_hold}")
     _check_config(cfg, resume)
     metrics_path = os.path.join(cfg.out, METRICS)
 
