@@ -174,6 +174,11 @@ def test_mixing_weights_and_statistics(tmp_path):
     assert set(json.loads((tmp_path / STATS_FILENAME).read_text())) == {"task_a_v1", "task_b_v1", "ab"}
     with pytest.raises(ValueError, match="positive"):
         mix_datasets([(str(a), 0.0)])
+    # two collections of one task (say, a second batch of demonstrations) keep their statistics apart by name
+    a2 = tmp_path / "a2"
+    write(a2, synthetic_episodes(2, seed=3, task="TaskA-v1"), name="task_a_v1")
+    with pytest.raises(DatasetError, match=r"rename all but one task_a_v1 collection with .*--resume --name"):
+        mix_datasets([(str(a), 1.0), (str(a2), 1.0)])
 
 
 def test_bare_tfds_folder_and_no_manifest(tiny, tmp_path):

@@ -786,7 +786,10 @@ def mix_datasets(
         weights.append(float(w))
     keys = [d.unnorm_key for d in datasets]
     if len(set(keys)) != len(keys):
-        raise DatasetError(f"datasets in a mixture need distinct unnorm_keys, got {keys}")
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise DatasetError(f"datasets in a mixture need distinct unnorm_keys, got {keys}: rename all but one "
+                           f"{' / '.join(dup)} collection with `vla-forget demos ... --out DIR --resume --name NEW_NAME` "
+                           "(it rewrites the dataset from its saved episodes, collecting nothing)")
     if name in keys:
         raise DatasetError(f"the mixture's name {name!r} clashes with a dataset's unnorm_key")
     return MixedDataset(datasets, np.asarray(weights), statistics, name)
