@@ -18,7 +18,8 @@ base policy (small-vla-base-v4) on the adaptation target PlaceCubeOnTarget-v1:
    ``batch_size / update_s`` after the first update).
 
     python benchmarks/perf/adapt_throughput.py [--updates 3] [--episodes 4] [--max-episode-steps 50]
-        [--workers 2] [--sft-updates 30] [--batch-size 32] [--threads 1 2] [--json out.json]
+        [--workers 2] [--sft-updates 30] [--batch-size 32] [--threads 1 2] [--skip-rollouts] [--device cuda]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -76,27 +77,27 @@ def ppo_rollouts(workers: int, updates: int, episodes: int, steps: int, image_si
             "rollout_s_per_update": round(rollout_s / len(rows), 2)}
 
 
-def _demos(n: int, T: int, size: int):
+def _demos(n: int, T: int, size: int, width: int):
     rng = np.random.default_rng(0)
     colours = ("red", "green", "blue")
     for i in range(n):
-        yield dict(image=rng.integers(0, 256, (T, size, size, 3), dtype=np.uint8),
+        yield dict(image=rng.integers(0, 256, (T, size, width, 3), dtype=np.uint8),
                    state=rng.normal(size=(T, 16)).astype(np.float32), action=rng.uniform(-1, 1, (T, 7)).astype(np.float32),
                    instruction=f"put the {colours[i % 3]} cube on the {colours[(i + 1) % 3]} target", seed=i, task=TASK)
 
 
-def sft_rate(data: str, updates: int, batch_size: int, threads: int) -> dict:
+def sft_rate(data: str, updates: int, batch_size: int, threads: int, device: str = "cpu") -> dict:
     from vla_forget.adapt import sft
     from vla_forget.adapt.common import AdaptConfig
 
     with tempfile.TemporaryDirectory() as d:
         cfg = AdaptConfig(method="sft", base=BASE, out=os.path.join(d, "sft"), task=TASK, data=[data], updates=updates,
-                          save_every=updates, batch_size=batch_size, threads=threads, progress=False)
+                          save_every=updates, batch_size=batch_size, threads=threads, device=device, progress=False)
         sft.train(cfg)
         with open(os.path.join(cfg.out, "log.jsonl")) as f:
             rows = [json.loads(x) for x in f][1:]
     rate = float(np.mean([batch_size / r["update_s"] for r in rows]))
-    return {"threads": threads, "batch_size": batch_size, "samples_per_s": round(rate, 1)}
+    return {"device": device, "threads": threads, "batch_size": batch_size, "samples_per_s": round(rate, 1)}
 
 
 def main(argv=None) -> int:
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="SFT thread counts")
     ap.add_argument("--skip-rollouts", action="store_true", help="measure SFT only")
+    ap.add_argument("--device", default="cpu", help="SFT training device: cpu or cuda (rollouts stay on the CPU)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     import torch
@@ -132,11 +134,16 @@ def main(argv=None) -> int:
         from vla_forget.datasets import write_dataset
 
         data = os.path.join(d, "demos")
+        from vla_forget.policies import load_policy
+
         size = args.image_size
-        write_dataset(data, _demos(12, 40, size), name="synthetic_place", image_shape=(size, size, 3), state_dim=16)
-        result["sft"] = [sft_rate(data, args.sft_updates, args.batch_size, t) for t in args.threads]
+        # the base's camera layout: a two-camera policy reads front and wrist views side by side
+        width = 2 * size if getattr(load_policy(BASE), "wrist_camera", False) else size
+        write_dataset(data, _demos(12, 40, size, width), name="synthetic_place", image_shape=(size, width, 3),
+                      state_dim=16)
+        result["sft"] = [sft_rate(data, args.sft_updates, args.batch_size, t, args.device) for t in args.threads]
     for r in result["sft"]:
-        print(f"sft: {r['samples_per_s']} samples/s ({r['threads']} threads, batch {r['batch_size']})")
+        print(f"sft: {r['samples_per_s']} samples/s ({r['device']}, {r['threads']} threads, batch {r['batch_size']})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -1,4 +1,4 @@
-"""Pretraining samples per second on CPU: `vla-forget pretrain`'s step with 1 and 2 torch threads.
+"""Pretraining samples per second: `vla-forget pretrain`'s step with 1 and 2 torch threads, or on a GPU.
 
 A synthetic RLDS dataset at the demonstrations' size (128 x 128 images, 25-D
 states; no simulator) is written once; then, per thread count, the real
@@ -11,7 +11,7 @@ the front-only model and the two-camera one (images 128 x 256, front and wrist
 side by side; the wrist view has its own 64 px conv net) side by side.
 
     python benchmarks/perf/pretrain_throughput.py [--steps 30] [--batch-size 32] [--threads 1 2]
-        [--cameras front front+wrist] [--json out.json]
+        [--cameras front front+wrist] [--device cuda] [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ def _episodes(n: int, T: int, size: int, state_dim: int, width: int = 0):
                    task="Synthetic-v1", source="synthetic")
 
 
-def measure(data: str, steps: int, batch_size: int, threads: int) -> dict:
+def measure(data: str, steps: int, batch_size: int, threads: int, device: str = "cpu") -> dict:
     from vla_forget.pretrain import METRICS, PretrainConfig, pretrain
 
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "run")
         log_every = max(1, steps // 6)
-        cfg = PretrainConfig(data=[data], out=out, steps=steps, batch_size=batch_size, threads=threads, val_steps=0,
+        cfg = PretrainConfig(data=[data], out=out, steps=steps, batch_size=batch_size, threads=threads, val_steps=0, device=device,
                              eval_every=10**9, save_every=10**9, log_every=log_every, progress=False)
         t0 = time.perf_counter()
         pretrain(cfg)
@@ -49,7 +49,7 @@ def measure(data: str, steps: int, batch_size: int, threads: int) -> dict:
         with open(os.path.join(out, METRICS)) as f:
             rates = [r["samples_per_s"] for r in map(json.loads, f) if "samples_per_s" in r]
     steady = rates[1:] or rates
-    return {"threads": threads, "batch_size": batch_size, "steps": steps,
+    return {"device": device, "threads": threads, "batch_size": batch_size, "steps": steps,
             "samples_per_s": round(float(np.mean(steady)), 2), "steps_per_s": round(float(np.mean(steady)) / batch_size, 3),
             "wall_s_with_setup": round(wall, 1)}
 
@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--cameras", nargs="+", default=["front"], choices=["front", "front+wrist"],
                     help="camera set-ups to measure side by side (default: front)")
+    ap.add_argument("--device", default="cpu", help="training device: cpu or cuda (the sampler always runs on the CPU)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
@@ -86,17 +87,20 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(1)
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            ap.error("--device cuda: CUDA is not available on this machine")
         result = {"runs": [], "sampler_samples_per_s": {}, "image_size": size, "torch": torch.__version__,
-                  "cpus": os.cpu_count()}
+                  "cpus": os.cpu_count(), "device": args.device,
+                  "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
         for cams in args.cameras:
             width = 2 * size if cams == "front+wrist" else size
             data = os.path.join(d, cams.replace("+", "_"))
             write_dataset(data, _episodes(12, 40, size, 16, width), name="synthetic", image_shape=(size, width, 3),
                           state_dim=16)
             result["sampler_samples_per_s"][cams] = sampler_rate(data, args.batch_size)
-            result["runs"] += [dict(measure(data, args.steps, args.batch_size, t), cameras=cams) for t in args.threads]
+            result["runs"] += [dict(measure(data, args.steps, args.batch_size, t, args.device), cameras=cams) for t in args.threads]
     for r in result["runs"]:
-        print(f"{r['cameras']}, threads {r['threads']}: {r['samples_per_s']} samples/s "
+        print(f"{r['cameras']}, {r['device']}, threads {r['threads']}: {r['samples_per_s']} samples/s "
               f"({r['steps_per_s']} steps/s at batch {r['batch_size']})")
     for cams, rate in result["sampler_samples_per_s"].items():
         print(f"sampler alone ({cams}): {rate} samples/s")
