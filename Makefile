@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED := 1
 SYSTEM_STAMP := $(VENV)/.system-ok
 INSTALL_STAMP := $(VENV)/.install-ok
 
-.PHONY: setup system bench smoke test test-all test-gpu perf clean distclean
+.PHONY: setup system bench smoke test test-all test-gpu perf perf-gpu clean distclean
 
 setup: $(INSTALL_STAMP)
 
@@ -55,6 +55,9 @@ test-gpu: setup
 
 perf: setup
 	$(PY) benchmarks/perf/run_all.py --out runs/perf.json
+
+perf-gpu: setup
+	$(PY) benchmarks/perf/run_all.py --device cuda --out runs/perf-gpu.json
 
 clean:
 	rm -rf runs .pytest_cache
