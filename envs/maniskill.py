@@ -230,6 +230,10 @@ def resolve_sim_backend(sim_backend: str, num_envs: int) -> str:
         raise ValueError(f"sim_backend must be 'auto', 'cpu' or 'gpu', not {sim_backend!r}")
     if sim_backend == "gpu" and not torch.cuda.is_available():
         raise ValueError("sim_backend='gpu' needs CUDA; use sim_backend='cpu' (one env per process)")
+    if sim_backend == "gpu":
+        from vla_forget.envs.vulkan import check_physx_gpu
+
+        check_physx_gpu()  # a clear error, not a failed download deep inside ManiSkill, where it is missing
     if sim_backend == "cpu" and num_envs != 1:
         raise ValueError(
             f"num_envs={num_envs} on the CPU simulator: ManiSkill's CPU physics holds one env per process, "

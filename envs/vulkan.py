@@ -1,4 +1,4 @@
-"""Check, in a subprocess, that SAPIEN finds a Vulkan render device.
+"""Check, in a subprocess, that SAPIEN finds a Vulkan render device; and find SAPIEN's PhysX GPU library.
 
 Every ManiSkill3 env needs a Vulkan device, even in state mode. Without a usable
 one SAPIEN either raises ("Failed to find a supported physical device"),
@@ -67,3 +67,48 @@ def check_vulkan(timeout: float = 60.0) -> str:
         return _cached
     _cached_error = f"no usable Vulkan device for SAPIEN ({why}).\n" + _HELP.format(skip=SKIP_ENV)
     raise VulkanUnavailableError(_cached_error)
+
+
+# --- ManiSkill's GPU physics: SAPIEN's PhysX GPU library ------------------------------------------------
+PHYSX_URL = "https://github.com/sapien-sim/physx-precompiled/releases/download/{version}/linux-so.zip"
+
+
+class PhysxGpuUnavailableError(RuntimeError):
+    """GPU physics was asked for, but SAPIEN's PhysX GPU library is missing and could not be fetched."""
+
+
+def physx_gpu_library() -> "tuple[str, str]":
+    """(path, download URL) of the PhysX GPU library that SAPIEN loads for ManiSkill's GPU physics.
+
+    SAPIEN does not ship it in its wheel: on the first GPU-physics env it downloads
+    ``libPhysXGpu_64.so`` into ``~/.sapien/physx/VERSION/``. On a machine without
+    internet access, put it there by hand (unzip the URL's archive into that folder).
+    """
+    import sapien
+
+    version = sapien.physx.version()
+    folder = os.path.join(os.path.expanduser("~"), ".sapien", "physx", version)
+    return os.path.join(folder, "libPhysXGpu_64.so"), PHYSX_URL.format(version=version)
+
+
+def check_physx_gpu() -> str:
+    """Make sure GPU physics can start; return the library's path or raise :class:`PhysxGpuUnavailableError`.
+
+    Where the library is missing, SAPIEN's own download is tried once (it needs the
+    internet); if that fails, the error says where to put the file by hand.
+    """
+    path, url = physx_gpu_library()
+    if os.path.exists(path):
+        return path
+    try:
+        import sapien
+
+        sapien.physx.enable_gpu()  # downloads the library into place
+    except Exception as e:  # offline: requests' connection error, a bad zip, ...
+        raise PhysxGpuUnavailableError(
+            f"GPU physics needs SAPIEN's PhysX GPU library {path}, which is not there and could not be "
+            f"downloaded ({type(e).__name__}: {e}). On a machine with internet access, fetch {url}, then unzip "
+            f"it into {os.path.dirname(path)} on this machine; or run with the CPU simulator "
+            "(--num-envs 1: one env per process, parallel through --workers)."
+        ) from None
+    return path

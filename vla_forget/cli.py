@@ -432,6 +432,14 @@ def cmd_doctor(args) -> int:
     except VulkanUnavailableError as e:
         print(f"{'vulkan':>20}: FAILED\n{e}", file=sys.stderr)
         return 1
+    import torch
+
+    if torch.cuda.is_available():  # GPU physics (--num-envs N --device cuda) loads SAPIEN's PhysX GPU library
+        from vla_forget.envs.vulkan import physx_gpu_library
+
+        path, url = physx_gpu_library()
+        state = "ok" if os.path.exists(path) else f"missing: fetched on first use from {url} (offline: unzip it into {os.path.dirname(path)})"
+        print(f"{'physx gpu':>20}: {state}")
     return 0
 
 
