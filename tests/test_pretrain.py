@@ -190,3 +190,33 @@ def test_dagger_expert_is_checked_and_old_runs_resume_with_expert_v1(fixture):
     s = pretrain(_cfg(root, data, init, "old-run", steps=20, dagger_expert="expert-v1", dagger_success_hold=5),
                  resume=True)
     assert s["steps"] == 20
+
+
+def test_resume_with_more_dagger_rounds_continues_a_finished_run(fixture, monkeypatch):
+    """A finished run resumed with a larger --dagger-rounds runs the new rounds and trains on (statistics kept)."""
+    import vla_forget.pretrain as pre
+
+    root, data, init = fixture
+    rounds = []
+
+    def fake_round(cfg, checkpoint, round_idx, tasks, image_shape, state_dim, log):  # the simulator part is tested above
+        out = os.path.join(cfg.out, "dagger", f"round-{round_idx}")
+        write_dataset(out, _episodes("left", -1.0, 2, 100 + round_idx), name=f"dagger_round_{round_idx}",
+                      image_shape=tuple(image_shape), state_dim=state_dim)
+        rounds.append((round_idx, os.path.basename(checkpoint), list(tasks), cfg.dagger_episodes))
+        log({"event": "dagger", "round": round_idx, "episodes": 2})
+        return out, []
+
+    monkeypatch.setattr(pre, "dagger_round", fake_round)
+    kw = dict(steps=20, dagger_steps=10, dagger_tasks=["PullCube-v1"], dagger_episodes=1)
+    s = pretrain(_cfg(root, data, init, "more-rounds", dagger_rounds=1, **kw))
+    assert s["steps"] == 30 and rounds == [(1, "ckpt-000020", ["PullCube-v1"], 1)]
+    stats = json.loads((root / "more-rounds" / "ckpt-000030" / "dataset_statistics.json").read_text())["pretrain_mix"]
+    s = pretrain(_cfg(root, data, init, "more-rounds", dagger_rounds=3, **{**kw, "dagger_episodes": 4}), resume=True)
+    assert s["steps"] == 50 and [r[:2] for r in rounds] == [(1, "ckpt-000020"), (2, "ckpt-000030"), (3, "ckpt-000040")]
+    assert [r[3] for r in rounds] == [1, 4, 4]
+    assert len(s["dagger_datasets"]) == 3
+    after = json.loads((root / "more-rounds" / "ckpt-000050" / "dataset_statistics.json").read_text())["pretrain_mix"]
+    assert after["action"] == stats["action"], "the new rounds are tokenised with the run's statistics"
+    with pytest.raises(PretrainError, match="dagger_steps: 10 -> 20"):
+        pretrain(_cfg(root, data, init, "more-rounds", dagger_rounds=3, **{**kw, "dagger_steps": 20}), resume=True)

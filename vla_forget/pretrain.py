@@ -26,7 +26,10 @@ validation loss and token accuracy.
 
 ``--resume`` continues from the newest complete checkpoint exactly: the same
 weights after N steps as an uninterrupted run (sampling, augmentation and
-dropout all draw from generators saved in the checkpoint).
+dropout all draw from generators saved in the checkpoint). A finished run
+continues with more DAgger rounds when resumed with a larger ``--dagger-rounds``
+(and, for the new rounds, another ``--dagger-episodes``); like a larger
+``--steps``, that stretches the cosine decay over the new total.
 
 A non-finite loss or gradient stops the run before the optimiser step; the
 checkpoints written so far (the last good one included) are kept, and the run
@@ -68,7 +71,7 @@ RUN_CONFIG = "config.json"
 DAGGER_SEED_START = 50_000
 #: fields that a resumed run may change
 VOLATILE = ("steps", "out", "progress", "device", "threads", "save_every", "eval_every", "log_every",
-            "dagger_workers", "keep_checkpoints")
+            "dagger_workers", "keep_checkpoints", "dagger_rounds", "dagger_episodes")
 
 
 class PretrainError(RuntimeError):
