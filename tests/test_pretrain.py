@@ -13,7 +13,7 @@ pytest.importorskip("tensorflow_datasets", reason="needs the rlds extra: pip ins
 import torch  # noqa: E402
 
 from vla_forget.cli import main  # noqa: E402
-from vla_forget.datasets import write_dataset  # noqa: E402
+from vla_forget.datasets import open_dataset, write_dataset  # noqa: E402
 from vla_forget.policies.small_vla import SmallVLA  # noqa: E402
 from vla_forget.pretrain import (  # noqa: E402
     Diverged,
@@ -220,3 +220,41 @@ def test_resume_with_more_dagger_rounds_continues_a_finished_run(fixture, monkey
     assert after["action"] == stats["action"], "the new rounds are tokenised with the run's statistics"
     with pytest.raises(PretrainError, match="dagger_steps: 10 -> 20"):
         pretrain(_cfg(root, data, init, "more-rounds", dagger_rounds=3, **{**kw, "dagger_steps": 20}), resume=True)
+
+
+def test_dagger_task_counts_plan_the_rollouts_and_bad_ones_are_refused(fixture, monkeypatch):
+    """--dagger-task TASK:N rolls TASK out N times per round (others --dagger-episodes); bad specs stop the run early."""
+    import vla_forget.rollout as rollout
+    from vla_forget.pretrain import dagger_round, parse_dagger_task
+
+    assert parse_dagger_task("PullCube-v1", 7) == ("PullCube-v1", 7)
+    assert parse_dagger_task("PlaceCubeOnTarget-v1:30", 7) == ("PlaceCubeOnTarget-v1", 30)
+    for bad, why in (("PullCube-v1:0", "1..100"), ("PullCube-v1:x", "1..100"), ("PullCube-v1:101", "1..100"),
+                     ("NoSuchTask-v1", "unknown task"), ("LiftPegUpright-v1", "no scripted expert")):
+        with pytest.raises(PretrainError, match=why):
+            parse_dagger_task(bad, 5)
+    root, data, init = fixture
+    with pytest.raises(PretrainError, match="unknown task"):
+        pretrain(_cfg(root, data, init, "bad-task", dagger_rounds=1, dagger_tasks=["PullCube-v1", "Pul-v1:3"]))
+    assert not (root / "bad-task").exists()
+
+    jobs_seen = []
+
+    def fake_parallel(fn, jobs, workers, on_result, **kw):  # the rollouts themselves are tested above
+        for job in jobs:
+            jobs_seen.append((job.task, job.seed))
+            rng = np.random.default_rng(job.seed)
+            on_result({"task": job.task, "seed": job.seed, "instruction": f"do {job.task}", "success": job.seed % 2 == 0,
+                       "image": rng.integers(0, 256, (3, H, H, 3), dtype=np.uint8),
+                       "state": rng.normal(size=(3, STATE)).astype(np.float32), "action": np.zeros((3, 7), np.float32),
+                       "reward": np.zeros(3, np.float32), "is_terminal": False, "source": "dagger-expert-v2"})
+
+    monkeypatch.setattr(rollout, "run_parallel", fake_parallel)
+    cfg = _cfg(root, data, init, "plan", dagger_episodes=2)
+    os.makedirs(cfg.out)
+    logged = []
+    path, success = dagger_round(cfg, init, 2, ["PullCube-v1", "PushCube-v1:3"], (H, H, 3), STATE, logged.append)
+    assert jobs_seen == [("PullCube-v1", 51000), ("PullCube-v1", 51001),
+                         ("PushCube-v1", 51100), ("PushCube-v1", 51101), ("PushCube-v1", 51102)]
+    assert success == {"PullCube-v1": 0.5, "PushCube-v1": 2 / 3} and logged[0]["episodes"] == 5
+    assert open_dataset(path).num_episodes == 5

@@ -231,8 +231,9 @@ def _pretrain_parser(sub) -> None:
     p.add_argument("--dagger-steps", type=int, default=d.dagger_steps, help=f"steps after each round (default {d.dagger_steps})")
     p.add_argument("--dagger-episodes", type=int, default=d.dagger_episodes,
                    help=f"rollouts per task per round (default {d.dagger_episodes})")
-    p.add_argument("--dagger-task", action="append", dest="dagger_tasks", metavar="TASK",
-                   help="task to roll out for DAgger (repeatable; default: every demonstrated task the expert solves)")
+    p.add_argument("--dagger-task", action="append", dest="dagger_tasks", metavar="TASK[:N]",
+                   help="task to roll out for DAgger, N times per round if given (repeatable; default: every "
+                        "demonstrated task the expert solves, --dagger-episodes each)")
     p.add_argument("--dagger-weight", type=float, default=d.dagger_weight,
                    help=f"sampling weight of each round's data (default {d.dagger_weight})")
     p.add_argument("--dagger-workers", type=int, default=d.dagger_workers,

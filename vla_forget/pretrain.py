@@ -71,7 +71,7 @@ RUN_CONFIG = "config.json"
 DAGGER_SEED_START = 50_000
 #: fields that a resumed run may change
 VOLATILE = ("steps", "out", "progress", "device", "threads", "save_every", "eval_every", "log_every",
-            "dagger_workers", "keep_checkpoints", "dagger_rounds", "dagger_episodes")
+            "dagger_workers", "keep_checkpoints", "dagger_rounds", "dagger_episodes", "dagger_tasks")
 
 
 class PretrainError(RuntimeError):
@@ -141,7 +141,8 @@ class PretrainConfig:
     dagger_episodes: int = 10
     """policy rollouts per task per DAgger round"""
     dagger_tasks: List[str] = field(default_factory=list)
-    """tasks rolled out for DAgger (default: every task in the data that the scripted expert solves)"""
+    """tasks rolled out for DAgger, as TASK or TASK:N (N rollouts of it per round instead of dagger_episodes;
+    default: every task in the data that the scripted expert solves)"""
     dagger_weight: float = 1.0
     """sampling weight of each DAgger round's dataset in the mixture"""
     dagger_workers: int = 0
@@ -157,6 +158,26 @@ class PretrainConfig:
 
     def total_steps(self) -> int:
         return int(self.steps) + int(self.dagger_rounds) * int(self.dagger_steps)
+
+
+#: most rollouts of one task in one DAgger round (its seeds are spaced 100 apart)
+MAX_DAGGER_EPISODES = 100
+
+
+def parse_dagger_task(spec: str, default: int) -> Tuple[str, int]:
+    """``TASK[:N]`` -> (task id, rollouts per round); raises :class:`PretrainError` for a bad count or unknown task."""
+    from vla_forget.envs import TASKS, task_info
+
+    task, sep, n = spec.rpartition(":")
+    if not sep:
+        task, n = spec, str(default)
+    if not n.isdigit() or not 1 <= int(n) <= MAX_DAGGER_EPISODES:
+        raise PretrainError(f"--dagger-task {spec!r}: rollouts per round must be 1..{MAX_DAGGER_EPISODES} (TASK or TASK:N)")
+    if task not in set(TASKS.ids()):
+        raise PretrainError(f"--dagger-task {spec!r}: unknown task {task!r} (`vla-forget ls tasks`)")
+    if task_info(task).extra.get("expert", "none") == "none":
+        raise PretrainError(f"--dagger-task {spec!r}: no scripted expert can label {task}")
+    return task, int(n)
 
 
 def parse_data_spec(spec: str) -> Tuple[str, float]:
@@ -463,9 +484,11 @@ def dagger_round(cfg: PretrainConfig, checkpoint: str, round_idx: int, tasks: Se
 
     out = os.path.join(cfg.out, "dagger", f"round-{round_idx}")
     seed0 = DAGGER_SEED_START + 1000 * (round_idx - 1)
+    plan = [parse_dagger_task(t, cfg.dagger_episodes) for t in tasks]
+    tasks = [t for t, _ in plan]
     jobs = [DaggerJob(policy=os.path.abspath(checkpoint), task=t, seed=seed0 + 100 * k + i, image_size=cfg.image_size,
                       success_hold=cfg.dagger_success_hold, expert=cfg.dagger_expert)
-            for k, t in enumerate(tasks) for i in range(cfg.dagger_episodes)]
+            for k, (t, n) in enumerate(plan) for i in range(n)]
     episodes: List[Dict[str, Any]] = []
     t0 = time.perf_counter()
     run_parallel(dagger_episode, jobs, cfg.dagger_workers, episodes.append)
@@ -528,6 +551,11 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
         raise PretrainError(f"--dagger-expert {cfg.dagger_expert!r}: choose one of {', '.join(SCRIPTED_EXPERTS)}")
     if cfg.dagger_success_hold < 0:
         raise PretrainError(f"--dagger-success-hold must be >= 0 (0 = full episodes), got {cfg.dagger_success_hold}")
+    if cfg.dagger_rounds:
+        if not 1 <= cfg.dagger_episodes <= MAX_DAGGER_EPISODES:
+            raise PretrainError(f"--dagger-episodes must be 1..{MAX_DAGGER_EPISODES}, got {cfg.dagger_episodes}")
+        for t in cfg.dagger_tasks:  # before the run folder records them
+            parse_dagger_task(t, cfg.dagger_episodes)
     _check_config(cfg, resume)
     metrics_path = os.path.join(cfg.out, METRICS)
 
