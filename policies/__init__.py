@@ -77,8 +77,16 @@ POLICIES.register(
     "small-vla-base-v4",
     "vla_forget.policies:load_asset",
     description="small-vla-base-v3 trained further on expert-v2 demonstrations of the cube tasks, front and wrist cameras "
-    "(assets/small-vla-base-v4; see its MODEL_CARD.md); the default base",
+    "(assets/small-vla-base-v4; see its MODEL_CARD.md); the initialisation of small-vla-base-v5",
     name="small-vla-base-v4",
+)
+POLICIES.register(
+    "small-vla-base-v5",
+    "vla_forget.policies:load_asset",
+    description="small-vla-base-v4 trained further on expert-v2 demonstrations of every battery task and the target, "
+    "with eight full-length DAgger rounds, front and wrist cameras (assets/small-vla-base-v5; see its MODEL_CARD.md); "
+    "the default base",
+    name="small-vla-base-v5",
 )
 
 # Checkpoint folders name their class in config.json under this key.

@@ -62,9 +62,10 @@ def quiet(*_):
 
 
 def test_shipped_sweeps_validate():
-    assert {"forgetting-v1", "smoke-v1"} <= set(available("sweeps"))
-    spec = load_sweep("forgetting-v1")
-    assert set(spec.methods) == {"ppo", "sft", "iterative-sft"} and spec.base == "small-vla-base-v4"
+    assert {"forgetting-v1", "forgetting-v2", "smoke-v1"} <= set(available("sweeps"))
+    assert load_sweep("forgetting-v1").base == "small-vla-base-v4"
+    spec = load_sweep("forgetting-v2")
+    assert set(spec.methods) == {"ppo", "sft", "iterative-sft"} and spec.base == "small-vla-base-v5"
     assert len(expand(spec)) == len(spec.methods) * len(spec.lrs) * len(spec.batch_sizes) * len(spec.seeds) >= 12
     assert validate("smoke-v1").startswith("OK sweep smoke-v1: 2 runs")
 
@@ -225,7 +226,7 @@ def test_cli_sweep_exit_status(tmp_path, monkeypatch, capsys):
     assert main(["sweep", "no-such-sweep-v1", "--out", out]) == 2
 
 
-@pytest.mark.parametrize("sweep", ["smoke-v1", "forgetting-v1"])
+@pytest.mark.parametrize("sweep", ["smoke-v1", "forgetting-v1", "forgetting-v2"])
 def test_shipped_sweep_commands_parse_as_adapt_commands(sweep):
     from vla_forget.adapt.common import config_from_args
     from vla_forget.cli import build_parser

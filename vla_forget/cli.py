@@ -273,9 +273,9 @@ def cmd_pretrain(args) -> int:
 
 EPILOG_SWEEP = """\
 examples:
-  vla-forget sweep forgetting-v1 --out runs/sweeps/forgetting --dry-run
-  vla-forget sweep forgetting-v1 --out runs/sweeps/forgetting --parallel 2
-  vla-forget sweep forgetting-v1 --out runs/sweeps/forgetting --resume
+  vla-forget sweep forgetting-v2 --out runs/sweeps/forgetting --dry-run
+  vla-forget sweep forgetting-v2 --out runs/sweeps/forgetting --parallel 2
+  vla-forget sweep forgetting-v2 --out runs/sweeps/forgetting --resume
   vla-forget bench --checkpoints runs/sweeps/forgetting --out runs/bench-forgetting
 
 Runs the grid method x lr x batch size x seed of a sweep spec (benchmarks/sweeps/,
@@ -314,13 +314,13 @@ def cmd_sweep(args) -> int:
 
 EPILOG_ADAPT = """\
 examples:
-  vla-forget adapt --method ppo --base small-vla-base-v4 --task place-cube-on-target-v1 --out runs/adapt/ppo
-  vla-forget adapt --method ppo --base small-vla-base-v4 --out runs/adapt/ppo --resume
-  vla-forget adapt --method grpo --base small-vla-base-v4 --group-size 4 --episodes-per-update 16 --out runs/adapt/grpo
-  vla-forget adapt --method reinforce --base small-vla-base-v4 --kl-coef 0.1 --out runs/adapt/reinforce-kl
-  vla-forget adapt --method sft --base small-vla-base-v4 --data data/place-cube-on-target --out runs/adapt/sft
-  vla-forget adapt --method iterative-sft --base small-vla-base-v4 --out runs/adapt/iterative-sft
-  vla-forget adapt --method rl-trace-sft --base small-vla-base-v4 --traces runs/adapt/ppo --out runs/adapt/trace-sft
+  vla-forget adapt --method ppo --base small-vla-base-v5 --task place-cube-on-target-v1 --out runs/adapt/ppo
+  vla-forget adapt --method ppo --base small-vla-base-v5 --out runs/adapt/ppo --resume
+  vla-forget adapt --method grpo --base small-vla-base-v5 --group-size 4 --episodes-per-update 16 --out runs/adapt/grpo
+  vla-forget adapt --method reinforce --base small-vla-base-v5 --kl-coef 0.1 --out runs/adapt/reinforce-kl
+  vla-forget adapt --method sft --base small-vla-base-v5 --data data/place-cube-on-target --out runs/adapt/sft
+  vla-forget adapt --method iterative-sft --base small-vla-base-v5 --out runs/adapt/iterative-sft
+  vla-forget adapt --method rl-trace-sft --base small-vla-base-v5 --traces runs/adapt/ppo --out runs/adapt/trace-sft
   vla-forget adapt --method ppo --base ckpt/ --num-envs 64 --device cuda --episodes-per-update 64 --out runs/gpu
 
 Methods: ppo, reinforce, grpo (on-policy RL in the simulator), sft (demonstrations

@@ -5,7 +5,7 @@ A sweep spec (``benchmarks/sweeps/NAME-vN.yaml``, or any YAML path)::
     id: forgetting              # the registered id is "{id}-v{version}"
     version: 1
     description: ...
-    base: small-vla-base-v4     # passed to every run as --base
+    base: small-vla-base-v5     # passed to every run as --base
     task: place-cube-on-target-v1   # --task (a target spec id or a task id)
     updates: 100                # optional: --updates (default: the method's)
     save_every: 10              # optional: --save-every, a checkpoint every N updates (all are kept)
