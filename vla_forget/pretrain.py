@@ -164,19 +164,27 @@ class PretrainConfig:
 MAX_DAGGER_EPISODES = 100
 
 
-def parse_dagger_task(spec: str, default: int) -> Tuple[str, int]:
-    """``TASK[:N]`` -> (task id, rollouts per round); raises :class:`PretrainError` for a bad count or unknown task."""
+def _unlabellable(task: str) -> Optional[str]:
+    """Why the scripted experts cannot label DAgger rollouts of ``task``, or None when they can."""
     from vla_forget.envs import TASKS, task_info
 
+    if task not in set(TASKS.ids()):
+        return f"unknown task {task!r} (`vla-forget ls tasks`)"
+    if task_info(task).extra.get("expert", "none") == "none":
+        return f"no scripted expert can label {task}"
+    return None
+
+
+def parse_dagger_task(spec: str, default: int) -> Tuple[str, int]:
+    """``TASK[:N]`` -> (task id, rollouts per round); raises :class:`PretrainError` for a bad count or unknown task."""
     task, sep, n = spec.rpartition(":")
     if not sep:
         task, n = spec, str(default)
     if not n.isdigit() or not 1 <= int(n) <= MAX_DAGGER_EPISODES:
         raise PretrainError(f"--dagger-task {spec!r}: rollouts per round must be 1..{MAX_DAGGER_EPISODES} (TASK or TASK:N)")
-    if task not in set(TASKS.ids()):
-        raise PretrainError(f"--dagger-task {spec!r}: unknown task {task!r} (`vla-forget ls tasks`)")
-    if task_info(task).extra.get("expert", "none") == "none":
-        raise PretrainError(f"--dagger-task {spec!r}: no scripted expert can label {task}")
+    why = _unlabellable(task)
+    if why:
+        raise PretrainError(f"--dagger-task {spec!r}: {why}")
     return task, int(n)
 
 
@@ -538,7 +546,6 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
     from tqdm import tqdm
 
     from vla_forget.datasets import mix_datasets, open_dataset
-    from vla_forget.envs import TASKS, task_info
 
     if cfg.steps < 0 or cfg.batch_size < 1:
         raise PretrainError(f"--steps must be >= 0 and --batch-size >= 1 (got {cfg.steps}, {cfg.batch_size})")
@@ -612,9 +619,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
 
     dagger_tasks = list(cfg.dagger_tasks)
     if cfg.dagger_rounds and not dagger_tasks:
-        known = set(TASKS.ids())
-        dagger_tasks = [t for ds in mix.datasets for t in ds.manifest.get("tasks", [])
-                        if t in known and task_info(t).extra.get("expert", "none") != "none"]
+        dagger_tasks = [t for ds in mix.datasets for t in ds.manifest.get("tasks", []) if not _unlabellable(t)]
         if not dagger_tasks:
             raise PretrainError("--dagger-rounds: no task in the data has a scripted expert; name tasks with --dagger-task")
     total = cfg.total_steps()
