@@ -97,7 +97,18 @@ def test_bench_over_a_sweep_evaluates_every_checkpoint(world):
     assert law["n"] == 4 and law["model"] == "linear" and law["predictor"] == "forward_kl" and law["states"] == "target"
     assert set(law["fits"]) == {"proportional", "linear", "quadratic"}
     assert {p["policy"] for p in law["points"]} == {r["key"] for r in rows if r["update"] > 0}
+    (m,) = res["matched"]  # one pair of methods
+    assert m["methods"] == ["ppo", "sft"]
+    if "a" in m:  # target success within 5 points: A's forgetting minus B's, paired over the battery
+        assert m["a"].startswith("ppo_") and m["b"].startswith("sft_")
+        assert abs(m["a_target_success"] - m["b_target_success"]) <= 0.05
+        assert m["forgetting_difference"] == pytest.approx(m["a_forgetting"] - m["b_forgetting"])
+        lo, hi = m["forgetting_difference_ci"]
+        assert lo <= m["forgetting_difference"] <= hi
+    else:
+        assert "within 5 points" in m["reason"]
     report = open(tmp / "b" / "report.md").read()
+    assert "## Forgetting at matched target success" in report
     assert "## Checkpoints" in report and "ppo_lr1e-4_b8_s0" in report and "## Forgetting law" in report
     assert json.load(open(tmp / "b" / "results.json"))["checkpoints"] == json.loads(json.dumps(rows))
     if "skipped" not in res["plots"]:

@@ -118,3 +118,24 @@ def test_report_links_the_plots():
     assert "| ppo_lr1e-4_b8_s0 | ppo | 0 |" in text and "(primary)" in text and "R²" in text
     res["plots"] = {"skipped": "plots need matplotlib"}
     assert "Plots skipped: plots need matplotlib" in "\n".join(checkpoint_section(res))
+
+
+def test_matched_pairs_pick_the_highest_pair_within_the_tolerance():
+    pts = [
+        {"policy": "sft@1", "method": "sft", "target_success": 0.10},
+        {"policy": "sft@2", "method": "sft", "target_success": 0.40},
+        {"policy": "sft@3", "method": "sft", "target_success": 0.60},
+        {"policy": "ppo@1", "method": "ppo", "target_success": 0.12},
+        {"policy": "ppo@2", "method": "ppo", "target_success": 0.36},   # 4 points from sft@2: the highest match
+        {"policy": "ppo@3", "method": "ppo", "target_success": 0.50},   # 10 points from both neighbours: no match
+        {"policy": "isft@1", "method": "iterative-sft", "target_success": 0.90},
+        {"policy": "base", "method": None, "target_success": 0.06},      # no method: never matched
+    ]
+    got = {tuple(m["methods"]): m for m in law.matched_pairs(pts)}
+    assert set(got) == {("iterative-sft", "ppo"), ("iterative-sft", "sft"), ("ppo", "sft")}
+    assert got[("ppo", "sft")]["a"] == "ppo@2" and got[("ppo", "sft")]["b"] == "sft@2"
+    assert got[("ppo", "sft")]["target_difference"] == pytest.approx(-0.04)
+    assert "a" not in got[("iterative-sft", "ppo")] and "within 5 points" in got[("iterative-sft", "ppo")]["reason"]
+    # a wider tolerance admits the higher pair
+    wide = {tuple(m["methods"]): m for m in law.matched_pairs(pts, tolerance=0.10)}
+    assert (wide[("ppo", "sft")]["a"], wide[("ppo", "sft")]["b"]) == ("ppo@3", "sft@3")

@@ -530,7 +530,33 @@ def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, 
         "wall_s": round(wall_s, 1),
         **extra,
         "law": _law(law_points),
+        "matched": _matched(law_points, at_end, battery_tasks),
     }
+
+
+def _num_or_none(x: Any) -> Any:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+def _matched(points: List[Dict[str, Any]], at_end, battery_tasks: List[str]) -> List[Dict[str, Any]]:
+    """Per pair of methods, forgetting at matched target success (law.matched_pairs), with the difference's interval.
+
+    ``forgetting_difference`` is A's forgetting minus B's, i.e. B's battery success minus A's, with the
+    interval of a paired comparison over the battery tasks (per-task Newcombe, as forgetting's own).
+    """
+    rows = {p["policy"]: p for p in points}
+    out = []
+    for m in law.matched_pairs(points):
+        if "a" in m:
+            a, b = rows[m["a"]], rows[m["b"]]
+            d = metrics.forgetting(at_end.get(m["b"], {}), at_end.get(m["a"], {}), battery_tasks)
+            m = {**m, **{f"{side}_{k}": r.get(k) for side, r in (("a", a), ("b", b))
+                         for k in ("target_success", "forgetting", "forgetting_ci", "forward_kl")},
+                 "forgetting_difference": _num_or_none(d["value"]),
+                 "forgetting_difference_ci": [_num_or_none(d["ci_low"]), _num_or_none(d["ci_high"])],
+                 "tolerance": law.MATCH_TOLERANCE}
+        out.append(m)
+    return out
 
 
 def _law(points: List[Dict[str, Any]]) -> Dict[str, Any]:

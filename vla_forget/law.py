@@ -163,3 +163,39 @@ def pareto_frontier(points: Sequence[Tuple[float, float]]) -> List[int]:
         if not dominated:
             keep.append(i)
     return sorted(keep, key=lambda i: (points[i][0], -points[i][1]))
+
+
+#: two checkpoints are at "matched" target success when their rates differ by at most this much
+MATCH_TOLERANCE = 0.05
+
+
+def matched_pairs(points: Sequence[Dict[str, Any]], tolerance: float = MATCH_TOLERANCE) -> List[Dict[str, Any]]:
+    """For each pair of methods, the two checkpoints (one of each) to compare at matched target success.
+
+    ``points`` are dicts with ``policy``, ``method`` and ``target_success``. Among the pairs whose target
+    success differs by at most ``tolerance``, the one with the highest mean target success is chosen
+    (the comparison the experiment asks for: what each method forgets for the same gain), then the closer
+    pair, then the policy names. A method pair with no such checkpoints gets ``reason`` instead.
+    Returns ``[{methods: [A, B], a: policy of A, b: policy of B, target_difference: A - B}]``,
+    methods in sorted order.
+    """
+    by_method: Dict[str, List[Dict[str, Any]]] = {}
+    for p in points:
+        if p.get("method") and _finite(p.get("target_success")):
+            by_method.setdefault(p["method"], []).append(p)
+    names = sorted(by_method)
+    out: List[Dict[str, Any]] = []
+    for i, ma in enumerate(names):
+        for mb in names[i + 1:]:
+            cands = [(a, b) for a in by_method[ma] for b in by_method[mb]
+                     if abs(a["target_success"] - b["target_success"]) <= tolerance + 1e-12]
+            if not cands:
+                out.append({"methods": [ma, mb], "reason": f"no checkpoints within {100 * tolerance:.0f} points of "
+                                                            "target success of each other"})
+                continue
+            a, b = max(cands, key=lambda ab: (ab[0]["target_success"] + ab[1]["target_success"],
+                                              -abs(ab[0]["target_success"] - ab[1]["target_success"]),
+                                              ab[0]["policy"], ab[1]["policy"]))
+            out.append({"methods": [ma, mb], "a": a["policy"], "b": b["policy"],
+                        "target_difference": a["target_success"] - b["target_success"]})
+    return out

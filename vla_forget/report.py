@@ -141,6 +141,29 @@ def checkpoint_section(results: Dict[str, Any]) -> List[str]:
         if alt:
             L += ["", f"Other predictors, {law['model']} fit: " + "; ".join(
                 f"{k} R² = {_num(v.get('r2'), '{:.3f}')} (n={v.get('n')})" for k, v in alt.items()) + "."]
+    matched = results.get("matched") or []
+    if matched:
+        L += ["", "## Forgetting at matched target success", "",
+              f"Per pair of methods, the checkpoints whose target success differs by at most "
+              f"{100 * matched[0].get('tolerance', 0.05):.0f} points, the highest such pair. The difference is A's "
+              "forgetting minus B's (B's battery success minus A's), its 95 % interval paired over the battery tasks; "
+              "an interval that contains 0 does not resolve the two methods.", "",
+              "| A | B | target % (A / B) | forgetting A (pp) | forgetting B (pp) | A − B (pp, 95 %) | forward KL (A / B) |",
+              "|---|---|---|---|---|---|---|"]
+        for m in matched:
+            ma, mb = m["methods"]
+            if "a" not in m:
+                L.append(f"| {ma} | {mb} | {m.get('reason', '')} | | | | |")
+                continue
+
+            def pp(x):
+                return _num(None if x is None else 100 * x, "{:+.1f}")
+
+            lo, hi = m.get("forgetting_difference_ci") or [None, None]
+            L.append(f"| {ma}: `{m['a']}` | {mb}: `{m['b']}` | {_pct(m.get('a_target_success'))} / "
+                     f"{_pct(m.get('b_target_success'))} | {pp(m.get('a_forgetting'))} | {pp(m.get('b_forgetting'))} | "
+                     f"{pp(m.get('forgetting_difference'))} [{pp(lo)}, {pp(hi)}] | "
+                     f"{_num(m.get('a_forward_kl'), '{:.2f}')} / {_num(m.get('b_forward_kl'), '{:.2f}')} |")
     plots = results.get("plots") or {}
     if plots.get("skipped"):
         L += ["", f"Plots skipped: {plots['skipped']}."]
