@@ -62,7 +62,7 @@ def quiet(*_):
 
 
 def test_shipped_sweeps_validate():
-    assert {"forgetting-v1", "forgetting-v2", "smoke-v1"} <= set(available("sweeps"))
+    assert {"forgetting-v1", "forgetting-v2", "forgetting-cpu-v1", "smoke-v1"} <= set(available("sweeps"))
     assert load_sweep("forgetting-v1").base == "small-vla-base-v4"
     spec = load_sweep("forgetting-v2")
     assert set(spec.methods) == {"ppo", "sft", "iterative-sft"} and spec.base == "small-vla-base-v5"
@@ -133,6 +133,25 @@ def test_expansion_names_and_commands(tmp_path):
     assert a[a.index("--batch-size") + 1] == "8" and "--minibatch-size" not in a
     assert format_lr(3e-4) == "3e-4" and format_lr(2.5e-5) == "2.5e-5" and format_lr(1.0) == "1e0"
     assert option_args({"a_b": [1, 2], "c": None, "d": False, "e": True}) == ["--a-b", "1", "--a-b", "2", "--no-d", "--e"]
+
+
+def test_a_method_can_have_its_own_lr_and_batch_axes(tmp_path):
+    spec = load_sweep(write(tmp_path, SPEC.replace("sft: {data: [d/a, d/b], updates: 4}",
+                                                   "sft: {data: [d/a, d/b], updates: 4}\n  ppo: {lr: 1.0e-5, batch_size: [16, 64]}")))
+    names = [r.name for r in expand(spec)]
+    # ppo: its own lr (one value) and batch sizes; sft keeps the grid's two lrs and batch 8
+    assert names == ["ppo_lr1e-5_b16_s0", "ppo_lr1e-5_b16_s1", "ppo_lr1e-5_b64_s0", "ppo_lr1e-5_b64_s1",
+                     "sft_lr1e-4_b8_s0", "sft_lr1e-4_b8_s1", "sft_lr3e-4_b8_s0", "sft_lr3e-4_b8_s1"]
+    ppo = expand(spec)[2]
+    a = ppo.argv("S/runs/x")
+    assert a[a.index("--lr") + 1] == "1e-05" and a[a.index("--minibatch-size") + 1] == "64"
+    assert "batch_size" not in ppo.params and "--batch-size" not in a
+    bad = write(tmp_path, SPEC.replace("sft: {data: [d/a, d/b], updates: 4}", "sft: {lr: [-1], batch_size: 0}"), "bad.yaml")
+    with pytest.raises(SpecError) as e:
+        validate(bad)
+    errs = "\n".join(e.value.errors)
+    assert "method_options.sft.lr[0]: must be a positive number, got -1" in errs
+    assert "method_options.sft.batch_size[0]: must be an integer >= 1, got 0" in errs
 
 
 def test_dry_run_prints_commands_and_writes_nothing(tmp_path, capsys):

@@ -18,7 +18,12 @@ A sweep spec (``benchmarks/sweeps/NAME-vN.yaml``, or any YAML path)::
       workers: 1                #   key -> --key (underscores become dashes); true -> --key,
       data: [data/a, data/b]    #   false -> --no-key; a list repeats the option; null leaves it out
     method_options:             # optional: per method, added to (and overriding) options,
-      sft: {data: data/place-cube-on-target, updates: 400}   # updates and save_every too
+      sft: {data: data/place-cube-on-target, updates: 400}   # updates and save_every too,
+      ppo: {lr: [1.0e-5], batch_size: [64]}   # and the lr and batch_size axes (a list, or one value)
+
+A method's ``lr`` or ``batch_size`` in ``method_options`` replaces that grid
+axis for the method alone: on-policy RL usually needs a smaller learning rate
+than SFT, and the grid would otherwise run every method at every rate.
 
 The ``batch_size`` axis is the number of samples per optimiser step: ``adapt
 --batch-size`` for the supervised methods and ``--minibatch-size`` for ppo and
@@ -65,6 +70,7 @@ BATCH_OPTION = {"ppo": "minibatch_size", "grpo": "minibatch_size"}
 RESERVED_OPTIONS = {"method", "lr", "batch_size", "minibatch_size", "seed", "base", "task", "updates", "save_every",
                     "out", "resume"}
 PER_METHOD = {"updates", "save_every"}  # fixed options that method_options may override
+METHOD_AXES = ("lr", "batch_size")  # grid axes that method_options may replace for one method
 #: adapt options that a resumed run may change (more updates: finished runs continue)
 VOLATILE_PARAMS = {"updates", "save_every", "progress", "threads", "workers", "device"}
 OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -91,6 +97,8 @@ class SweepSpec:
     save_every: Optional[int] = None
     options: Dict[str, Any] = field(default_factory=dict)
     method_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    method_axes: Dict[str, Dict[str, List]] = field(default_factory=dict)
+    """per method, the grid axes (lr, batch_size) that replace the grid's for it"""
     description: str = ""
     source: str = ""
 
@@ -247,6 +255,7 @@ def parse_sweep(data: Dict[str, Any], source: str = "<sweep>") -> SweepSpec:
             seeds = _number_list(grid["seed"], "grid.seed", errors, kind=int, minimum=0)
     options = _options(data.get("options"), "options", errors)
     method_options: Dict[str, Dict[str, Any]] = {}
+    method_axes: Dict[str, Dict[str, List]] = {}
     mo = data.get("method_options")
     if mo is not None:
         if not isinstance(mo, dict):
@@ -256,11 +265,22 @@ def parse_sweep(data: Dict[str, Any], source: str = "<sweep>") -> SweepSpec:
                 if m not in methods:
                     errors.append(f"method_options.{m}: not a method of the grid ({', '.join(methods) or 'none'})")
                     continue
+                if isinstance(opts, dict):
+                    opts = dict(opts)
+                    axes = {}
+                    for axis in METHOD_AXES:
+                        if axis in opts:
+                            v = opts.pop(axis)
+                            axes[axis] = _number_list(v if isinstance(v, list) else [v], f"method_options.{m}.{axis}",
+                                                      errors, kind=float if axis == "lr" else int, minimum=0 if axis == "lr" else 1,
+                                                      positive=axis == "lr")
+                    if axes:
+                        method_axes[m] = axes
                 method_options[m] = _options(opts, f"method_options.{m}", errors, RESERVED_OPTIONS - PER_METHOD)
     if errors:
         raise SpecError(source, errors)
     return SweepSpec(id_, version, base, task, updates, methods, lrs, batches, seeds, every, options, method_options,
-                     str(data.get("description", "")), source)
+                     method_axes, str(data.get("description", "")), source)
 
 
 def load_sweep(ref: str) -> SweepSpec:
@@ -307,9 +327,13 @@ def option_args(options: Dict[str, Any]) -> List[str]:
 
 
 def expand(spec: SweepSpec) -> List[RunPlan]:
-    """The runs of the grid, in method, lr, batch size, seed order."""
+    """The runs of the grid, in method, lr, batch size, seed order (a method's own axes where it has them)."""
     runs = []
-    for method, lr, batch, seed in itertools.product(spec.methods, spec.lrs, spec.batch_sizes, spec.seeds):
+    combos = [(method, lr, batch, seed) for method in spec.methods
+              for lr, batch, seed in itertools.product(spec.method_axes.get(method, {}).get("lr", spec.lrs),
+                                                       spec.method_axes.get(method, {}).get("batch_size", spec.batch_sizes),
+                                                       spec.seeds)]
+    for method, lr, batch, seed in combos:
         params: Dict[str, Any] = {"method": method, "base": spec.base, "task": spec.task, "lr": lr,
                                   BATCH_OPTION.get(method, "batch_size"): batch, "seed": seed,
                                   "updates": spec.updates, "save_every": spec.save_every, "progress": False}
