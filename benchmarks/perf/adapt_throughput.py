@@ -33,6 +33,8 @@ import time
 
 import numpy as np
 
+from vla_forget.jsonio import write_json
+
 TASK = "PlaceCubeOnTarget-v1"
 BASE = "small-vla-base-v4"
 
@@ -145,8 +147,7 @@ def main(argv=None) -> int:
     for r in result["sft"]:
         print(f"sft: {r['samples_per_s']} samples/s ({r['device']}, {r['threads']} threads, batch {r['batch_size']})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result, indent=2)
     return 0
 
 

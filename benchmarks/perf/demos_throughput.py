@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 
+from vla_forget.jsonio import write_json
+
 
 def _size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
@@ -63,8 +65,7 @@ def main(argv=None) -> int:
         res["speedup"] = round(runs[-1]["demos_per_min"] / runs[0]["demos_per_min"], 2)
     print(json.dumps(res, indent=2))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+        write_json(args.json, res, indent=2)
     return 0
 
 

@@ -12,11 +12,12 @@ logits; this measures states per second of each, side by side.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import torch
+
+from vla_forget.jsonio import write_json
 
 
 def synthetic_obs(n: int, image_size: int, state_dim: int = 16, seed: int = 0):
@@ -88,8 +89,7 @@ def main(argv=None) -> int:
     print(f"autoregressive (7 passes) {res['autoregressive']:8.1f} states/s   speed-up {res['speedup']:.2f}x "
           f"({args.threads} thread(s), {args.states} states, forward KL {kl:.3f})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+        write_json(args.json, res, indent=2)
     return 0
 
 

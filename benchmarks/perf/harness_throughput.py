@@ -17,13 +17,14 @@ Measured side by side in one run (these machines are noisy):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 
 import torch
+
+from vla_forget.jsonio import write_json
 
 
 def measure_overhead(task: str, steps: int, image_size: int) -> dict:
@@ -111,8 +112,7 @@ def main(argv=None) -> int:
     print(f"2 vs 1 workers: {s['steady_speedup']:.2f}x in steady state (target >= 1.7x on 2 cores), "
           f"{s['speedup']:.2f}x end to end; 1-min load average {s['load_average']:.2f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+        write_json(args.json, res, indent=2)
     return 0
 
 

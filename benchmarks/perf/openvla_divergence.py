@@ -16,12 +16,13 @@ estimated for OpenVLA-7B from its FLOPs per state and a GPU's peak.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 
 import torch
+
+from vla_forget.jsonio import write_json
 
 # --- OpenVLA-7B, for the ceiling estimate -------------------------------------------------------------
 #: Llama-2-7B (the LLM), DINOv2 ViT-L/14 and SigLIP So400m/14 at 224 px (the fused vision backbone)
@@ -140,8 +141,7 @@ def main(argv=None) -> int:
               f"{ceiling / 7:5.0f} with 7 passes per state (at 100% of peak; 40-60% is typical: "
               f"{0.4 * ceiling:.0f}-{0.6 * ceiling:.0f} states/s)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+        write_json(args.json, res, indent=2)
     return 0
 
 

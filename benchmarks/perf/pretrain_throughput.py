@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from vla_forget.jsonio import write_json
+
 
 def _episodes(n: int, T: int, size: int, state_dim: int, width: int = 0):
     rng = np.random.default_rng(0)
@@ -105,8 +107,7 @@ def main(argv=None) -> int:
     for cams, rate in result["sampler_samples_per_s"].items():
         print(f"sampler alone ({cams}): {rate} samples/s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result, indent=2)
     return 0
 
 

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 
+from vla_forget.jsonio import write_json
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = ["small_vla_latency.py", "divergence_speed.py", "harness_throughput.py", "demos_throughput.py", "pretrain_throughput.py",
               "adapt_throughput.py", "openvla_divergence.py"]
@@ -56,8 +58,7 @@ def main(argv=None) -> int:
             results[name[:-3]] = {"error": f"exit code {proc.returncode}"}
         os.remove(path)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(args.out, results, indent=2)
     print(f"figures written to {args.out}")
     return 0
 

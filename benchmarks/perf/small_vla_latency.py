@@ -16,7 +16,6 @@ views side by side (``[B, S, 2S, 3]``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,7 @@ import time
 
 import torch
 
+from vla_forget.jsonio import write_json
 from vla_forget.policies.base import Observation
 from vla_forget.policies.small_vla import SmallVLA
 
@@ -102,26 +102,25 @@ def main(argv=None) -> int:
     print(f"target: sample_tokens B=8 <= {TARGET_SAMPLE_B8_MS:.0f} ms ({args.cameras[0]}): {'met' if ok else 'NOT met'}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "benchmark": "small_vla_latency",
-                    "parameters": n_params,
-                    "threads": 1,
-                    "image_size": args.image_size,
-                    "torch": torch.__version__,
-                    "machine": platform.machine(),
-                    "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(),
-                    "load_average_1min": load,
-                    "target_sample_b8_ms": TARGET_SAMPLE_B8_MS,
-                    "target_met": ok,
-                    "parameters_per_model": sizes,
-                    "results": rows,
-                },
-                f,
-                indent=2,
-            )
+        write_json(
+            args.json,
+            {
+                "benchmark": "small_vla_latency",
+                "parameters": n_params,
+                "threads": 1,
+                "image_size": args.image_size,
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+                "processor": platform.processor(),
+                "cpu_count": os.cpu_count(),
+                "load_average_1min": load,
+                "target_sample_b8_ms": TARGET_SAMPLE_B8_MS,
+                "target_met": ok,
+                "parameters_per_model": sizes,
+                "results": rows,
+            },
+            indent=2,
+        )
     return 0
 
 

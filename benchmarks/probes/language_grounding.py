@@ -25,11 +25,12 @@ reads the second half. The episodes are the dataset's last ``--episodes``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
 import torch
+
+from vla_forget.jsonio import write_json
 
 
 def probe(policy, ds, words, pattern: str, phase: str, steps: int, episodes: int) -> dict:
@@ -93,8 +94,7 @@ def main(argv=None) -> int:
           f"{res['xy_cross_entropy_true']} with the true word, {res['xy_cross_entropy_swapped']} swapped; "
           f"expected x/y action moves {res['xy_expected_action_shift']}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+        write_json(args.json, res, indent=2)
     return 0
 
 
