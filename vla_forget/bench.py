@@ -535,6 +535,7 @@ def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, 
 
 
 def _num_or_none(x: Any) -> Any:
+    """NaN (an undefined rate or difference) as None, for JSON."""
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
@@ -571,20 +572,17 @@ def _law(points: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 def _policy_row(p: str, at_end, battery_mean, forgetting, gain, kl, target_task) -> Dict[str, Any]:
     """The numbers of one policy that the checkpoints table, the law and the plots use."""
-    def num(x):
-        return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
-
     t = at_end.get(p, {}).get(target_task) if target_task else None
     k = kl.get(p) or {}
     battery_kl = ((k.get("detail") or {}).get("battery") or {}).get("forward")
     f = forgetting.get(p) or {}
     return {
-        "target_success": num(t.rate) if t else None,
+        "target_success": _num_or_none(t.rate) if t else None,
         "target_n": t.n if t else 0,
-        "battery_success": num(battery_mean.get(p)),
-        "forgetting": num(f.get("value")),
-        "forgetting_ci": [num(f.get("ci_low")), num(f.get("ci_high"))] if f else None,
-        "gain": num((gain.get(p) or {}).get("value")),
+        "battery_success": _num_or_none(battery_mean.get(p)),
+        "forgetting": _num_or_none(f.get("value")),
+        "forgetting_ci": [_num_or_none(f.get("ci_low")), _num_or_none(f.get("ci_high"))] if f else None,
+        "gain": _num_or_none((gain.get(p) or {}).get("value")),
         "forward_kl": k.get("forward"),
         "reverse_kl": k.get("reverse"),
         "tv": k.get("tv"),

@@ -150,15 +150,14 @@ def checkpoint_section(results: Dict[str, Any]) -> List[str]:
               "an interval that contains 0 does not resolve the two methods.", "",
               "| A | B | target % (A / B) | forgetting A (pp) | forgetting B (pp) | A − B (pp, 95 %) | forward KL (A / B) |",
               "|---|---|---|---|---|---|---|"]
+        def pp(x):
+            return _num(None if x is None else 100 * x, "{:+.1f}")
+
         for m in matched:
             ma, mb = m["methods"]
             if "a" not in m:
                 L.append(f"| {ma} | {mb} | {m.get('reason', '')} | | | | |")
                 continue
-
-            def pp(x):
-                return _num(None if x is None else 100 * x, "{:+.1f}")
-
             lo, hi = m.get("forgetting_difference_ci") or [None, None]
             L.append(f"| {ma}: `{m['a']}` | {mb}: `{m['b']}` | {_pct(m.get('a_target_success'))} / "
                      f"{_pct(m.get('b_target_success'))} | {pp(m.get('a_forgetting'))} | {pp(m.get('b_forgetting'))} | "

@@ -70,7 +70,10 @@ BATCH_OPTION = {"ppo": "minibatch_size", "grpo": "minibatch_size"}
 RESERVED_OPTIONS = {"method", "lr", "batch_size", "minibatch_size", "seed", "base", "task", "updates", "save_every",
                     "out", "resume"}
 PER_METHOD = {"updates", "save_every"}  # fixed options that method_options may override
-METHOD_AXES = ("lr", "batch_size")  # grid axes that method_options may replace for one method
+#: the numeric grid axes: how their values are checked (method_options may replace lr and batch_size for one method)
+AXIS_CHECKS = {"lr": dict(kind=float, minimum=0.0, positive=True), "batch_size": dict(kind=int, minimum=1),
+               "seed": dict(kind=int, minimum=0)}
+METHOD_AXES = ("lr", "batch_size")
 #: adapt options that a resumed run may change (more updates: finished runs continue)
 VOLATILE_PARAMS = {"updates", "save_every", "progress", "threads", "workers", "device"}
 OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -248,11 +251,11 @@ def parse_sweep(data: Dict[str, Any], source: str = "<sweep>") -> SweepSpec:
                 if len(set(m)) != len(m):
                     errors.append("grid.method: contains duplicates")
         if "lr" in grid:
-            lrs = _number_list(grid["lr"], "grid.lr", errors, kind=float, minimum=0.0, positive=True)
+            lrs = _number_list(grid["lr"], "grid.lr", errors, **AXIS_CHECKS["lr"])
         if "batch_size" in grid:
-            batches = _number_list(grid["batch_size"], "grid.batch_size", errors, kind=int, minimum=1)
+            batches = _number_list(grid["batch_size"], "grid.batch_size", errors, **AXIS_CHECKS["batch_size"])
         if "seed" in grid:
-            seeds = _number_list(grid["seed"], "grid.seed", errors, kind=int, minimum=0)
+            seeds = _number_list(grid["seed"], "grid.seed", errors, **AXIS_CHECKS["seed"])
     options = _options(data.get("options"), "options", errors)
     method_options: Dict[str, Dict[str, Any]] = {}
     method_axes: Dict[str, Dict[str, List]] = {}
@@ -267,13 +270,10 @@ def parse_sweep(data: Dict[str, Any], source: str = "<sweep>") -> SweepSpec:
                     continue
                 if isinstance(opts, dict):
                     opts = dict(opts)
-                    axes = {}
-                    for axis in METHOD_AXES:
-                        if axis in opts:
-                            v = opts.pop(axis)
-                            axes[axis] = _number_list(v if isinstance(v, list) else [v], f"method_options.{m}.{axis}",
-                                                      errors, kind=float if axis == "lr" else int, minimum=0 if axis == "lr" else 1,
-                                                      positive=axis == "lr")
+                    axes = {axis: opts.pop(axis) for axis in METHOD_AXES if axis in opts}
+                    for axis, v in axes.items():
+                        axes[axis] = _number_list(v if isinstance(v, list) else [v], f"method_options.{m}.{axis}",
+                                                  errors, **AXIS_CHECKS[axis])
                     if axes:
                         method_axes[m] = axes
                 method_options[m] = _options(opts, f"method_options.{m}", errors, RESERVED_OPTIONS - PER_METHOD)
@@ -328,11 +328,12 @@ def option_args(options: Dict[str, Any]) -> List[str]:
 
 def expand(spec: SweepSpec) -> List[RunPlan]:
     """The runs of the grid, in method, lr, batch size, seed order (a method's own axes where it has them)."""
+    combos = []
+    for method in spec.methods:
+        axes = spec.method_axes.get(method, {})
+        combos += [(method, *c) for c in itertools.product(axes.get("lr", spec.lrs), axes.get("batch_size", spec.batch_sizes),
+                                                           spec.seeds)]
     runs = []
-    combos = [(method, lr, batch, seed) for method in spec.methods
-              for lr, batch, seed in itertools.product(spec.method_axes.get(method, {}).get("lr", spec.lrs),
-                                                       spec.method_axes.get(method, {}).get("batch_size", spec.batch_sizes),
-                                                       spec.seeds)]
     for method, lr, batch, seed in combos:
         params: Dict[str, Any] = {"method": method, "base": spec.base, "task": spec.task, "lr": lr,
                                   BATCH_OPTION.get(method, "batch_size"): batch, "seed": seed,
