@@ -41,7 +41,7 @@ for slower learned policies; the harness runs every episode to that length.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import List, Optional
 
 from vla_forget.envs.base import TaskEnv, TaskInfo
 from vla_forget.registry import Registry, UnknownIdError
@@ -177,6 +177,24 @@ def task_info(task_id: str) -> TaskInfo:
         extra={"ms_id": entry.kwargs["ms_id"], "expert": entry.kwargs["expert"],
                **({"unnorm_key": m["unnorm_key"]} if "unnorm_key" in m else {})},
     )
+
+
+def task_instructions(task_id: str) -> List[str]:
+    """Every instruction a task can draw, in the order ``reset(seeds, instruction_index=k)`` takes them;
+    a task with one fixed instruction gives ``[instruction]``. Imports the task's simulator module."""
+    import importlib
+
+    entry = TASKS.get(task_id)
+    info = task_info(task_id)
+    if info.backend != "maniskill":
+        return [info.instruction]
+    module = entry.kwargs.get("ms_module")
+    if module:
+        importlib.import_module(module)
+    from mani_skill.utils.registration import REGISTERED_ENVS
+
+    fn = getattr(REGISTERED_ENVS[info.extra["ms_id"]].cls, "all_instructions", None)
+    return list(fn()) if fn is not None else [info.instruction]
 
 
 def task_unavailable_reason(task_id: str) -> Optional[str]:

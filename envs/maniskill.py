@@ -318,11 +318,17 @@ class ManiSkillTaskEnv(TaskEnv):
         self._instructions: List[str] = []
 
     # --- contract -----------------------------------------------------------
-    def reset(self, seeds: Sequence[int]) -> Observation:
+    def reset(self, seeds: Sequence[int], instruction_index: Optional[int] = None) -> Observation:
+        """``instruction_index``: the seed's scene with the task's instruction number ``k`` of
+        :meth:`all_instructions` (tasks that draw their instruction; the same ``k`` for every env)."""
         seeds = [int(s) for s in seeds]
         if len(seeds) != self.num_envs:
             raise ValueError(f"reset needs one seed per env: got {len(seeds)} seeds for {self.num_envs} envs")
-        obs, ms_info = self._env.reset(seed=seeds)
+        if instruction_index is None:
+            obs, ms_info = self._env.reset(seed=seeds)
+        else:
+            self.all_instructions()  # a task with one instruction raises here
+            obs, ms_info = self._env.reset(seed=seeds, options={"instruction_index": instruction_index})
         self._t = 0
         self._instructions = self._make_instructions()
         out = self._observation(obs, ms_info)
@@ -357,6 +363,14 @@ class ManiSkillTaskEnv(TaskEnv):
 
     def instructions(self) -> List[str]:
         return list(self._instructions)
+
+    def all_instructions(self) -> List[str]:
+        """Every instruction the task can draw, in the order ``reset(..., instruction_index=k)`` takes them."""
+        fn = getattr(self._u, "all_instructions", None)
+        if fn is None:
+            raise ValueError(f"{self.info.id} has one instruction ({self.info.instruction!r}): "
+                             f"there are no other instructions to choose from")
+        return list(fn())
 
     def close(self) -> None:
         if getattr(self, "_env", None) is not None:

@@ -102,6 +102,44 @@ def test_refusals_before_simulation(tmp_path, demo_run):
         demo_source("NoSuchTask-v1")
 
 
+def test_all_instructions_demonstrates_each_scene_under_every_instruction(tmp_path):
+    from vla_forget.datasets import open_dataset
+    from vla_forget.demos import DemoConfig, DemoError, collect_demos
+    from vla_forget.envs import task_instructions
+
+    task, names = "PlaceCubeOnTarget-v1", task_instructions("PlaceCubeOnTarget-v1")
+    out = tmp_path / "pairs"
+    env = dict(os.environ, VLA_FORGET_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "vla_forget.cli", "demos", "--task", task, "--episodes", "4", "--out", str(out),
+           "--image-size", "64", "--no-progress", "--workers", "0", "--all-instructions", "--seed-start", "5"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ds = open_dataset(str(out))
+    assert ds.num_episodes == 4 and ds.seeds == [5, 5, 5, 5] and ds.instructions == names[:4]
+    first = [ds.episode(i).image[0] for i in range(4)]
+    assert all(np.array_equal(first[0], f) for f in first[1:])  # one scene ...
+    assert len({ds.episode(i).action.tobytes() for i in range(4)}) == 4  # ... four demonstrations
+    m = json.loads((out / "dataset.json").read_text())
+    assert m["instruction_indices"] == [0, 1, 2, 3]
+    # interrupted after the second: resume redoes only the missing ones, and goes on into the next seed
+    raw = out / "raw"
+    lines = (raw / "attempts.jsonl").read_text().splitlines()
+    (raw / "attempts.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    os.remove(raw / f"{task}__seed00005__i2.npz")
+    os.remove(raw / f"{task}__seed00005__i3.npz")
+    proc = subprocess.run([*cmd[:7], "11", *cmd[8:], "--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = [(json.loads(x)["seed"], json.loads(x)["instruction_index"]) for x in (raw / "attempts.jsonl").read_text().splitlines()]
+    assert done == [(5, k) for k in range(9)] + [(6, 0), (6, 1)]
+    ds = open_dataset(str(out))
+    assert ds.seeds == [5] * 9 + [6, 6] and ds.instructions == names + names[:2]
+    # a collection of single demonstrations is not resumed as pairs, and a one-instruction task has no pairs
+    with pytest.raises(DemoError, match="all_instructions: True -> False"):
+        collect_demos(DemoConfig(task=task, episodes=2, out=str(out), image_size=64, progress=False), resume=True)
+    with pytest.raises(DemoError, match="one instruction"):
+        collect_demos(DemoConfig(task=TASK, episodes=2, out=str(tmp_path / "y"), all_instructions=True, progress=False))
+
+
 def test_cli_help_has_examples():
     from vla_forget.cli import build_parser
 

@@ -120,6 +120,34 @@ def test_language_grounded_tasks_vary_the_instruction():
         assert len(seen) >= 3, (tid, seen)
 
 
+def test_a_scene_can_be_reset_with_each_of_its_instructions():
+    import torch
+
+    from vla_forget.envs import make_task_env, task_instructions
+
+    assert task_instructions("PickCube-v1") == [task_info("PickCube-v1").instruction]
+    for tid, n in (("StackColorCube-v1", 6), ("PlaceCubeOnTarget-v1", 9)):
+        names = task_instructions(tid)
+        assert len(names) == n == len(set(names)), names
+        with make_task_env(tid, image_size=64, privileged=True) as e:
+            assert e.all_instructions() == names
+            own = e.reset([11])
+            goals = set()
+            for k in range(n):
+                other = e.reset([11], instruction_index=k)
+                assert other.instruction == [names[k]] == e.instructions()
+                # the same scene: same pixels and robot; only the words (and so the goal) differ
+                assert torch.equal(own.image, other.image) and torch.equal(own.state, other.state)
+                goals.add(tuple(other.privileged["goal_pos"].flatten().tolist()))
+            assert len(goals) >= 3, goals
+            assert e.reset([11]).instruction == own.instruction  # the option does not stick
+            with pytest.raises(ValueError, match=f"0..{n - 1}"):
+                e.reset([11], instruction_index=n)
+    with make_task_env("PickCube-v1", render_images=False) as e:
+        with pytest.raises(ValueError, match="one instruction"):
+            e.reset([0], instruction_index=0)
+
+
 def test_cpu_parallel_envs_are_refused():
     import torch
 

@@ -129,6 +129,7 @@ examples:
   vla-forget demos --task PullCube-v1 --episodes 2 --out data/pull_small --image-size 64
   vla-forget demos --task PickCube-v1 --episodes 200 --out data/pick_cube --resume
   vla-forget demos --task PickCube-v1 --episodes 150 --out data/pick_cube_wrist --wrist-camera --workers 2
+  vla-forget demos --task PlaceCubeOnTarget-v1 --episodes 540 --all-instructions --out data/target_pairs --wrist-camera --workers 2
 
 Seeds SEED_START, SEED_START+1, ... are tried until EPISODES of them succeed;
 failed episodes are dropped and the kept fraction is reported. Training seeds
@@ -158,6 +159,10 @@ def _demos_parser(sub) -> None:
                    help="end an episode after this many consecutive successful steps (default 5; 0 = full length)")
     p.add_argument("--max-attempts", type=int, help="seeds to try at most (default 3 x EPISODES + 10)")
     p.add_argument("--name", help="dataset name and unnorm_key (default from the task: PickCube-v1 -> pick_cube_v1)")
+    p.add_argument("--all-instructions", action="store_true",
+                   help="demonstrate each seed's scene once per instruction the task can give (9 for "
+                        "PlaceCubeOnTarget-v1, 6 for StackColorCube-v1): pairs that differ only in the words, so a "
+                        "policy cannot tell their actions apart without reading them; EPISODES counts demonstrations")
     p.add_argument("--resume", action="store_true", help="continue the collection in OUT, redoing no finished episode")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -168,7 +173,7 @@ def cmd_demos(args) -> int:
     cfg = DemoConfig(task=args.task, episodes=args.episodes, out=args.out, workers=args.workers,
                      seed_start=args.seed_start, image_size=args.image_size, success_hold=args.success_hold,
                      wrist_camera=args.wrist_camera, expert=args.expert, max_attempts=args.max_attempts, name=args.name,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, all_instructions=args.all_instructions)
     s = collect_demos(cfg, resume=args.resume)
     rate = f", {s['demos_per_min']} demos/min" if s["demos_per_min"] else ""
     print(f"{s['task']}: {s['episodes']} demonstrations by {s['source']}, kept {s['episodes']}/{s['attempts']} "

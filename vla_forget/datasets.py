@@ -259,6 +259,8 @@ def write_dataset(
             meta["tasks"].append(str(ep["task"]))
             meta["terminal"].append(bool(ep.get("is_terminal", False)))
             key = f"{ep['task']}__{int(ep['seed']):06d}"
+            if ep.get("instruction_index") is not None:  # the same scene under each instruction
+                key += f"__i{int(ep['instruction_index'])}"
             yield key, {"steps": steps, "episode_metadata": {"seed": int(ep["seed"]), "task": str(ep["task"]),
                                                              "source": str(ep.get("source", ""))}}
 

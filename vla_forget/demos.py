@@ -24,6 +24,19 @@ dataset holds the first ``episodes`` successful seeds — the same dataset
 whatever the number of workers. Training seeds must stay below
 ``TRAIN_SEED_LIMIT`` (100000): evaluation seeds start there.
 
+Instruction pairs (``--all-instructions``)
+------------------------------------------
+A task that draws its instruction per seed (StackColorCube, PlaceCubeOnTarget)
+gives one instruction per scene, so a policy trained on it can predict the
+demonstrated motion from the scene alone: with a few hundred scenes it can
+memorise where each one's motion goes instead of reading the words. With
+``all_instructions`` every seed's scene is demonstrated once per instruction
+the task can give (9 for PlaceCubeOnTarget): the same images up to the first
+step where the words matter, and different actions after it, so only the words
+can tell the demonstrations apart. ``episodes`` then counts demonstrations
+(seed-major: seed s with instructions 0..K-1, then seed s + 1, ...), and episode
+files are named ``TASK__seedS__iK.npz``.
+
 Run folder (``--out DIR``)::
 
     DIR/raw/config.json          what defines the collection (a resumed run must match it)
@@ -42,7 +55,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -95,6 +108,8 @@ class DemoConfig:
     """dataset name and unnorm_key (default: from the task id, PickCube-v1 -> pick_cube_v1)"""
     progress: bool = True
     """show a progress bar"""
+    all_instructions: bool = False
+    """demonstrate each seed's scene once per instruction the task can give (pairs that differ only in the words)"""
 
     def attempts_cap(self) -> int:
         return int(self.max_attempts) if self.max_attempts is not None else 3 * int(self.episodes) + 10
@@ -130,6 +145,7 @@ class DemoJob:
     success_hold: int
     raw_dir: str
     wrist_camera: bool = False
+    instruction_index: Optional[int] = None
 
 
 class _Recorder:
@@ -173,7 +189,7 @@ def _expert_episode(env, job: DemoJob, rec: _Recorder) -> str:
     from vla_forget.rollout import _get_policy
 
     policy = _get_policy(job.source, "cpu")
-    obs = env.reset([job.seed])
+    obs = env.reset([job.seed], instruction_index=job.instruction_index)
     policy.reset(1)
     for _ in range(env.info.max_episode_steps):
         obs, _ = _step(env, rec, obs, policy.act(obs, greedy=True))
@@ -262,8 +278,29 @@ def _planner_episode(env, job: DemoJob, rec: _Recorder) -> str:
     return obs.instruction[0]
 
 
-def episode_path(raw_dir: str, task: str, seed: int) -> str:
-    return os.path.join(raw_dir, f"{task}__seed{int(seed):05d}.npz")
+#: an episode's key: its seed and, with --all-instructions, the instruction's index (else None)
+Key = Tuple[int, Optional[int]]
+
+
+def episode_path(raw_dir: str, task: str, seed: int, instruction_index: Optional[int] = None) -> str:
+    suffix = "" if instruction_index is None else f"__i{int(instruction_index)}"
+    return os.path.join(raw_dir, f"{task}__seed{int(seed):05d}{suffix}.npz")
+
+
+def _key(record: Dict[str, Any]) -> Key:
+    k = record.get("instruction_index")
+    return int(record["seed"]), (None if k is None else int(k))
+
+
+def _parse_episode_name(name: str, prefix: str) -> Optional[Key]:
+    """``TASK__seed00012.npz`` -> (12, None), ``TASK__seed00012__i3.npz`` -> (12, 3); other names -> None."""
+    if not name.startswith(prefix) or not name.endswith(".npz") or name.endswith(".tmp.npz"):
+        return None
+    seed, _, index = name[len(prefix):-4].partition("__i")
+    try:
+        return int(seed), (int(index) if index else None)
+    except ValueError:
+        return None
 
 
 def collect_episode(job: DemoJob) -> Dict[str, Any]:
@@ -282,12 +319,13 @@ def collect_episode(job: DemoJob) -> Dict[str, Any]:
     success = bool(T and rec.success[-1])
     solved = bool(job.success_hold and rec.held() >= job.success_hold)
     record = {
-        "task": job.task, "seed": int(job.seed), "source": job.source, "instruction": instruction,
-        "success": success, "success_once": bool(any(rec.success)), "steps": T,
+        "task": job.task, "seed": int(job.seed),
+        **({} if job.instruction_index is None else {"instruction_index": int(job.instruction_index)}),
+        "source": job.source, "instruction": instruction, "success": success, "success_once": bool(any(rec.success)), "steps": T,
         "horizon": int(env.info.max_episode_steps), "wall_s": round(time.perf_counter() - t0, 3),
     }
     if success:
-        path = episode_path(job.raw_dir, job.task, job.seed)
+        path = episode_path(job.raw_dir, job.task, job.seed, job.instruction_index)
         tmp = path + ".tmp.npz"
         np.savez_compressed(
             tmp, image=np.stack(rec.image), state=np.stack(rec.state), action=np.stack(rec.action),
@@ -301,9 +339,10 @@ def collect_episode(job: DemoJob) -> Dict[str, Any]:
 # --------------------------------------------------------------------------
 # the run
 
-def _read_attempts(raw_dir: str, task: str) -> Dict[int, Dict[str, Any]]:
-    """Attempted seeds -> records; successes whose episode file is missing are dropped (redone)."""
-    out: Dict[int, Dict[str, Any]] = {}
+def _read_attempts(raw_dir: str, task: str) -> Dict[Key, Dict[str, Any]]:
+    """Attempted episodes (seed, instruction index) -> records; successes whose episode file is missing are
+    dropped (redone)."""
+    out: Dict[Key, Dict[str, Any]] = {}
     path = os.path.join(raw_dir, ATTEMPTS)
     if os.path.exists(path):
         with open(path) as f:
@@ -312,19 +351,18 @@ def _read_attempts(raw_dir: str, task: str) -> Dict[int, Dict[str, Any]]:
                     r = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn last line (killed mid-write)
-                out[int(r["seed"])] = r
-    for s in [s for s, r in out.items() if r["success"] and not os.path.exists(episode_path(raw_dir, task, s))]:
-        del out[s]
+                out[_key(r)] = r
+    for k in [k for k, r in out.items() if r["success"] and not os.path.exists(episode_path(raw_dir, task, *k))]:
+        del out[k]
     prefix = f"{task}__seed"
     for fn in os.listdir(raw_dir) if os.path.isdir(raw_dir) else []:
-        if fn.startswith(prefix) and fn.endswith(".npz") and not fn.endswith(".tmp.npz"):
-            seed = int(fn[len(prefix):-4])
-            if seed not in out:  # written, but the run stopped before logging it
-                try:
-                    with np.load(os.path.join(raw_dir, fn)) as z:
-                        out[seed] = json.loads(str(z["record"]))
-                except Exception:
-                    os.remove(os.path.join(raw_dir, fn))  # unreadable: redo it
+        key = _parse_episode_name(fn, prefix)
+        if key is not None and key not in out:  # written, but the run stopped before logging it
+            try:
+                with np.load(os.path.join(raw_dir, fn)) as z:
+                    out[key] = json.loads(str(z["record"]))
+            except Exception:
+                os.remove(os.path.join(raw_dir, fn))  # unreadable: redo it
     return out
 
 
@@ -339,6 +377,7 @@ def _check_config(raw_dir: str, cfg: DemoConfig, source: str, resume: bool) -> N
             have = json.load(f)
         have.setdefault("wrist_camera", False)  # collections from before the wrist camera have none
         have.setdefault("expert", "expert-v1")  # ... and from before expert-v2: expert-v1 made them
+        have.setdefault("all_instructions", False)  # ... and from before instruction pairs
         diff = [f"{k}: {have.get(k)!r} -> {v!r}" for k, v in want.items() if have.get(k) != v]
         if diff:
             hint = f" (resume it with --expert {have['expert']})" if have.get("expert") != want.get("expert") else ""
@@ -357,8 +396,23 @@ def _progress(total: int, initial: int, enabled: bool):
                 file=sys.stderr)
 
 
-def _kept(attempts: Dict[int, Dict[str, Any]], seeds: List[int]) -> List[int]:
-    return [s for s in seeds if s in attempts and attempts[s]["success"]]
+def _kept(attempts: Dict[Key, Dict[str, Any]], keys: List[Key]) -> List[Key]:
+    return [k for k in keys if k in attempts and attempts[k]["success"]]
+
+
+def _candidates(cfg: DemoConfig) -> List[Key]:
+    """The episodes to try, in order: seeds from ``seed_start``, each once per instruction with
+    ``all_instructions``; ``attempts_cap`` of them."""
+    from vla_forget.envs import task_instructions
+
+    cap = cfg.attempts_cap()
+    if not cfg.all_instructions:
+        return [(s, None) for s in range(cfg.seed_start, cfg.seed_start + cap)]
+    n = len(task_instructions(cfg.task))
+    if n < 2:
+        raise DemoError(f"--all-instructions: {cfg.task} has one instruction "
+                        f"({task_instructions(cfg.task)[0]!r}); it needs a task that draws its instruction per seed")
+    return [(cfg.seed_start + i // n, i % n) for i in range(cap)]
 
 
 def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
@@ -370,13 +424,13 @@ def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
     source = demo_source(cfg.task, cfg.expert)
     if cfg.episodes < 1:
         raise DemoError(f"--episodes must be >= 1, got {cfg.episodes}")
-    if cfg.seed_start < 0 or cfg.seed_start + cfg.attempts_cap() > TRAIN_SEED_LIMIT:
-        raise DemoError(f"seeds {cfg.seed_start}..{cfg.seed_start + cfg.attempts_cap() - 1} reach the evaluation seeds: "
+    candidates = _candidates(cfg)
+    if cfg.seed_start < 0 or candidates[-1][0] >= TRAIN_SEED_LIMIT:
+        raise DemoError(f"seeds {cfg.seed_start}..{candidates[-1][0]} reach the evaluation seeds: "
                         f"training seeds must be in 0..{TRAIN_SEED_LIMIT - 1} (lower --seed-start or --max-attempts)")
     raw_dir = os.path.join(cfg.out, RAW)
     _check_config(raw_dir, cfg, source, resume)
     attempts = _read_attempts(raw_dir, cfg.task)
-    candidates = list(range(cfg.seed_start, cfg.seed_start + cfg.attempts_cap()))
     log_path = os.path.join(raw_dir, ATTEMPTS)
     bar = _progress(cfg.episodes, min(cfg.episodes, len(_kept(attempts, candidates))), cfg.progress)
     t0 = time.perf_counter()
@@ -385,15 +439,15 @@ def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
     def finish(r: Dict[str, Any]) -> None:
         with open(log_path, "a") as f:
             f.write(json.dumps(r) + "\n")
-        attempts[int(r["seed"])] = r
+        attempts[_key(r)] = r
         ran.append(r)
         if r["success"] and bar.n < bar.total:
             bar.update(1)
         tried = [s for s in candidates if s in attempts]
         bar.set_postfix_str(f"kept {len(_kept(attempts, candidates))}/{len(tried)}", refresh=False)
 
-    todo = (DemoJob(cfg.task, s, source, cfg.image_size, cfg.success_hold, raw_dir, cfg.wrist_camera)
-            for s in candidates if s not in attempts)
+    todo = (DemoJob(cfg.task, s, source, cfg.image_size, cfg.success_hold, raw_dir, cfg.wrist_camera, k)
+            for s, k in candidates if (s, k) not in attempts)
     need = lambda pending: cfg.episodes - len(_kept(attempts, candidates)) - pending  # noqa: E731
     try:
         rollout.run_parallel(collect_episode, todo, cfg.workers, finish, more=lambda n_pending: need(n_pending) > 0)
@@ -403,20 +457,23 @@ def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
 
     tried = [s for s in candidates if s in attempts]
     kept = _kept(attempts, candidates)[: cfg.episodes]
-    last = kept[-1] if len(kept) == cfg.episodes else (tried[-1] if tried else cfg.seed_start)
-    considered = [s for s in tried if s <= last]
+    last = kept[-1] if len(kept) == cfg.episodes else (tried[-1] if tried else candidates[0])
+    order = {k: i for i, k in enumerate(candidates)}
+    considered = [k for k in tried if order[k] <= order[last]]
     kept_fraction = len(_kept(attempts, considered)) / max(1, len(considered))
     summary: Dict[str, Any] = {
         "task": cfg.task, "source": source, "episodes": len(kept), "wanted": cfg.episodes,
         "attempts": len(considered), "kept_fraction": round(kept_fraction, 4),
-        "seeds": kept, "ran": len(ran), "wall_s": round(wall, 2),
+        "seeds": [s for s, _ in kept], "ran": len(ran), "wall_s": round(wall, 2),
         "demos_per_min": round(60.0 * sum(r["success"] for r in ran) / wall, 2) if ran and wall > 0 else None,
         "mean_steps": round(float(np.mean([attempts[s]["steps"] for s in kept])), 1) if kept else None,
         "horizon": int(info.max_episode_steps),
     }
+    if cfg.all_instructions:
+        summary["instruction_indices"] = [k for _, k in kept]
     if not kept:
         raise DemoError(f"{cfg.task}: no successful demonstration in {len(tried)} attempts (seeds "
-                        f"{cfg.seed_start}..{cfg.seed_start + len(tried) - 1}); nothing to write")
+                        f"{cfg.seed_start}..{tried[-1][0] if tried else cfg.seed_start}); nothing to write")
     if len(kept) < cfg.episodes:
         print(f"vla-forget demos: only {len(kept)} of {cfg.episodes} demonstrations succeeded in "
               f"{cfg.attempts_cap()} attempts; writing those (raise --max-attempts for more)", file=sys.stderr)
@@ -424,29 +481,31 @@ def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
     return summary
 
 
-def _episodes(raw_dir: str, task: str, seeds: List[int]) -> Iterator[Dict[str, Any]]:
-    for s in seeds:
-        with np.load(episode_path(raw_dir, task, s)) as z:
+def _episodes(raw_dir: str, task: str, keys: List[Key]) -> Iterator[Dict[str, Any]]:
+    for s, k in keys:
+        with np.load(episode_path(raw_dir, task, s, k)) as z:
             rec = json.loads(str(z["record"]))
             yield dict(image=z["image"], state=z["state"], action=z["action"], reward=z["reward"],
                        is_terminal=bool(z["is_terminal"]), instruction=rec["instruction"], seed=s, task=task,
-                       source=rec["source"])
+                       source=rec["source"], **({} if k is None else {"instruction_index": k}))
 
 
-def build_dataset(cfg: DemoConfig, source: str, seeds: List[int], summary: Dict[str, Any]) -> str:
-    """(Re)write the RLDS dataset in ``cfg.out`` from the saved episodes of ``seeds``; returns its name."""
+def build_dataset(cfg: DemoConfig, source: str, keys: List[Key], summary: Dict[str, Any]) -> str:
+    """(Re)write the RLDS dataset in ``cfg.out`` from the saved episodes ``keys``; returns its name."""
     from vla_forget import datasets
     from vla_forget.versions import software_versions
 
     name = cfg.name or datasets.dataset_name(cfg.task)
     raw_dir = os.path.join(cfg.out, RAW)
     mpath = os.path.join(cfg.out, datasets.MANIFEST)
+    indices = [k for _, k in keys] if cfg.all_instructions else None
     if os.path.exists(mpath):
         with open(mpath) as f:
             old = json.load(f)
-        if old.get("seeds") == seeds and old.get("name") == name:
+        if (old.get("seeds") == [s for s, _ in keys] and old.get("instruction_indices") == indices
+                and old.get("name") == name):
             return name  # already written (a resumed run with nothing new)
-    with np.load(episode_path(raw_dir, cfg.task, seeds[0])) as z:
+    with np.load(episode_path(raw_dir, cfg.task, *keys[0])) as z:
         image_shape, state_dim = tuple(z["image"].shape[1:]), int(z["state"].shape[1])
     extra = {
         "source": source,
@@ -456,9 +515,10 @@ def build_dataset(cfg: DemoConfig, source: str, seeds: List[int], summary: Dict[
         "image_size": cfg.image_size,
         "cameras": ["front", "wrist"] if cfg.wrist_camera else ["front"],
         "software": software_versions(),
+        **({"instruction_indices": indices} if indices is not None else {}),
     }
     datasets.write_dataset(
-        cfg.out, _episodes(raw_dir, cfg.task, seeds), name=name, image_shape=image_shape, state_dim=state_dim,
+        cfg.out, _episodes(raw_dir, cfg.task, keys), name=name, image_shape=image_shape, state_dim=state_dim,
         description=f"vla-forget demonstrations of {cfg.task} by {source}", manifest_extra=extra,
     )
     return name

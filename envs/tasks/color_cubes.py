@@ -13,7 +13,7 @@ Only primitives built with actor builders are used: nothing to download.
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import numpy as np
 import sapien
@@ -116,6 +116,9 @@ class _ColorCubesEnv(BaseEnv):
             xy = np.stack([_sample_separated(rng, n_obj, self.min_dist) for rng in rngs.rngs])  # [b, n_obj, 2]
             yaw = np.stack([rng.uniform(0, 2 * np.pi, size=len(self.cubes)) for rng in rngs.rngs])  # [b, 3]
             choice = np.stack([self._choose(rng) for rng in rngs.rngs])  # [b, 2]
+            if options.get("instruction_index") is not None:
+                # the same scene (positions and yaws from the seed) with another of the task's instructions
+                choice[:] = self.instruction_choices()[self._instruction_index(options["instruction_index"])]
             xy_t = torch.as_tensor(xy, dtype=torch.float32)
             for i, cube in enumerate(self.cubes):
                 p = torch.zeros((b, 3))
@@ -137,11 +140,28 @@ class _ColorCubesEnv(BaseEnv):
             for k, e in enumerate(env_idx.tolist()):
                 self.instructions[e] = self._instruction(int(choice[k, 0]), int(choice[k, 1]))
 
+    @classmethod
+    def instruction_choices(cls) -> List[Tuple[int, int]]:
+        """Every (named cube, other object) pair the task can draw, in a fixed order; reset with
+        ``options={"instruction_index": k}`` names pair ``k`` in the seed's scene."""
+        raise NotImplementedError
+
+    @classmethod
+    def all_instructions(cls) -> List[str]:
+        return [cls._instruction(i, j) for i, j in cls.instruction_choices()]
+
+    def _instruction_index(self, k) -> int:
+        n = len(self.instruction_choices())
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) < n:
+            raise ValueError(f"instruction_index must be an integer in 0..{n - 1}, got {k!r}")
+        return int(k)
+
     # --- per task ------------------------------------------------------
     def _choose(self, rng: np.random.RandomState) -> np.ndarray:
         raise NotImplementedError
 
-    def _instruction(self, i: int, j: int) -> str:
+    @classmethod
+    def _instruction(cls, i: int, j: int) -> str:
         raise NotImplementedError
 
     # --- helpers -------------------------------------------------------
@@ -208,8 +228,15 @@ class StackColorCubeEnv(_ColorCubesEnv):
     def _choose(self, rng):
         return rng.permutation(len(CUBE_COLORS))[:2]
 
-    def _instruction(self, i, j):
-        return f"stack the {self.cube_names[i]} cube on the {self.cube_names[j]} cube"
+    @classmethod
+    def instruction_choices(cls):
+        n = len(CUBE_COLORS)
+        return [(i, j) for i in range(n) for j in range(n) if i != j]
+
+    @classmethod
+    def _instruction(cls, i, j):
+        names = list(CUBE_COLORS)
+        return f"stack the {names[i]} cube on the {names[j]} cube"
 
     def goal_pos(self):
         base = self._pick(self._stack_p(self.cubes), self.other_idx)
@@ -252,8 +279,13 @@ class PlaceCubeOnTargetEnv(_ColorCubesEnv):
     def _choose(self, rng):
         return np.array([rng.randint(len(CUBE_COLORS)), rng.randint(self.n_targets)])
 
-    def _instruction(self, i, j):
-        return f"put the {self.cube_names[i]} cube on the {self.target_names[j]} target"
+    @classmethod
+    def instruction_choices(cls):
+        return [(i, j) for i in range(len(CUBE_COLORS)) for j in range(cls.n_targets)]
+
+    @classmethod
+    def _instruction(cls, i, j):
+        return f"put the {list(CUBE_COLORS)[i]} cube on the {list(TARGET_COLORS)[j]} target"
 
     def goal_pos(self):
         t = self._pick(self._stack_p(self.targets), self.other_idx).clone()
