@@ -265,6 +265,27 @@ def test_writer_checks_its_input(tmp_path):
         write(tmp_path / "bad2", synthetic_episodes(1), name="Bad-Name")
 
 
+def test_a_dataset_larger_than_tfds_memory_buffer_is_written_without_tensorflow(tmp_path, monkeypatch):
+    """tfds spills its shuffle buffer to disk through TensorFlow past 1 GB; the writer keeps it in memory."""
+    from tensorflow_datasets.core import shuffle
+
+    import vla_forget.datasets as d
+
+    try:
+        import tensorflow  # noqa: F401
+        pytest.skip("TensorFlow is installed: tfds can spill to disk, nothing to check")
+    except ImportError:
+        pass
+    eps = synthetic_episodes(4)
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1000)  # as if the examples were past tfds's 1 GB
+    write(tmp_path / "ok", eps)  # the writer's own limit (half the memory) applies while it writes
+    assert open_dataset(str(tmp_path / "ok")).num_episodes == 4 and shuffle.MAX_MEM_BUFFER_SIZE == 1000
+    monkeypatch.setattr(d, "_memory_buffer_bytes", lambda: 1000)  # and past the writer's own limit: a clear error
+    with pytest.raises(DatasetError, match="tensorflow-cpu.*several datasets"):
+        write(tmp_path / "big", eps)
+    assert not (tmp_path / "big" / "rlds.tmp").exists()
+
+
 def test_dataset_names():
     assert dataset_name("PickCube-v1") == "pick_cube_v1"
     assert dataset_name("PlaceCubeOnTarget-v1") == "place_cube_on_target_v1"

@@ -212,6 +212,32 @@ def dataset_statistics(actions: np.ndarray, states: Optional[np.ndarray], num_tr
     return entry
 
 
+def _memory_buffer_bytes() -> int:
+    """How many bytes of serialised examples the writer keeps in memory: half the machine's memory (at
+    least tfds's own 1 GiB), since without TensorFlow tfds cannot spill its shuffle buffer to disk."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 0
+    return max(1000 << 20, total // 2)
+
+
+@contextlib.contextmanager
+def _memory_shuffle_buffer(tfds):
+    """Raise tfds's in-memory buffer while writing (restored after): its disk spill needs TensorFlow."""
+    try:
+        from tensorflow_datasets.core import shuffle
+    except ImportError:  # another tfds layout: keep its default
+        yield
+        return
+    old = shuffle.MAX_MEM_BUFFER_SIZE
+    shuffle.MAX_MEM_BUFFER_SIZE = max(old, _memory_buffer_bytes())
+    try:
+        yield
+    finally:
+        shuffle.MAX_MEM_BUFFER_SIZE = old
+
+
 def write_dataset(
     out: str,
     episodes: Iterable[Dict[str, Any]],
@@ -270,13 +296,20 @@ def write_dataset(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         builder = builder_cls(data_dir=tmp, file_format=file_format)
-        with contextlib.redirect_stdout(io.StringIO()):  # tfds prints "Downloading and preparing ..."
+        with contextlib.redirect_stdout(io.StringIO()), _memory_shuffle_buffer(tfds):  # tfds prints "Downloading ..."
             builder.download_and_prepare(download_dir=os.path.join(tmp, "downloads"))
     except DatasetError:
         raise
     except Exception as e:
         if file_format == "tfrecord" and "tensorflow" in str(e).lower():
             raise DatasetError("file_format='tfrecord' needs TensorFlow; array_record does not") from e
+        if isinstance(e, ImportError) and "tensorflow" in str(e).lower():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise DatasetError(
+                f"the examples of {out} outgrew the writer's in-memory buffer "
+                f"({_memory_buffer_bytes() >> 20} MiB), and spilling to disk needs TensorFlow: install it "
+                f"(pip install tensorflow-cpu), or write the data as several datasets (e.g. demos with another "
+                f"--seed-start and --out) and give each to --data; the raw episodes are kept") from e
         raise
     if not meta["seeds"]:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,7 +19,9 @@ the x and y tokens (the directions that a wrong object would change):
         --data data/v5/PlaceCubeOnTarget --words yellow purple white --pattern "the {} target" --phase second
 
 ``--phase first`` reads the first ``--steps`` steps of each episode; ``second``
-reads the second half. The episodes are the dataset's last ``--episodes``.
+reads the second half; ``carry`` reads the steps that carry the held object
+sideways (gripper closed, the x or y action beyond 0.3): the steps where only
+the destination's name says which way to go. The episodes are the dataset's last ``--episodes``.
 """
 
 from __future__ import annotations
@@ -49,13 +51,20 @@ def probe(policy, ds, words, pattern: str, phase: str, steps: int, episodes: int
         other = [w for w in words if w != word][e % (len(words) - 1)]
         swapped = ep.instruction.replace(pattern.format(word), pattern.format(other))
         T = len(ep.action)
-        lo, hi = (0, min(steps, T)) if phase == "first" else (T // 2, T)
-        img = torch.from_numpy(np.asarray(ep.image[lo:hi]))
-        state = torch.from_numpy(np.asarray(ep.state[lo:hi])).float()
-        labels = torch.from_numpy(policy.tokenizer.encode(np.asarray(ep.action[lo:hi]))).long()
+        action = np.asarray(ep.action)
+        if phase == "carry":  # the steps that carry the held object sideways: gripper closed, x or y beyond 0.3
+            sel = np.flatnonzero((action[:, 6] < 0) & (np.abs(action[:, :2]).max(axis=1) > 0.3))
+            if not len(sel):
+                continue
+        else:
+            lo, hi = (0, min(steps, T)) if phase == "first" else (T // 2, T)
+            sel = np.arange(lo, hi)
+        img = torch.from_numpy(np.asarray(ep.image)[sel])
+        state = torch.from_numpy(np.asarray(ep.state)[sel]).float()
+        labels = torch.from_numpy(policy.tokenizer.encode(action[sel])).long()
         expected = {}
         for key, text in (("true", ep.instruction), ("swapped", swapped)):
-            obs = Observation(image=img, state=state, instruction=[text] * (hi - lo))
+            obs = Observation(image=img, state=state, instruction=[text] * len(sel))
             with torch.no_grad():
                 logp = torch.log_softmax(policy.action_logits(obs, labels).float(), -1)[:, :2]
             ce[key].append(-logp.gather(-1, labels[:, :2, None]).mean().item())
@@ -76,7 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="a dataset from `vla-forget demos`")
     ap.add_argument("--words", nargs="+", required=True, help="the interchangeable words (at least two)")
     ap.add_argument("--pattern", default="the {} cube", help="the phrase holding the word, {} for the word")
-    ap.add_argument("--phase", choices=["first", "second"], default="first", help="first --steps steps, or second half")
+    ap.add_argument("--phase", choices=["first", "second", "carry"], default="first",
+                    help="first --steps steps, the second half, or the carry steps (gripper closed, x or y beyond 0.3)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--episodes", type=int, default=16)
     ap.add_argument("--json", help="write the figures here")
