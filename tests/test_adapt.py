@@ -335,6 +335,13 @@ def test_resume_equals_an_uninterrupted_run(fake, base_dir, monkeypatch, method)
     assert [checkpoint_update(p) for p in list_checkpoints(part.out)] == [0, 2]
     with pytest.raises(AdaptError, match="--resume"):
         load_method(method)(part)
+    if method == "sft":  # a run that failed before its first checkpoint does not block the same --out
+        bad = config(fake, base_dir, method, out="bad", updates=2, save_every=1, lr=1e-3, **{**kw, "data": [str(base_dir)]})
+        with pytest.raises(Exception):
+            load_method(method)(bad)
+        assert os.path.exists(os.path.join(bad.out, "run.json")) and not list_checkpoints(bad.out)
+        load_method(method)(config(fake, base_dir, method, out="bad", updates=1, save_every=1, lr=1e-3, **kw))
+        assert [checkpoint_update(p) for p in list_checkpoints(bad.out)] == [0, 1]
     with pytest.raises(AdaptError, match="other settings"):
         load_method(method)(config(fake, base_dir, method, out="part", updates=4, save_every=2, lr=1e-3, **kw), resume=True)
     load_method(method)(part, resume=True)
