@@ -337,7 +337,7 @@ def test_resume_equals_an_uninterrupted_run(fake, base_dir, monkeypatch, method)
         load_method(method)(part)
     if method == "sft":  # a run that failed before its first checkpoint does not block the same --out
         bad = config(fake, base_dir, method, out="bad", updates=2, save_every=1, lr=1e-3, **{**kw, "data": [str(base_dir)]})
-        with pytest.raises(Exception):
+        with pytest.raises(AdaptError, match="--data"):
             load_method(method)(bad)
         assert os.path.exists(os.path.join(bad.out, "run.json")) and not list_checkpoints(bad.out)
         load_method(method)(config(fake, base_dir, method, out="bad", updates=1, save_every=1, lr=1e-3, **kw))

@@ -408,10 +408,11 @@ def _candidates(cfg: DemoConfig) -> List[Key]:
     cap = cfg.attempts_cap()
     if not cfg.all_instructions:
         return [(s, None) for s in range(cfg.seed_start, cfg.seed_start + cap)]
-    n = len(task_instructions(cfg.task))
+    names = task_instructions(cfg.task)
+    n = len(names)
     if n < 2:
         raise DemoError(f"--all-instructions: {cfg.task} has one instruction "
-                        f"({task_instructions(cfg.task)[0]!r}); it needs a task that draws its instruction per seed")
+                        f"({names[0]!r}); it needs a task that draws its instruction per seed")
     return [(cfg.seed_start + i // n, i % n) for i in range(cap)]
 
 

@@ -582,9 +582,9 @@ class Run:
         path = os.path.join(cfg.out, RUN_JSON)
         want = {"kind": "adapt", "method": cfg.method, "base": cfg.base, "task": self.task, "config": asdict(cfg),
                 "vla_forget_version": __version__}
-        if os.path.exists(path) and not resume and not list_checkpoints(cfg.out):
-            pass  # a run that stopped before its first checkpoint (e.g. bad --data): nothing to keep, start afresh
-        elif os.path.exists(path):
+        # a run.json without checkpoints is a run that stopped before its first one (bad --data, say):
+        # nothing to keep, so it starts afresh unless --resume asks to check its settings
+        if os.path.exists(path) and (resume or list_checkpoints(cfg.out)):
             if not resume:
                 raise AdaptError(f"{cfg.out} already holds an adaptation run: add --resume to continue it, or choose "
                                  "another --out")
