@@ -274,6 +274,59 @@ def test_method_runs_two_updates_and_changes_the_policy(fake, base_dir, method):
     assert os.path.isdir(os.path.join(cfg.out, "traces")) == (method in ("ppo", "reinforce", "grpo"))
 
 
+def test_transport_steps_are_the_sideways_carries():
+    from vla_forget.adapt.sft import transport_steps
+
+    a = np.zeros((6, 7), np.float32)
+    a[:, 6] = [1, -1, -1, -1, -1, 1]            # gripper: open, closed x4, open
+    a[:, 0] = [0.9, 0.9, 0.1, -0.5, 0.0, 0.0]   # x
+    a[:, 1] = [0.0, 0.0, 0.2, 0.0, -0.31, 0.9]  # y
+    assert transport_steps(a).tolist() == [1, 3, 4]  # closed and |x| or |y| > 0.3; step 0 and 5 are open
+
+
+def test_transport_fraction_draws_that_share_of_each_batch_from_the_carry(fake, base_dir):
+    from vla_forget.adapt.sft import TransportSampler, transport_steps
+    from vla_forget.pretrain import SplitSampler
+
+    path = demos(fake / "demos", n=4, T=6)
+    ds = open_dataset(path)
+    carry = transport_steps(ds.all_actions())
+    assert 0 < len(carry) < ds.num_steps
+    base = SplitSampler([ds], [1.0], [np.arange(ds.num_episodes)], load_policy(base_dir).tokenizer, np.random.default_rng(0))
+    sampler = TransportSampler(base, 0.75)
+    assert sampler.counts == (len(carry),)
+    for seed in range(3):
+        sampler.rng = np.random.default_rng(seed)
+        batch = sampler.sample(8)
+        assert len(batch["instruction"]) == 8 and batch["image"].shape[0] == 8 and batch["tokens"].shape == (8, 7)
+        assert len(transport_steps(batch["action"][:6])) == 6  # round(0.75 * 8) rows from the transport steps
+        again = TransportSampler(base, 0.75)
+        again.rng = np.random.default_rng(seed)
+        assert np.array_equal(again.sample(8)["tokens"], batch["tokens"])  # a function of the rng
+    # the run records the share and the transport steps it found, and trains
+    cfg = config(fake, base_dir, "sft", data=[path], transport_fraction=0.5)
+    load_method("sft")(cfg)
+    with open(os.path.join(cfg.out, "events.jsonl")) as f:
+        data = [json.loads(x) for x in f if '"data"' in x][0]
+    assert data["transport_steps"] == [len(carry)] and data["transport_fraction"] == 0.5
+    assert read_meta(list_checkpoints(cfg.out)[-1])["hparams"]["transport_fraction"] == 0.5
+    assert not same_weights(state(list_checkpoints(cfg.out)[-1]), state(base_dir))
+
+
+def test_transport_fraction_refusals(fake, base_dir, tmp_path):
+    with pytest.raises(AdaptError, match="--transport-fraction must be in"):
+        common.resolve(config(fake, base_dir, "sft", data=["x"], transport_fraction=1.0))
+    with pytest.raises(AdaptError, match="applies to sft and rl-trace-sft, not ppo"):
+        common.resolve(config(fake, base_dir, "ppo", transport_fraction=0.5))
+    still = tmp_path / "still"  # demonstrations that never carry anything sideways
+    write_dataset(str(still), iter([dict(image=np.zeros((4, H, H, 3), np.uint8), state=np.zeros((4, 16), np.float32),
+                                         action=np.zeros((4, 7), np.float32), instruction=f"do {TARGET} 0", seed=0,
+                                         task=TARGET)]),
+                  name="demo", image_shape=(H, H, 3), state_dim=16, action_dim=7)
+    with pytest.raises(AdaptError, match="the data has no transport steps"):
+        load_method("sft")(config(fake, base_dir, "sft", out="still-run", data=[str(still)], transport_fraction=0.5))
+
+
 def test_traces_reencode_to_the_sampled_tokens(tmp_path, base_dir):
     policy = SmallVLA.load(base_dir)
     traj, _ = _synthetic(policy, E=3, T=4)

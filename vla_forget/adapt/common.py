@@ -164,6 +164,10 @@ class AdaptConfig:
     """iterative-sft: optimiser steps on each round's successes"""
     augment_shift: int = 0
     """sft methods: random image shift in pixels (0: none)"""
+    transport_fraction: float = 0.0
+    """sft, rl-trace-sft: share of each batch drawn from the transport steps (gripper closed, x or y action
+    beyond 0.3: carrying a held object sideways, where only the instruction's destination says which way);
+    0: every step equally likely"""
 
 
 #: defaults that depend on the method (fields left None)
@@ -182,9 +186,9 @@ METHOD_HPARAMS: Dict[str, Tuple[str, ...]] = {
                               "norm_adv", "value_hidden", "value_lr"),
     "reinforce": ROLLOUT_HPARAMS + ("gamma", "normalize_returns", "ent_coef"),
     "grpo": ROLLOUT_HPARAMS + ("group_size", "epochs", "minibatch_size", "clip_coef", "ent_coef"),
-    "sft": ("data", "batch_size", "augment_shift"),
+    "sft": ("data", "batch_size", "augment_shift", "transport_fraction"),
     "iterative-sft": ROLLOUT_HPARAMS + ("batch_size", "sft_steps", "augment_shift"),
-    "rl-trace-sft": ("traces", "traces_until", "batch_size", "augment_shift"),
+    "rl-trace-sft": ("traces", "traces_until", "batch_size", "augment_shift", "transport_fraction"),
 }
 #: fields a resumed run may change
 VOLATILE = ("updates", "save_every", "out", "progress", "device", "threads", "workers")
@@ -222,6 +226,10 @@ def resolve(cfg: AdaptConfig) -> AdaptConfig:
             problems.append(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(cfg, name)})")
     if cfg.workers < 0 or cfg.sft_steps < 0 or cfg.augment_shift < 0 or cfg.lora_rank < 0:
         problems.append("--workers, --sft-steps, --augment-shift and --lora-rank must be >= 0")
+    if not 0 <= cfg.transport_fraction < 1:
+        problems.append(f"--transport-fraction must be in [0, 1) (got {cfg.transport_fraction})")
+    if cfg.transport_fraction and cfg.method not in ("sft", "rl-trace-sft"):
+        problems.append(f"--transport-fraction applies to sft and rl-trace-sft, not {cfg.method}")
     if not cfg.lr > 0:
         problems.append(f"--lr must be > 0 (got {cfg.lr})")
     if cfg.kl_coef < 0:
@@ -590,7 +598,9 @@ class Run:
                                  "another --out")
             with open(path) as f:
                 have = json.load(f)
-            old = have.get("config", {})
+            # a field added after the run was started counts with its default
+            old = {**{f.name: f.default for f in dataclasses.fields(AdaptConfig) if f.default is not dataclasses.MISSING},
+                   **have.get("config", {})}
             diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in want["config"].items()
                     if k not in VOLATILE and old.get(k) != v]
             if have.get("method") != cfg.method:
