@@ -327,6 +327,20 @@ def test_transport_fraction_refusals(fake, base_dir, tmp_path):
         load_method("sft")(config(fake, base_dir, "sft", out="still-run", data=[str(still)], transport_fraction=0.5))
 
 
+def test_a_run_started_before_a_new_option_resumes_with_its_default(fake, base_dir):
+    cfg = config(fake, base_dir, "sft", data=[demos(fake / "demos")], updates=1)
+    load_method("sft")(cfg)
+    path = os.path.join(cfg.out, "run.json")
+    with open(path) as f:
+        run = json.load(f)
+    del run["config"]["transport_fraction"]  # as written before the option existed
+    with open(path, "w") as f:
+        json.dump(run, f)
+    assert load_method("sft")(config(fake, base_dir, "sft", data=cfg.data, updates=2), resume=True)["updates"] == 2
+    with pytest.raises(AdaptError, match="transport_fraction: 0.0 -> 0.5"):
+        load_method("sft")(config(fake, base_dir, "sft", data=cfg.data, updates=3, transport_fraction=0.5), resume=True)
+
+
 def test_traces_reencode_to_the_sampled_tokens(tmp_path, base_dir):
     policy = SmallVLA.load(base_dir)
     traj, _ = _synthetic(policy, E=3, T=4)
