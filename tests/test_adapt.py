@@ -303,6 +303,11 @@ def test_transport_fraction_draws_that_share_of_each_batch_from_the_carry(fake, 
         again = TransportSampler(base, 0.75)
         again.rng = np.random.default_rng(seed)
         assert np.array_equal(again.sample(8)["tokens"], batch["tokens"])  # a function of the rng
+    sampler.rng = np.random.default_rng(0)
+    assert sampler.sample(1)["tokens"].shape == (1, 7)  # round(0.75) = 1: a whole batch of transport steps
+    small = TransportSampler(base, 0.05)
+    small.rng = np.random.default_rng(0)
+    assert small.sample(8)["tokens"].shape == (8, 7)  # round(0.4) = 0: all uniform
     # the run records the share and the transport steps it found, and trains
     cfg = config(fake, base_dir, "sft", data=[path], transport_fraction=0.5)
     load_method("sft")(cfg)

@@ -50,7 +50,9 @@ class TransportSampler:
         which, ep, st = [], [], []
         for k, ds in enumerate(base.datasets):
             e, s = ds.locate(transport_steps(ds.all_actions()))
-            which.append(np.full(len(e), k)), ep.append(e), st.append(s)
+            which.append(np.full(len(e), k))
+            ep.append(e)
+            st.append(s)
         self.which, self.ep, self.st = (np.concatenate(x).astype(np.int64) for x in (which, ep, st))
         if not len(self.ep):
             raise AdaptError(f"--transport-fraction {fraction}: the data has no transport steps (gripper closed and "
@@ -71,13 +73,13 @@ class TransportSampler:
 
     def sample(self, batch_size: int) -> Dict[str, Any]:
         n = int(round(batch_size * self.fraction))
+        if not n:  # a batch too small for the share: all uniform
+            return self.base.sample(batch_size)
         pick = self.base.rng.integers(0, len(self.ep), size=n)
         rows = gather(self.base.datasets, self.which[pick], self.ep[pick], self.st[pick], self.base.tokenizer)
         if n == batch_size:
             return rows
         rest = self.base.sample(batch_size - n)
-        if not n:
-            return rest
         return {k: (rows[k] + rest[k]) if isinstance(rows[k], list) else np.concatenate([rows[k], rest[k]]) for k in rest}
 
 
