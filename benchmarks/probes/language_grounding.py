@@ -36,6 +36,7 @@ from vla_forget.jsonio import write_json
 
 
 def probe(policy, ds, words, pattern: str, phase: str, steps: int, episodes: int) -> dict:
+    from vla_forget.adapt.sft import transport_steps
     from vla_forget.policies.base import Observation
 
     centres = torch.linspace(-1 + 1 / 256, 1 - 1 / 256, 256)
@@ -52,8 +53,8 @@ def probe(policy, ds, words, pattern: str, phase: str, steps: int, episodes: int
         swapped = ep.instruction.replace(pattern.format(word), pattern.format(other))
         T = len(ep.action)
         action = np.asarray(ep.action)
-        if phase == "carry":  # the steps that carry the held object sideways: gripper closed, x or y beyond 0.3
-            sel = np.flatnonzero((action[:, 6] < 0) & (np.abs(action[:, :2]).max(axis=1) > 0.3))
+        if phase == "carry":  # the steps that carry the held object sideways: SFT's transport steps
+            sel = transport_steps(action)
             if not len(sel):
                 continue
         else:

@@ -36,8 +36,7 @@ from vla_forget.jsonio import write_json
 
 TASK = "PlaceCubeOnTarget-v1"
 CLASSES = ["success", "on named disc, not let go", "on another disc", "carried, still in the air",
-           "carried, put down off every disc",
-           "moved another cube", "no grasp"]
+           "carried, put down off every disc", "moved another cube", "no grasp"]
 
 
 def classify(start: np.ndarray, end: np.ndarray, max_z: np.ndarray, discs: np.ndarray, named: int, disc: int,
