@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -258,3 +259,68 @@ def test_dagger_task_counts_plan_the_rollouts_and_bad_ones_are_refused(fixture, 
                          ("PushCube-v1", 51100), ("PushCube-v1", 51101), ("PushCube-v1", 51102)]
     assert success == {"PullCube-v1": 0.5, "PushCube-v1": 2 / 3} and logged[0]["episodes"] == 5
     assert open_dataset(path).num_episodes == 5
+
+
+def test_transport_fraction_draws_carry_steps_of_the_training_episodes_only(fixture):
+    from vla_forget.pretrain import TransportSampler, make_sampler, transport_steps
+
+    root, data, init = fixture
+    left, right = open_dataset(data[0]), open_dataset(data[1])
+    # "left" closes its gripper (-1) and moves x by about -0.5: carry steps; "right" keeps it open: none
+    assert len(transport_steps(left.all_actions())) > 0 and len(transport_steps(right.all_actions())) == 0
+    train = [np.array([0, 1, 2, 3, 4, 5]), np.arange(8)]
+    from vla_forget.datasets import mix_datasets
+
+    tokenizer = mix_datasets([(data[0], 1.0), (data[1], 1.0)], statistics="pooled", name="m").tokenizer
+    sampler = make_sampler([left, right], [1.0, 2.0], train, tokenizer, np.random.default_rng(0), 0.5)
+    assert isinstance(sampler, TransportSampler)
+    assert set(sampler.ep.tolist()) <= set(train[0].tolist())  # held-out episodes 6 and 7 never drawn
+    assert sampler.counts == (len(transport_steps(np.concatenate([left.episode(i).action for i in train[0]]))), 0)
+    batch = sampler.sample(16)
+    assert len(transport_steps(batch["action"][:8])) == 8  # half the batch: carry steps
+    assert isinstance(make_sampler([left, right], [1.0, 2.0], train, tokenizer, np.random.default_rng(0), 0.0),
+                      type(sampler.base))
+    with pytest.raises(PretrainError, match="no transport steps"):
+        make_sampler([right], [1.0], [np.arange(8)], tokenizer, np.random.default_rng(0), 0.5)
+
+
+def test_transport_fraction_run_records_it_and_old_runs_resume_without_it(fixture):
+    root, data, init = fixture
+    with pytest.raises(PretrainError, match="--transport-fraction must be in"):
+        pretrain(_cfg(root, data, init, "tr-bad", transport_fraction=1.0))
+    cfg = _cfg(root, data, init, "tr", steps=20, save_every=10, transport_fraction=0.5)
+    pretrain(cfg, stop_at=10)
+    start = _metrics(cfg.out)[0]
+    assert start["transport_fraction"] == 0.5 and start["transport_steps"][0] > 0 and start["transport_steps"][1] == 0
+    pretrain(cfg, resume=True)
+    assert [os.path.basename(p) for p in checkpoint_dirs(cfg.out)] == ["ckpt-000010", "ckpt-000020"]
+    plain = _cfg(root, data, init, "tr-old", steps=20, save_every=10)
+    pretrain(plain, stop_at=10)
+    path = os.path.join(plain.out, "config.json")
+    with open(path) as f:
+        old = json.load(f)
+    del old["transport_fraction"]  # a run from before the option
+    with open(path, "w") as f:
+        json.dump(old, f)
+    pretrain(plain, resume=True)
+    assert os.path.basename(checkpoint_dirs(plain.out)[-1]) == "ckpt-000020"
+    with pytest.raises(PretrainError, match="transport_fraction"):
+        pretrain(_cfg(root, data, init, "tr-old", steps=20, save_every=10, transport_fraction=0.5), resume=True)
+
+
+def test_keep_statistics_trains_on_with_the_initial_policys_tokenizer(fixture, tmp_path):
+    root, data, init = fixture
+    first = dataclasses.replace(_cfg(root, data, init, "keep-first", steps=10, save_every=10), data=[data[0]])
+    start = SmallVLA.load(pretrain(first)["checkpoint"])  # statistics pooled over "left" alone
+    with pytest.raises(PretrainError, match="no action statistics to keep"):
+        pretrain(_cfg(root, data, init, "keep-random", keep_statistics=True))
+    # data whose pooled statistics would differ ("right" added); the kept ones are the start's
+    start_path = os.path.join(first.out, "ckpt-000010")
+    cfg = _cfg(root, data, start_path, "keep", steps=10, save_every=10, keep_statistics=True, name="other")
+    s = pretrain(cfg)
+    after = SmallVLA.load(s["checkpoint"])
+    assert after.unnorm_key == start.unnorm_key == "pretrain_mix" and after.dataset_statistics == start.dataset_statistics
+    assert torch.equal(after.state_mean, start.state_mean) and torch.equal(after.state_std, start.state_std)
+    assert _metrics(cfg.out)[0]["unnorm_key"] == "pretrain_mix"
+    pooled = SmallVLA.load(pretrain(_cfg(root, data, start_path, "pooled", steps=10, save_every=10))["checkpoint"])
+    assert pooled.dataset_statistics != start.dataset_statistics  # without the option: pooled over both

@@ -192,6 +192,8 @@ examples:
   vla-forget pretrain --data data/pick_cube --data data/stack_cube --out runs/dagger \\
       --steps 2000 --dagger-rounds 2 --dagger-steps 1000 --dagger-episodes 10
   vla-forget pretrain --data data/pick_cube --out runs/gpu --device cuda --batch-size 256 --threads 8
+  vla-forget pretrain --init small-vla-base-v5 --keep-statistics --data data/stack_color_cube \
+      --data data/place_cube --out runs/carry --steps 4000 --transport-fraction 0.3
 
 Behaviour cloning of the small VLA: cross-entropy on the 7 action tokens
 (teacher-forced), actions tokenised with statistics pooled over all --data.
@@ -219,6 +221,10 @@ def _pretrain_parser(sub) -> None:
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help=f"linear warm-up steps (default {d.warmup_steps})")
     p.add_argument("--augment-shift", type=int, default=d.augment_shift,
                    help=f"random image shift in pixels (default {d.augment_shift}; 0 = none)")
+    p.add_argument("--transport-fraction", type=float, default=d.transport_fraction, metavar="F",
+                   help="share of each batch drawn from the transport steps (gripper closed, x or y action beyond "
+                        "0.3: the carry steps where only the instruction's destination says which way to go), over "
+                        "all datasets; the rest by --data weights (default 0: by weights alone)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help=f"episodes held out for validation (default {d.val_fraction})")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help=f"validate every N steps (default {d.eval_every})")
@@ -229,6 +235,10 @@ def _pretrain_parser(sub) -> None:
     p.add_argument("--init", default=d.init, help=f"starting policy id or SmallVLA checkpoint (default {d.init})")
     p.add_argument("--dropout", type=float, help="override the model's dropout")
     p.add_argument("--name", default=d.name, help=f"unnorm_key of the pooled statistics (default {d.name})")
+    p.add_argument("--keep-statistics", action="store_true",
+                   help="keep the --init policy's action and state statistics instead of pooling new ones over "
+                        "--data (continued training, e.g. with DAgger datasets added, then tokenises actions exactly "
+                        "as the initial policy does)")
     p.add_argument("--device", default=d.device, help="cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default 1)")
     p.add_argument("--dagger-rounds", type=int, default=d.dagger_rounds,
@@ -262,8 +272,8 @@ def cmd_pretrain(args) -> int:
         device=args.device, threads=args.threads, dagger_rounds=args.dagger_rounds, dagger_steps=args.dagger_steps,
         dagger_episodes=args.dagger_episodes, dagger_tasks=list(args.dagger_tasks or []),
         dagger_weight=args.dagger_weight, dagger_workers=args.dagger_workers, dagger_expert=args.dagger_expert,
-        dagger_success_hold=args.dagger_success_hold,
-        progress=not args.no_progress,
+        dagger_success_hold=args.dagger_success_hold, transport_fraction=args.transport_fraction,
+        keep_statistics=args.keep_statistics, progress=not args.no_progress,
     )
     try:
         s = pretrain(cfg, resume=args.resume)

@@ -630,8 +630,12 @@ class RLDSDataset:
         )
 
     def all_actions(self) -> np.ndarray:
-        """Every action ``[num_steps, 7]`` (one pass over the episodes)."""
-        return np.concatenate([self.episode(i).action for i in range(self.num_episodes)])
+        """Every action ``[num_steps, 7]`` (read-only; one pass over the episodes the first time, then kept)."""
+        if getattr(self, "_all_actions", None) is None:
+            acts = np.concatenate([self.episode(i).action for i in range(self.num_episodes)])
+            acts.flags.writeable = False
+            self._all_actions = acts
+        return self._all_actions
 
     def locate(self, flat: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Flat step indices -> (episode, step)."""

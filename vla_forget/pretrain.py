@@ -110,6 +110,8 @@ class PretrainConfig:
     """clip the gradient's global norm to this (0: no clipping)"""
     augment_shift: int = 4
     """random image shift in pixels (pad by replication, crop back; 0: none)"""
+    transport_fraction: float = 0.0
+    """share of each batch drawn from the transport steps of the training episodes (TransportSampler; 0: none)"""
     val_fraction: float = 0.1
     """fraction of each dataset's episodes held out for validation (at least one when a dataset has two or more)"""
     val_steps: int = 256
@@ -130,6 +132,10 @@ class PretrainConfig:
     """override the model's dropout (None: keep the initial model's)"""
     name: str = "pretrain_mix"
     """the mixture's name: the unnorm_key of the pooled statistics in the checkpoint"""
+    keep_statistics: bool = False
+    """keep the initial policy's action and state statistics (its unnorm_key; `name` is then unused) instead of
+    pooling new ones over `data`: continued training then tokenises actions and standardises states exactly as
+    the initial policy does, whatever data (e.g. DAgger rounds) is added"""
     device: str = "cpu"
     """training device: cpu or cuda"""
     threads: int = 1
@@ -228,6 +234,80 @@ class SplitSampler:
                 pick = self.rng.integers(0, len(self.steps[k][0]), size=len(rows))
                 ep[rows], st[rows] = self.steps[k][0][pick], self.steps[k][1][pick]
         return gather(self.datasets, which, ep, st, self.tokenizer)
+
+
+#: a transport step moves x or y by more than this (of the action range -1..1) with the gripper closed
+TRANSPORT_MIN_XY = 0.3
+
+
+def transport_steps(actions: np.ndarray) -> np.ndarray:
+    """Indices of the steps that carry a held object sideways: gripper closed (< 0) and the x or y
+    action beyond :data:`TRANSPORT_MIN_XY`. In pick-and-place these are the few steps per episode
+    where only the instruction's destination says which way to go; the approach, the lift, the
+    lowering and the release can be read off the image."""
+    a = np.asarray(actions)
+    return np.flatnonzero((a[:, 6] < 0) & (np.abs(a[:, :2]).max(axis=1) > TRANSPORT_MIN_XY))
+
+
+class NoTransportSteps(ValueError):
+    """The data has no transport step to draw from."""
+
+
+class TransportSampler:
+    """Draws a share ``fraction`` of each batch uniformly from the transport steps (:func:`transport_steps`)
+    of ``base``'s training episodes, over all its datasets, and the rest from ``base``; both read
+    ``base.rng``, so a batch is a function of it."""
+
+    def __init__(self, base: SplitSampler, fraction: float):
+        self.base, self.fraction = base, float(fraction)
+        which, ep, st = [], [], []
+        for k, (ds, (train_ep, _)) in enumerate(zip(base.datasets, base.steps)):
+            e, s = ds.locate(transport_steps(ds.all_actions()))
+            keep = np.isin(e, train_ep)
+            which.append(np.full(int(keep.sum()), k))
+            ep.append(e[keep])
+            st.append(s[keep])
+        self.which, self.ep, self.st = (np.concatenate(x).astype(np.int64) for x in (which, ep, st))
+        if not len(self.ep):
+            raise NoTransportSteps(f"--transport-fraction {fraction}: the data has no transport steps (gripper closed "
+                                   f"and an x or y action beyond {TRANSPORT_MIN_XY}); use --transport-fraction 0")
+
+    @property
+    def rng(self) -> np.random.Generator:
+        return self.base.rng
+
+    @rng.setter
+    def rng(self, rng: np.random.Generator) -> None:
+        self.base.rng = rng
+
+    @property
+    def counts(self) -> Tuple[int, ...]:
+        """transport steps per dataset"""
+        return tuple(int(n) for n in np.bincount(self.which, minlength=len(self.base.datasets)))
+
+    def sample(self, batch_size: int) -> Dict[str, Any]:
+        n = int(round(batch_size * self.fraction))
+        if not n:  # a batch too small for the share: all uniform
+            return self.base.sample(batch_size)
+        pick = self.base.rng.integers(0, len(self.ep), size=n)
+        rows = gather(self.base.datasets, self.which[pick], self.ep[pick], self.st[pick], self.base.tokenizer)
+        if n == batch_size:
+            return rows
+        rest = self.base.sample(batch_size - n)
+        return {k: (rows[k] + rest[k]) if isinstance(rows[k], list) else np.concatenate([rows[k], rest[k]]) for k in rest}
+
+
+def make_sampler(datasets: Sequence[Any], weights: Sequence[float], train_episodes: Sequence[np.ndarray], tokenizer: Any,
+                 rng: np.random.Generator, transport_fraction: float = 0.0):
+    """The training sampler: a :class:`SplitSampler`, wrapped in a :class:`TransportSampler` when
+    ``transport_fraction`` > 0 (raises :class:`PretrainError` when the data has no transport step)."""
+    sampler = SplitSampler(datasets, weights, train_episodes, tokenizer, rng)
+    if transport_fraction <= 0:
+        return sampler
+    try:
+        return TransportSampler(sampler, transport_fraction)
+    except NoTransportSteps as e:
+        raise PretrainError(str(e)) from None
 
 
 def _steps_of(ds: Any, episodes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -523,6 +603,8 @@ def _check_config(cfg: PretrainConfig, resume: bool) -> None:
             have = json.load(f)
         have.setdefault("dagger_expert", "expert-v1")  # runs from before expert-v2 relabelled with expert-v1
         have.setdefault("dagger_success_hold", 5)  # and ended their rollouts 5 steps after success
+        have.setdefault("transport_fraction", 0.0)  # runs from before the option drew batches uniformly
+        have.setdefault("keep_statistics", False)  # and pooled new statistics
         diff = [f"{k}: {have.get(k)!r} -> {v!r}" for k, v in want.items() if k not in VOLATILE and have.get(k) != v]
         if diff:
             raise PretrainError(f"{cfg.out} was trained with other settings ({'; '.join(diff)}); use another --out")
@@ -556,6 +638,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
     torch.set_num_threads(max(1, int(cfg.threads)))
     if cfg.dagger_rounds and cfg.dagger_expert not in SCRIPTED_EXPERTS:  # before the run folder records it
         raise PretrainError(f"--dagger-expert {cfg.dagger_expert!r}: choose one of {', '.join(SCRIPTED_EXPERTS)}")
+    if not 0.0 <= cfg.transport_fraction < 1.0:
+        raise PretrainError(f"--transport-fraction must be in [0, 1), got {cfg.transport_fraction}")
     if cfg.dagger_success_hold < 0:
         raise PretrainError(f"--dagger-success-hold must be >= 0 (0 = full episodes), got {cfg.dagger_success_hold}")
     if cfg.dagger_rounds:
@@ -577,21 +661,28 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
     train_eps, val_eps = zip(*[split_episodes(ds.num_episodes, cfg.val_fraction, split_rng) for ds in mix.datasets])
     weights = [w for _, w in specs]
     datasets = list(mix.datasets)
-    val = None
-    if sum(len(v) for v in val_eps) and cfg.val_steps > 0:
-        vsteps = [_steps_of(ds, v) for ds, v in zip(datasets, val_eps)]
-        flat = [(k, e, s) for k, (es, ss) in enumerate(vsteps) for e, s in zip(es, ss)]
-        pick = np.random.default_rng([cfg.seed, 2]).permutation(len(flat))[: cfg.val_steps]
-        rows = np.asarray([flat[i] for i in sorted(pick)], np.int64)
-        val = gather(datasets, rows[:, 0], rows[:, 1], rows[:, 2], mix.tokenizer)
 
     # --- model, optimiser, state ---------------------------------------------
     torch.manual_seed(cfg.seed)
     resuming = bool(resume and checkpoint_dirs(cfg.out))
     model = _load_model(cfg, datasets[0].image_shape, None if resuming else log)
-    model.set_statistics(mix.all_statistics, cfg.name)
-    if hasattr(model, "set_state_statistics"):
-        model.set_state_statistics(*_state_statistics(datasets, train_eps))
+    if cfg.keep_statistics:
+        if getattr(model, "tokenizer", None) is None or getattr(model, "unnorm_key", None) in (None, "identity"):
+            raise PretrainError(f"--keep-statistics: the initial policy {cfg.init!r} has no action statistics to keep "
+                                "(an untrained model's are a placeholder); drop the option to pool them over --data")
+        tokenizer = model.tokenizer
+    else:
+        model.set_statistics(mix.all_statistics, cfg.name)
+        if hasattr(model, "set_state_statistics"):
+            model.set_state_statistics(*_state_statistics(datasets, train_eps))
+        tokenizer = mix.tokenizer
+    val = None  # held-out steps, tokenised as training tokenises
+    if sum(len(v) for v in val_eps) and cfg.val_steps > 0:
+        vsteps = [_steps_of(ds, v) for ds, v in zip(datasets, val_eps)]
+        flat = [(k, e, s) for k, (es, ss) in enumerate(vsteps) for e, s in zip(es, ss)]
+        pick = np.random.default_rng([cfg.seed, 2]).permutation(len(flat))[: cfg.val_steps]
+        rows = np.asarray([flat[i] for i in sorted(pick)], np.int64)
+        val = gather(datasets, rows[:, 0], rows[:, 1], rows[:, 2], tokenizer)
     model.to(cfg.device).train()
     opt = _optimizer(model, cfg)
     rng = np.random.default_rng([cfg.seed, 3])
@@ -615,7 +706,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
         datasets.append(open_dataset(os.path.join(cfg.out, rel)))
         train_eps = tuple(train_eps) + (np.arange(datasets[-1].num_episodes),)
         weights.append(cfg.dagger_weight)
-    sampler = SplitSampler(datasets, weights, train_eps, mix.tokenizer, rng)
+    sampler = make_sampler(datasets, weights, train_eps, tokenizer, rng, cfg.transport_fraction)
 
     dagger_tasks = list(cfg.dagger_tasks)
     if cfg.dagger_rounds and not dagger_tasks:
@@ -639,7 +730,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
         log({"event": "start", "datasets": [f"{d.name}:{w:g}" for d, w in zip(mix.datasets, weights)],
              "train_episodes": [int(len(e)) for e in train_eps], "val_episodes": [int(len(v)) for v in val_eps],
              "val_steps": 0 if val is None else len(val["instruction"]), "parameters": model.num_parameters(),
-             "unnorm_key": cfg.name, **validate(model, val, cfg.device), "step": 0})
+             "unnorm_key": model.unnorm_key if cfg.keep_statistics else cfg.name, **validate(model, val, cfg.device), "step": 0,
+             **({"transport_steps": list(sampler.counts), "transport_fraction": cfg.transport_fraction}
+                if isinstance(sampler, TransportSampler) else {})})
 
     bar = tqdm(total=total, initial=step, unit="step", desc="pretrain", disable=not cfg.progress, dynamic_ncols=True,
                file=sys.stderr)
@@ -659,7 +752,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
                 datasets.append(open_dataset(path))
                 train_eps = tuple(train_eps) + (np.arange(datasets[-1].num_episodes),)
                 weights.append(cfg.dagger_weight)
-                sampler = SplitSampler(datasets, weights, train_eps, mix.tokenizer, rng)
+                sampler = make_sampler(datasets, weights, train_eps, tokenizer, rng, cfg.transport_fraction)
                 checkpoint(step)  # records the new dataset, so a resume continues with it
             batch = sampler.sample(cfg.batch_size)
             batch["image"] = shift_images(batch["image"], cfg.augment_shift, rng)

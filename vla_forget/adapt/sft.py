@@ -26,62 +26,10 @@ import numpy as np
 
 from vla_forget.adapt import common
 from vla_forget.adapt.common import AdaptConfig, AdaptError, Run
-from vla_forget.pretrain import SplitSampler, _observation, gather, shift_images, token_loss
+from vla_forget.pretrain import (TRANSPORT_MIN_XY, NoTransportSteps, SplitSampler, TransportSampler, _observation,
+                                 shift_images, token_loss, transport_steps)
 
-#: a transport step moves x or y by more than this (of the action range -1..1) with the gripper closed
-TRANSPORT_MIN_XY = 0.3
-
-
-def transport_steps(actions: np.ndarray) -> np.ndarray:
-    """Indices of the steps that carry a held object sideways: gripper closed (< 0) and the x or y
-    action beyond :data:`TRANSPORT_MIN_XY`. In pick-and-place these are the few steps per episode
-    where only the instruction's destination says which way to go; the approach, the lift, the
-    lowering and the release can be read off the image."""
-    a = np.asarray(actions)
-    return np.flatnonzero((a[:, 6] < 0) & (np.abs(a[:, :2]).max(axis=1) > TRANSPORT_MIN_XY))
-
-
-class TransportSampler:
-    """Draws a share ``fraction`` of each batch from the transport steps of the datasets, the rest
-    from ``base`` (uniform over all steps); both read ``base.rng``, so a batch is a function of it."""
-
-    def __init__(self, base: SplitSampler, fraction: float):
-        self.base, self.fraction = base, float(fraction)
-        which, ep, st = [], [], []
-        for k, ds in enumerate(base.datasets):
-            e, s = ds.locate(transport_steps(ds.all_actions()))
-            which.append(np.full(len(e), k))
-            ep.append(e)
-            st.append(s)
-        self.which, self.ep, self.st = (np.concatenate(x).astype(np.int64) for x in (which, ep, st))
-        if not len(self.ep):
-            raise AdaptError(f"--transport-fraction {fraction}: the data has no transport steps (gripper closed and "
-                             f"an x or y action beyond {TRANSPORT_MIN_XY}); use --transport-fraction 0")
-
-    @property
-    def rng(self) -> np.random.Generator:
-        return self.base.rng
-
-    @rng.setter
-    def rng(self, rng: np.random.Generator) -> None:
-        self.base.rng = rng
-
-    @property
-    def counts(self) -> Tuple[int, ...]:
-        """transport steps per dataset"""
-        return tuple(int(n) for n in np.bincount(self.which, minlength=len(self.base.datasets)))
-
-    def sample(self, batch_size: int) -> Dict[str, Any]:
-        n = int(round(batch_size * self.fraction))
-        if not n:  # a batch too small for the share: all uniform
-            return self.base.sample(batch_size)
-        pick = self.base.rng.integers(0, len(self.ep), size=n)
-        rows = gather(self.base.datasets, self.which[pick], self.ep[pick], self.st[pick], self.base.tokenizer)
-        if n == batch_size:
-            return rows
-        rest = self.base.sample(batch_size - n)
-        return {k: (rows[k] + rest[k]) if isinstance(rows[k], list) else np.concatenate([rows[k], rest[k]]) for k in rest}
-
+__all__ = ["TRANSPORT_MIN_XY", "TransportSampler", "train", "transport_steps"]
 
 def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = None, data: Optional[Sequence[str]] = None,
           data_option: str = "--data") -> Dict[str, Any]:
@@ -93,7 +41,10 @@ def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = No
                            common.policy_tokenizer(policy), np.random.default_rng(0))
     extra = {}
     if cfg.transport_fraction > 0:
-        sampler = TransportSampler(sampler, cfg.transport_fraction)
+        try:
+            sampler = TransportSampler(sampler, cfg.transport_fraction)
+        except NoTransportSteps as e:
+            raise AdaptError(str(e)) from None
         extra = {"transport_steps": list(sampler.counts), "transport_fraction": cfg.transport_fraction}
     policy.train()
     opt = run.optimizer()
