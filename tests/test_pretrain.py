@@ -280,6 +280,13 @@ def test_transport_fraction_draws_carry_steps_of_the_training_episodes_only(fixt
     assert len(transport_steps(batch["action"][:8])) == 8  # half the batch: carry steps
     assert isinstance(make_sampler([left, right], [1.0, 2.0], train, tokenizer, np.random.default_rng(0), 0.0),
                       type(sampler.base))
+    # the transport rows pick a dataset by the --data weights (among those with transport steps), as the rest do
+    twice = make_sampler([left, right, open_dataset(data[0])], [1.0, 5.0, 3.0], [train[0], train[1], train[0]],
+                         tokenizer, np.random.default_rng(0), 0.5)
+    assert twice.counts[0] == twice.counts[2] and np.allclose(twice._p, [0.25, 0.0, 0.75])
+    twice.rng = np.random.default_rng(1)
+    k = twice.rng.choice(3, size=4000, p=twice._p)
+    assert abs(np.mean(k == 2) - 0.75) < 0.03 and twice.sample(16)["tokens"].shape == (16, 7)
     with pytest.raises(PretrainError, match="no transport steps"):
         make_sampler([right], [1.0], [np.arange(8)], tokenizer, np.random.default_rng(0), 0.5)
 

@@ -254,12 +254,14 @@ class NoTransportSteps(ValueError):
 
 
 class TransportSampler:
-    """Draws a share ``fraction`` of each batch uniformly from the transport steps (:func:`transport_steps`)
-    of ``base``'s training episodes, over all its datasets, and the rest from ``base``; both read
-    ``base.rng``, so a batch is a function of it."""
+    """Draws a share ``fraction`` of each batch from the transport steps (:func:`transport_steps`) of
+    ``base``'s training episodes and the rest from ``base``; both read ``base.rng``, so a batch is a
+    function of it. The transport rows are uniform over all the transport steps, or with
+    ``by_weight`` pick a dataset by ``base``'s weights (among those that have transport steps), then
+    a transport step of it uniformly, as the rest of the batch picks datasets."""
 
-    def __init__(self, base: SplitSampler, fraction: float):
-        self.base, self.fraction = base, float(fraction)
+    def __init__(self, base: SplitSampler, fraction: float, by_weight: bool = False):
+        self.base, self.fraction, self.by_weight = base, float(fraction), bool(by_weight)
         which, ep, st = [], [], []
         for k, (ds, (train_ep, _)) in enumerate(zip(base.datasets, base.steps)):
             e, s = ds.locate(transport_steps(ds.all_actions()))
@@ -268,6 +270,10 @@ class TransportSampler:
             ep.append(e[keep])
             st.append(s[keep])
         self.which, self.ep, self.st = (np.concatenate(x).astype(np.int64) for x in (which, ep, st))
+        counts = np.bincount(self.which, minlength=len(base.datasets)) if len(self.which) else np.zeros(len(base.datasets))
+        self._start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)  # rows are grouped by dataset
+        w = np.where(counts > 0, base.weights, 0.0)
+        self._p = w / w.sum() if w.sum() > 0 else w
         if not len(self.ep):
             raise NoTransportSteps(f"--transport-fraction {fraction}: the data has no transport steps (gripper closed "
                                    f"and an x or y action beyond {TRANSPORT_MIN_XY}); use --transport-fraction 0")
@@ -289,7 +295,12 @@ class TransportSampler:
         n = int(round(batch_size * self.fraction))
         if not n:  # a batch too small for the share: all uniform
             return self.base.sample(batch_size)
-        pick = self.base.rng.integers(0, len(self.ep), size=n)
+        if self.by_weight:
+            k = self.base.rng.choice(len(self._p), size=n, p=self._p)
+            counts = np.bincount(self.which, minlength=len(self._p))
+            pick = self._start[k] + (self.base.rng.random(n) * counts[k]).astype(np.int64)
+        else:
+            pick = self.base.rng.integers(0, len(self.ep), size=n)
         rows = gather(self.base.datasets, self.which[pick], self.ep[pick], self.st[pick], self.base.tokenizer)
         if n == batch_size:
             return rows
@@ -305,7 +316,7 @@ def make_sampler(datasets: Sequence[Any], weights: Sequence[float], train_episod
     if transport_fraction <= 0:
         return sampler
     try:
-        return TransportSampler(sampler, transport_fraction)
+        return TransportSampler(sampler, transport_fraction, by_weight=True)
     except NoTransportSteps as e:
         raise PretrainError(str(e)) from None
 
