@@ -270,8 +270,8 @@ class TransportSampler:
             ep.append(e[keep])
             st.append(s[keep])
         self.which, self.ep, self.st = (np.concatenate(x).astype(np.int64) for x in (which, ep, st))
-        counts = np.bincount(self.which, minlength=len(base.datasets)) if len(self.which) else np.zeros(len(base.datasets))
-        self._start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)  # rows are grouped by dataset
+        counts = np.bincount(self.which, minlength=len(base.datasets)).astype(np.int64)
+        self._counts, self._start = counts, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)  # grouped
         w = np.where(counts > 0, base.weights, 0.0)
         self._p = w / w.sum() if w.sum() > 0 else w
         if not len(self.ep):
@@ -289,7 +289,7 @@ class TransportSampler:
     @property
     def counts(self) -> Tuple[int, ...]:
         """transport steps per dataset"""
-        return tuple(int(n) for n in np.bincount(self.which, minlength=len(self.base.datasets)))
+        return tuple(int(n) for n in self._counts)
 
     def sample(self, batch_size: int) -> Dict[str, Any]:
         n = int(round(batch_size * self.fraction))
@@ -297,8 +297,7 @@ class TransportSampler:
             return self.base.sample(batch_size)
         if self.by_weight:
             k = self.base.rng.choice(len(self._p), size=n, p=self._p)
-            counts = np.bincount(self.which, minlength=len(self._p))
-            pick = self._start[k] + (self.base.rng.random(n) * counts[k]).astype(np.int64)
+            pick = self._start[k] + (self.base.rng.random(n) * self._counts[k]).astype(np.int64)
         else:
             pick = self.base.rng.integers(0, len(self.ep), size=n)
         rows = gather(self.base.datasets, self.which[pick], self.ep[pick], self.st[pick], self.base.tokenizer)
