@@ -88,6 +88,14 @@ POLICIES.register(
     "the default base",
     name="small-vla-base-v5",
 )
+POLICIES.register(
+    "small-vla-base-v6",
+    "vla_forget.policies:load_asset",
+    description="small-vla-base-v5 trained further with a share of every batch from the carry steps (pretrain "
+    "--transport-fraction), the target weighted up: it reads the target's destination some of the time "
+    "(assets/small-vla-base-v6; see its MODEL_CARD.md); the base of the forgetting experiment's PPO-vs-SFT comparison",
+    name="small-vla-base-v6",
+)
 
 # Checkpoint folders name their class in config.json under this key.
 CLASS_KEY = "policy_class"

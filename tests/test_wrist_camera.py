@@ -184,7 +184,7 @@ def test_shipped_bases_load_each_with_its_cameras_and_card():
     from vla_forget.policies import load_policy
 
     for pid, wrist in (("small-vla-base-v2", False), ("small-vla-base-v3", True), ("small-vla-base-v4", True),
-                       ("small-vla-base-v5", True)):
+                       ("small-vla-base-v5", True), ("small-vla-base-v6", True)):
         folder = files("vla_forget.assets").joinpath(pid)
         size = sum(f.stat().st_size for f in folder.iterdir())
         assert size < 20e6 and folder.joinpath("MODEL_CARD.md").is_file(), pid
@@ -192,3 +192,6 @@ def test_shipped_bases_load_each_with_its_cameras_and_card():
         assert isinstance(policy, SmallVLA) and policy.wrist_camera is wrist and policy.unnorm_key == "pretrain_mix"
         obs = _obs(2, 128, 256 if wrist else 128)
         assert torch.isfinite(policy.act(obs)).all()
+    # v6 is v5 trained on with v5's statistics kept (pretrain --keep-statistics): the same tokenizer
+    v5, v6 = load_policy("small-vla-base-v5"), load_policy("small-vla-base-v6")
+    assert v6.dataset_statistics == v5.dataset_statistics and torch.equal(v6.state_mean, v5.state_mean)
