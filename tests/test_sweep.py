@@ -62,12 +62,15 @@ def quiet(*_):
 
 
 def test_shipped_sweeps_validate():
-    assert {"forgetting-v1", "forgetting-v2", "forgetting-cpu-v1", "smoke-v1"} <= set(available("sweeps"))
+    assert {"forgetting-v1", "forgetting-v2", "forgetting-cpu-v1", "forgetting-cpu-v2", "smoke-v1"} <= set(available("sweeps"))
     assert load_sweep("forgetting-v1").base == "small-vla-base-v4"
     spec = load_sweep("forgetting-v2")
     assert set(spec.methods) == {"ppo", "sft", "iterative-sft"} and spec.base == "small-vla-base-v5"
     assert len(expand(spec)) == len(spec.methods) * len(spec.lrs) * len(spec.batch_sizes) * len(spec.seeds) >= 12
     assert validate("smoke-v1").startswith("OK sweep smoke-v1: 2 runs")
+    cpu2 = {run.method: run for run in expand(load_sweep("forgetting-cpu-v2"))}
+    assert load_sweep("forgetting-cpu-v2").base == "small-vla-base-v6" and set(cpu2) == {"ppo", "sft", "iterative-sft"}
+    assert cpu2["sft"].params["transport_fraction"] == 0.4 and cpu2["ppo"].lr == 3e-5 and cpu2["ppo"].params["updates"] == 50
 
 
 def test_sweep_errors_say_exactly_what_is_wrong(tmp_path):
