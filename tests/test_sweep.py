@@ -68,8 +68,9 @@ def test_shipped_sweeps_validate():
     assert set(spec.methods) == {"ppo", "sft", "iterative-sft"} and spec.base == "small-vla-base-v5"
     assert len(expand(spec)) == len(spec.methods) * len(spec.lrs) * len(spec.batch_sizes) * len(spec.seeds) >= 12
     assert validate("smoke-v1").startswith("OK sweep smoke-v1: 2 runs")
-    cpu2 = {run.method: run for run in expand(load_sweep("forgetting-cpu-v2"))}
-    assert load_sweep("forgetting-cpu-v2").base == "small-vla-base-v6" and set(cpu2) == {"ppo", "sft", "iterative-sft"}
+    cpu2_spec = load_sweep("forgetting-cpu-v2")
+    cpu2 = {run.method: run for run in expand(cpu2_spec)}
+    assert cpu2_spec.base == "small-vla-base-v6" and set(cpu2) == {"ppo", "sft", "iterative-sft"}
     assert cpu2["sft"].params["transport_fraction"] == 0.4 and cpu2["ppo"].lr == 3e-5 and cpu2["ppo"].params["updates"] == 50
 
 
