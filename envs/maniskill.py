@@ -372,6 +372,12 @@ class ManiSkillTaskEnv(TaskEnv):
                              f"there are no other instructions to choose from")
         return list(fn())
 
+    @property
+    def unwrapped(self):
+        """The ManiSkill env underneath (its scene, agent and privileged state), for probes and
+        diagnostics; policies see only ``reset``/``step``'s observations."""
+        return self._u
+
     def close(self) -> None:
         if getattr(self, "_env", None) is not None:
             self._env.close()

@@ -157,3 +157,14 @@ def test_cpu_parallel_envs_are_refused():
         pytest.skip("CUDA present: num_envs > 1 uses GPU physics")
     with pytest.raises(ValueError, match="processes"):
         make_task_env("PickCube-v1", num_envs=2)
+
+
+def test_the_maniskill_env_underneath_is_public_for_probes(env):
+    from vla_forget.envs.maniskill import ManiSkillTaskEnv
+
+    if not isinstance(env, ManiSkillTaskEnv):
+        pytest.skip("not a ManiSkill task")
+    env.reset([3])
+    u = env.unwrapped
+    assert u.num_envs == 1 and hasattr(u, "agent") and hasattr(u, "scene")
+    assert u.agent.tcp.pose.p.shape == (1, 3)

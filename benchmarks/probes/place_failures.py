@@ -72,7 +72,7 @@ def run_seeds(args) -> List[Dict[str, object]]:
     torch.set_num_threads(1)
     policy = load_policy(policy_spec).eval()
     env = make_task_env(TASK, wrist_camera=bool(getattr(policy, "wrist_camera", False)))
-    u = env._u  # the ManiSkill env: privileged state for the classification only
+    u = env.unwrapped  # the ManiSkill env: privileged state for the classification only
     out = []
     for seed in seeds:
         obs = env.reset([seed])
