@@ -161,6 +161,29 @@ def test_resume_adds_new_checkpoints_and_refuses_changed_ones(world):
         run_bench(cfg, resume=True, log=lambda *_: None)
 
 
+def test_resume_with_an_added_checkpoints_folder_rolls_out_only_its_runs(world):
+    tmp, battery, target, base, sweep, counts = world
+    first = os.path.join(sweep, "runs", "ppo_lr1e-4_b8_s0")
+    cfg = config(tmp, battery, target, base, first, "seeds")
+    run_bench(cfg, log=lambda *_: None)
+    episodes = [json.loads(l) for l in open(os.path.join(cfg.out, "episodes.jsonl"))]
+    counts["episodes"] = 0
+    seed1 = make_run(str(tmp / "more"), "ppo_lr1e-4_b8_s1", "ppo", base, target, (7, 8))
+    cfg.checkpoints = [first, seed1]
+    with pytest.raises(BenchError, match="already holds a run"):
+        run_bench(cfg, log=lambda *_: None)
+    res = run_bench(cfg, resume=True, log=lambda *_: None)
+    assert counts["episodes"] == 2 * (2 + 2 + 2)  # the second seed's two checkpoints only; its update 0 is the base
+    assert [c["key"] for c in res["checkpoints"] if c["update"]] == [
+        "ppo_lr1e-4_b8_s0@update-000002", "ppo_lr1e-4_b8_s0@update-000004",
+        "ppo_lr1e-4_b8_s1@update-000002", "ppo_lr1e-4_b8_s1@update-000004"]
+    again = [json.loads(l) for l in open(os.path.join(cfg.out, "episodes.jsonl"))]
+    assert again[:len(episodes)] == episodes  # the first bench's episodes are kept as they were
+    cfg.checkpoints = [seed1]  # a folder dropped: not a continuation
+    with pytest.raises(BenchError, match="different configuration.*config.checkpoints"):
+        run_bench(cfg, resume=True, log=lambda *_: None)
+
+
 def test_checkpoint_stride_and_errors(world):
     tmp, battery, target, base, sweep, counts = world
     plan = bench_mod.make_plan(config(tmp, battery, target, base, sweep, "e", checkpoint_stride=2))

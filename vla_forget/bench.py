@@ -19,7 +19,9 @@ sweep``) adds every finished checkpoint in them as a policy keyed
 ``RUN@update-NNNNNN``. A checkpoint identical to the base (the run's
 ``update-000000`` copy) or to an earlier checkpoint is not rolled out again: it
 is an alias of that policy. Resuming may find new checkpoints of runs that were
-still training; they are added.
+still training; they are added, and so are the checkpoints of run or sweep
+folders given to the resumed run as extra ``--checkpoints`` (more seeds): only
+the new policies are rolled out.
 """
 
 from __future__ import annotations
@@ -259,7 +261,8 @@ def _check_resume(out: str, plan: Plan, resume: bool) -> None:
         new = json.loads(json.dumps(plan.resolved()))
         defaults = json.loads(json.dumps({k: v for k, v in asdict(BenchConfig([], "", "")).items()}))
         old_cfg = {c: old.get("config", {}).get(c, defaults.get(c)) for c in new["config"]}  # fields added later: default
-        detail = [f"config.{c}: {old_cfg[c]!r} -> {new['config'][c]!r}" for c in new["config"] if old_cfg[c] != new["config"][c]]
+        detail = [f"config.{c}: {old_cfg[c]!r} -> {new['config'][c]!r}" for c in new["config"]
+                  if old_cfg[c] != new["config"][c] and not (c == "checkpoints" and _extends(old_cfg[c], new["config"][c]))]
         old["policies"] = [{"checkpoint": None, **o} for o in old.get("policies") or []]  # older runs lack the field
         for k in new:
             if k == "config" or old.get(k) == new[k]:
@@ -272,6 +275,11 @@ def _check_resume(out: str, plan: Plan, resume: bool) -> None:
         if detail:
             raise BenchError(f"--resume: {out} was started with a different configuration ({'; '.join(detail)}). "
                              "Resume with the same arguments, or choose another --out")
+
+
+def _extends(old: Optional[List[str]], new: Optional[List[str]]) -> bool:
+    """Whether the ``--checkpoints`` folders ``new`` keep every folder of ``old`` and add more (more runs or seeds)."""
+    return bool(old) and bool(new) and set(old) <= set(new)
 
 
 def _grown(old: List[Dict[str, Any]], new: List[Dict[str, Any]]) -> bool:

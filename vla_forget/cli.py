@@ -30,7 +30,9 @@ finished episode; rerun the same command with --resume to continue.
 folder (vla-forget sweep) and evaluates every finished checkpoint in it as the
 policy RUN@update-NNNNNN; --base and --target default to the runs' own. Results
 gain a checkpoints table, the forgetting-law fit and OUT/pareto.png,
-OUT/forgetting_vs_kl.png (with the plots extra).
+OUT/forgetting_vs_kl.png (with the plots extra). To add runs (another seed)
+to a finished bench, rerun its command with --resume and one more
+--checkpoints folder: only the new checkpoints are rolled out.
 """
 
 
