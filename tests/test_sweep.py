@@ -62,7 +62,7 @@ def quiet(*_):
 
 
 def test_shipped_sweeps_validate():
-    assert {"forgetting-v1", "forgetting-v2", "forgetting-cpu-v1", "forgetting-cpu-v2", "smoke-v1"} <= set(available("sweeps"))
+    assert {"forgetting-v1", "forgetting-v2", "forgetting-cpu-v1", "forgetting-cpu-v2", "forgetting-cpu-v3", "smoke-v1"} <= set(available("sweeps"))
     assert load_sweep("forgetting-v1").base == "small-vla-base-v4"
     spec = load_sweep("forgetting-v2")
     assert set(spec.methods) == {"ppo", "sft", "iterative-sft"} and spec.base == "small-vla-base-v5"
@@ -72,6 +72,9 @@ def test_shipped_sweeps_validate():
     cpu2 = {run.method: run for run in expand(cpu2_spec)}
     assert cpu2_spec.base == "small-vla-base-v6" and set(cpu2) == {"ppo", "sft", "iterative-sft"}
     assert cpu2["sft"].params["transport_fraction"] == 0.4 and cpu2["ppo"].lr == 3e-5 and cpu2["ppo"].params["updates"] == 50
+    cpu3 = expand(load_sweep("forgetting-cpu-v3"))  # v2's runs, each with seeds 0 and 1
+    assert sorted((r.method, r.seed) for r in cpu3) == sorted((m, s) for m in cpu2 for s in (0, 1))
+    assert all(r.params == {**cpu2[r.method].params, "seed": r.seed} for r in cpu3)
 
 
 def test_sweep_errors_say_exactly_what_is_wrong(tmp_path):
