@@ -59,6 +59,22 @@ def test_law_section():
     assert law.law_section([])["defined"] is False
 
 
+def test_per_method_fits_find_the_lines_that_the_pooled_fit_misses():
+    # two methods on two lines through the base (1 and 8 points of forgetting per nat): the pooled line
+    # fits them badly, each method's own line exactly; a point without a method belongs to no group
+    pts = [{"method": "ppo", "forward_kl": k, "forgetting": 0.01 * k} for k in (1.0, 4.0, 8.0)]
+    pts += [{"method": "sft", "forward_kl": k, "forgetting": 0.08 * k} for k in (1.0, 2.0, 3.0)]
+    pts += [{"method": None, "forward_kl": 5.0, "forgetting": 0.5}]
+    pooled = law.law_section(pts)
+    assert pooled["r2"] < 0.5
+    by = law.per_method(pts)
+    assert set(by) == {"ppo", "sft"} and by["ppo"]["n"] == 4 and by["ppo"]["with_base"]  # 3 checkpoints + the base
+    assert by["ppo"]["params"] == pytest.approx({"a": 0.01, "b": 0.0}, abs=1e-9) and by["ppo"]["r2"] == pytest.approx(1.0)
+    assert by["sft"]["params"]["a"] == pytest.approx(0.08) and by["sft"]["r2"] == pytest.approx(1.0)
+    one = law.per_method([{"method": "grpo", "forward_kl": 1.0, "forgetting": 0.1}])  # base + 1 point: too few
+    assert not one["grpo"]["defined"] and one["grpo"]["n"] == 2 and one["grpo"]["reason"]
+
+
 def test_pareto_frontier_on_a_hand_example():
     pts = [(0.1, 0.9), (0.5, 0.5), (0.4, 0.4), (0.9, 0.1), (0.5, 0.5), (0.2, 0.95), (float("nan"), 1.0), (0.9, 0.05)]
     # (0.1, 0.9) < (0.2, 0.95); (0.4, 0.4) < (0.5, 0.5); (0.9, 0.05) < (0.9, 0.1); equal points both stay
@@ -82,7 +98,7 @@ def results_fixture(n_points=6):
     points.append({"policy": "expert-v1", "method": None, "forward_kl": None, "forgetting": -0.1,
                    "target_success": 1.0, "battery_success": 0.9})
     section = law.law_section(points)
-    section.update(states="target", points=points)
+    section.update(states="target", points=points, by_method=law.per_method(points))
     return {"base": "small-vla-base-v4", "target": {"id": "t-v1", "task": "PlaceCubeOnTarget-v1"},
             "success": {"small-vla-base-v4": {"PlaceCubeOnTarget-v1": {"rate": 0.1}}},
             "battery_mean_success": {"small-vla-base-v4": 0.8}, "checkpoints": rows, "law": section}
@@ -116,6 +132,7 @@ def test_report_links_the_plots():
     text = "\n".join(checkpoint_section(res))
     assert "](pareto.png)" in text and "](forgetting_vs_kl.png)" in text
     assert "| ppo_lr1e-4_b8_s0 | ppo | 0 |" in text and "(primary)" in text and "R²" in text
+    assert "Within each method" in text and "| sft | 3 | 5.00 | +0.0 | 1.000 |" in text
     res["plots"] = {"skipped": "plots need matplotlib"}
     assert "Plots skipped: plots need matplotlib" in "\n".join(checkpoint_section(res))
 

@@ -571,6 +571,7 @@ def _matched(points: List[Dict[str, Any]], at_end, battery_tasks: List[str]) -> 
 def _law(points: List[Dict[str, Any]]) -> Dict[str, Any]:
     """The forgetting law over every evaluated policy but the base (aliases counted once)."""
     section = law.law_section(points)
+    section["by_method"] = law.per_method(points)
     sets = {p["kl_state_set"] for p in points if p.get("forward_kl") is not None}
     section["states"] = sets.pop() if len(sets) == 1 else ("mixed" if sets else None)
     section["points"] = [{k: p.get(k) for k in ("policy", "method", "forward_kl", "forgetting", "target_success",

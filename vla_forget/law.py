@@ -147,6 +147,26 @@ def law_section(points: List[Dict[str, Any]], predictor: str = "forward_kl", mod
     return section
 
 
+def per_method(points: List[Dict[str, Any]], predictor: str = "forward_kl", model: str = PRIMARY_MODEL) -> Dict[str, Any]:
+    """The law fitted within each method: ``{method: fit}`` over that method's points plus the base at (0, 0).
+
+    The pooled fit asks whether one line serves every method; this one whether each method's checkpoints
+    lie on a line of their own (they can, with different slopes, when the pooled R^2 is low). The base
+    is the start of every method's trajectory, with no divergence and no forgetting by definition, so it
+    is a point of each fit (``n`` counts it). Points without a method are left out.
+    """
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for p in points:
+        if p.get("method"):
+            groups.setdefault(p["method"], []).append(p)
+    out = {}
+    for method in sorted(groups):
+        rows = [{predictor: 0.0, "forgetting": 0.0}] + groups[method]
+        f = fit([r.get(predictor) for r in rows], [r.get("forgetting") for r in rows], model)
+        out[method] = {**f.to_dict(), "with_base": True}
+    return out
+
+
 def pareto_frontier(points: Sequence[Tuple[float, float]]) -> List[int]:
     """Indices of the points that no other point dominates, maximising both coordinates, sorted by x.
 

@@ -118,6 +118,15 @@ def plot_law(results: Dict[str, Any], path: str) -> str:
         ax.scatter([r["forward_kl"] for r in rows], [100 * r["forgetting"] for r in rows], s=22, alpha=0.7,
                    color=colours[method], label=f"{method} ({len(rows)})")
     ax.scatter([0.0], [0.0], marker="*", s=160, color="black", zorder=5, label="base")
+    for method, fd in (section.get("by_method") or {}).items():  # each method's own line, through its points and the base
+        rows = groups.get(method) or []
+        if not fd.get("defined") or not rows:
+            continue
+        fit = law.Fit(fd["model"], fd["n"], dict(fd["params"]), fd.get("r2"))
+        xs = np.linspace(0.0, max(r["forward_kl"] for r in rows), 50)
+        r2 = "undefined" if fit.r2 is None else f"{fit.r2:.2f}"
+        ax.plot(xs, [100 * fit.predict(float(x)) for x in xs], color=colours[method], lw=1.0, ls=":",
+                label=f"{method} alone: R² = {r2}")
     if section.get("defined"):
         fit = law.Fit(section["model"], section["n"], dict(section["params"]), section.get("r2"))
         hi = max([p["forward_kl"] for p in points] + [1e-6])

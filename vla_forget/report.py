@@ -141,6 +141,18 @@ def checkpoint_section(results: Dict[str, Any]) -> List[str]:
         if alt:
             L += ["", f"Other predictors, {law['model']} fit: " + "; ".join(
                 f"{k} R² = {_num(v.get('r2'), '{:.3f}')} (n={v.get('n')})" for k, v in alt.items()) + "."]
+        by_method = law.get("by_method") or {}
+        if by_method:
+            L += ["", f"Within each method ({law['model']} fit over the method's checkpoints and the base at (0, 0); "
+                  "a slope in points of forgetting per nat):", "",
+                  "| method | n | slope (pp per nat) | intercept (pp) | R² |", "|---|---|---|---|---|"]
+            for m, fit in by_method.items():
+                if not fit.get("defined"):
+                    L.append(f"| {m} | {fit.get('n')} | {fit.get('reason', 'undefined')} | | |")
+                    continue
+                a, b = fit["params"].get("a"), fit["params"].get("b")
+                L.append(f"| {m} | {fit['n']} | {_num(None if a is None else 100 * a, '{:.2f}')} | "
+                         f"{_num(None if b is None else 100 * b, '{:+.1f}')} | {_num(fit.get('r2'), '{:.3f}')} |")
     matched = results.get("matched") or []
     if matched:
         L += ["", "## Forgetting at matched target success", "",
