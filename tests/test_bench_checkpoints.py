@@ -18,24 +18,24 @@ TINY = dict(image_size=32, conv_channels=(8, 16), residual_stages=1, image_grid=
             n_layers=1, context_layers=1, heads=2, ff_mult=2, text_layers=1, text_tokens=2, max_instruction_bytes=32)
 
 
-def save_checkpoint(run_dir, update, model, method):
+def save_checkpoint(run_dir, update, model, method, seed=0):
     """A checkpoint in the adapt run-folder contract: policy folder + meta.json (written last)."""
     path = os.path.join(run_dir, "checkpoints", f"update-{update:06d}")
     model.save(path)
     with open(os.path.join(path, "meta.json"), "w") as f:
         json.dump({"method": method, "update": update, "env_steps": 12 * update, "samples_seen": 8 * update,
-                   "wall_time_s": 0.1 * update, "hparams": {"lr": 1e-4}, "run": os.path.basename(run_dir)}, f)
+                   "wall_time_s": 0.1 * update, "hparams": {"lr": 1e-4, "seed": seed}, "run": os.path.basename(run_dir)}, f)
     return path
 
 
-def make_run(sweep, name, method, base_dir, target, seeds):
+def make_run(sweep, name, method, base_dir, target, seeds, seed=0):
     run = os.path.join(sweep, "runs", name)
     os.makedirs(run)
     with open(os.path.join(run, "run.json"), "w") as f:
         json.dump({"kind": "adapt", "method": method, "base": base_dir, "task": target, "config": {}}, f)
-    save_checkpoint(run, 0, SmallVLA.load(base_dir), method)  # the base copy: identical weights
+    save_checkpoint(run, 0, SmallVLA.load(base_dir), method, seed)  # the base copy: identical weights
     for u, s in zip((2, 4), seeds):
-        save_checkpoint(run, u, SmallVLA.random_init(seed=s, **TINY), method)
+        save_checkpoint(run, u, SmallVLA.random_init(seed=s, **TINY), method, seed)
     return run
 
 
@@ -168,7 +168,7 @@ def test_resume_with_an_added_checkpoints_folder_rolls_out_only_its_runs(world):
     run_bench(cfg, log=lambda *_: None)
     episodes = [json.loads(l) for l in open(os.path.join(cfg.out, "episodes.jsonl"))]
     counts["episodes"] = 0
-    seed1 = make_run(str(tmp / "more"), "ppo_lr1e-4_b8_s1", "ppo", base, target, (7, 8))
+    seed1 = make_run(str(tmp / "more"), "ppo_lr1e-4_b8_s1", "ppo", base, target, (7, 8), seed=1)
     cfg.checkpoints = [first, seed1]
     with pytest.raises(BenchError, match="already holds a run"):
         run_bench(cfg, log=lambda *_: None)
@@ -179,6 +179,16 @@ def test_resume_with_an_added_checkpoints_folder_rolls_out_only_its_runs(world):
         "ppo_lr1e-4_b8_s1@update-000002", "ppo_lr1e-4_b8_s1@update-000004"]
     again = [json.loads(l) for l in open(os.path.join(cfg.out, "episodes.jsonl"))]
     assert again[:len(episodes)] == episodes  # the first bench's episodes are kept as they were
+    # the two seeds side by side, per update: means, lowest and highest over the seeds
+    groups = res["across_seeds"]
+    assert [(g["method"], g["update"], g["seeds"], g["label"]) for g in groups] == [("ppo", 2, [0, 1], ""), ("ppo", 4, [0, 1], "")]
+    rows = {c["key"]: c for c in res["checkpoints"]}
+    pair = [rows[f"ppo_lr1e-4_b8_s{s}@update-000004"] for s in (0, 1)]
+    assert [r["seed"] for r in pair] == [0, 1]
+    assert groups[1]["target_success"]["mean"] == pytest.approx(sum(r["target_success"] for r in pair) / 2)
+    assert groups[1]["forgetting"]["min"] == pytest.approx(min(r["forgetting"] for r in pair))
+    assert groups[1]["forward_kl"]["max"] == pytest.approx(max(r["forward_kl"] for r in pair))
+    assert "## Across seeds" in open(os.path.join(cfg.out, "report.md")).read()
     cfg.checkpoints = [seed1]  # a folder dropped: not a continuation
     with pytest.raises(BenchError, match="different configuration.*config.checkpoints"):
         run_bench(cfg, resume=True, log=lambda *_: None)
@@ -212,3 +222,20 @@ def test_cli_takes_base_and_target_from_the_runs(world, capsys):
     assert res["base"] == base and res["target"]["task"] == "FakeTarget-v1"
     assert [c["update"] for c in res["checkpoints"]] == [0, 4, 0, 4]
     assert len(res["policies"]) == 3  # no preset policies added
+
+
+def test_across_seeds_groups_runs_that_differ_only_in_their_seed():
+    def row(run, method, update, lr, seed, target, policy=None):
+        return ({"run": run, "method": method, "update": update, "hparams": {"lr": lr, "seed": seed, "epochs": 2}},
+                {"policy": policy or f"{run}@{update}", "target_success": target, "forgetting": target / 2,
+                 "forward_kl": 1.0})
+
+    pairs = [row("a", "ppo", 10, 1e-5, 0, 0.2), row("b", "ppo", 10, 1e-5, 1, 0.4),
+             row("c", "ppo", 10, 3e-5, 0, 0.1), row("d", "ppo", 10, 3e-5, 1, 0.3), row("e", "ppo", 10, 3e-5, 2, 0.5),
+             row("f", "sft", 10, 1e-4, 0, 0.6),  # one seed only: no group
+             row("a", "ppo", 0, 1e-5, 0, 0.1, policy="base"), row("b", "ppo", 0, 1e-5, 1, 0.1, policy="base")]
+    groups = bench_mod.across_seeds([p for p, _ in pairs], [r for _, r in pairs], "base")
+    assert [(g["label"], g["seeds"], g["runs"]) for g in groups] == [
+        ("lr=1e-05", [0, 1], ["a", "b"]), ("lr=3e-05", [0, 1, 2], ["c", "d", "e"])]
+    assert groups[1]["target_success"] == pytest.approx({"mean": 0.3, "min": 0.1, "max": 0.5})
+    assert groups[0]["forgetting"]["mean"] == pytest.approx(0.15)

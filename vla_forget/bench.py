@@ -246,7 +246,7 @@ def _add_checkpoints(config: BenchConfig, refs: List[PolicyRef]) -> List[Dict[st
             if policy is None:
                 refs.append(ref)
                 by_hash[ref.hash] = policy = ref.key
-            rows.append({"key": ck.key, "policy": policy, "checkpoint_hash": ref.hash, **meta})
+            rows.append({"key": ck.key, "policy": policy, "checkpoint_hash": ref.hash, **meta, "hparams": ck.hparams})
     return rows
 
 
@@ -512,8 +512,11 @@ def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, 
     checkpoints = [{**{k: c[k] for k in ("key", "run", "method", "update", "env_steps", "samples_seen", "wall_time_s",
                                          "policy", "checkpoint_hash", "path")}, **rows[c["policy"]]}
                    for c in plan.checkpoints]
+    for row, c in zip(checkpoints, plan.checkpoints):
+        row["seed"] = (c.get("hparams") or {}).get("seed")
     law_points = [dict(rows[r.key], policy=r.key, method=(r.checkpoint or {}).get("method")) for r in plan.refs if r.key != base]
-    extra: Dict[str, Any] = {"checkpoints": checkpoints} if plan.checkpoints else {}
+    extra: Dict[str, Any] = {"checkpoints": checkpoints,
+                             "across_seeds": across_seeds(plan.checkpoints, checkpoints, base)} if plan.checkpoints else {}
     return {
         "format": RESULTS_FORMAT,
         "battery": {"id": plan.battery.full_id, "name": plan.battery.id, "version": plan.battery.version,
@@ -540,6 +543,43 @@ def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, 
         "law": _law(law_points),
         "matched": _matched(law_points, at_end, battery_tasks),
     }
+
+
+def across_seeds(plan_rows: List[Dict[str, Any]], rows: List[Dict[str, Any]], base: str) -> List[Dict[str, Any]]:
+    """Checkpoints of runs that differ only in their seed, side by side: one group per (method, hyper-parameters
+    but the seed, update) holding two or more seeds, with the mean, minimum and maximum of target success,
+    forgetting and forward KL over the seeds. ``label`` names the hyper-parameters that tell a method's groups
+    apart (empty when the method has one configuration). Copies of the base (update 0) are left out."""
+    groups: Dict[Tuple[str, str, int], List[Tuple[Dict[str, Any], Dict[str, Any]]]] = {}
+    for c, r in zip(plan_rows, rows):
+        hp = {k: v for k, v in (c.get("hparams") or {}).items() if k != "seed"}
+        if r["policy"] == base or (c.get("hparams") or {}).get("seed") is None:
+            continue
+        groups.setdefault((c.get("method") or "", json.dumps(hp, sort_keys=True), int(c["update"])), []).append((c, r))
+    configs: Dict[str, List[Dict[str, Any]]] = {}
+    for method, hp, _ in groups:
+        configs.setdefault(method, [])
+        if json.loads(hp) not in configs[method]:
+            configs[method].append(json.loads(hp))
+
+    def label(method: str, hp: Dict[str, Any]) -> str:
+        others = configs[method]
+        varying = sorted(k for k in hp if any(o.get(k) != hp.get(k) for o in others))
+        return ", ".join(f"{k}={hp[k]}" for k in varying)
+
+    def stats(values: List[Any]) -> Dict[str, Any]:
+        v = [x for x in values if isinstance(x, (int, float)) and math.isfinite(x)]
+        return {"mean": sum(v) / len(v), "min": min(v), "max": max(v)} if v else {"mean": None, "min": None, "max": None}
+
+    out = []
+    for (method, hp, update), members in sorted(groups.items()):
+        seeds = sorted({c["hparams"]["seed"] for c, _ in members})
+        if len(seeds) < 2:
+            continue
+        out.append({"method": method, "label": label(method, json.loads(hp)), "update": update, "seeds": seeds,
+                    "runs": [c["run"] for c, _ in members], "policies": [r["policy"] for _, r in members],
+                    **{k: stats([r.get(k) for _, r in members]) for k in ("target_success", "forgetting", "forward_kl")}})
+    return out
 
 
 def _num_or_none(x: Any) -> Any:

@@ -127,6 +127,24 @@ def checkpoint_section(results: Dict[str, Any]) -> List[str]:
                      f"{_pct(r.get('target_success'))} | {_pct(r.get('battery_success'))} | "
                      f"{_num(None if f is None else 100 * f, '{:+.1f}')} | {_num(r.get('forward_kl'))} | "
                      f"{r['policy'] if r['policy'] != r['key'] else ''} |")
+    seeds = results.get("across_seeds") or []
+    if seeds:
+        L += ["", "## Across seeds", "",
+              "Checkpoints of runs that differ only in their seed, at the same update: the mean over the seeds "
+              "and, in brackets, the lowest and highest seed.", "",
+              "| method | update | seeds | target % | forgetting (pp) | forward KL |", "|---|---|---|---|---|---|"]
+
+        def spread(st: Dict[str, Any], scale: float, fmt: str) -> str:
+            if st.get("mean") is None:
+                return "-"
+            return (f"{fmt.format(scale * st['mean'])} [{fmt.format(scale * st['min'])}, "
+                    f"{fmt.format(scale * st['max'])}]")
+
+        for g in seeds:
+            name = g["method"] + (f" ({g['label']})" if g.get("label") else "")
+            L.append(f"| {name} | {g['update']} | {', '.join(str(x) for x in g['seeds'])} | "
+                     f"{spread(g['target_success'], 100, '{:.1f}')} | {spread(g['forgetting'], 100, '{:+.1f}')} | "
+                     f"{spread(g['forward_kl'], 1, '{:.2f}')} |")
     law = results.get("law") or {}
     if law.get("n"):
         L += ["", "## Forgetting law", "",
