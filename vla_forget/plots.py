@@ -109,7 +109,7 @@ def plot_pareto(results: Dict[str, Any], path: str) -> str:
 def plot_law(results: Dict[str, Any], path: str) -> str:
     import numpy as np
 
-    fig, ax = _figure()
+    fig, ax = _figure((6.4, 5.8))
     section = results.get("law") or {}
     points = [p for p in section.get("points", []) if p.get("forward_kl") is not None and p.get("forgetting") is not None]
     groups = _by_method(points)
@@ -134,7 +134,7 @@ def plot_law(results: Dict[str, Any], path: str) -> str:
         r2 = "undefined" if fit.r2 is None else f"{fit.r2:.2f}"
         params = ", ".join(f"{k} = {v:.3g}" for k, v in fit.params.items())
         ax.plot(xs, [100 * fit.predict(float(x)) for x in xs], color="black", lw=1.5, ls="--",
-                label=f"{section['formula'].replace('x', 'KL')} ({params}); R² = {r2}, n = {fit.n}")
+                label="pooled: " + f"{section['formula'].replace('x', 'KL')} ({params}); R² = {r2}, n = {fit.n}")
     else:
         ax.text(0.02, 0.96, f"law fit {section.get('reason', 'undefined')}", transform=ax.transAxes, va="top", fontsize=8)
     states = section.get("states") or "target"
@@ -143,7 +143,7 @@ def plot_law(results: Dict[str, Any], path: str) -> str:
     ax.axhline(0.0, color="0.6", lw=0.8)
     ax.grid(alpha=0.3)
     ax.set_title("Forgetting against forward KL to the base", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)  # below: no point hidden
     fig.tight_layout()
     fig.savefig(path)
     return path
