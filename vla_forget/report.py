@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 def _pct(x: Any) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
-    return f"{100 * x:.0f}"
+    return _no_negative_zero(f"{100 * x:.0f}", "{:.0f}")
 
 
 def _cell(d: Dict[str, Any] | None) -> str:
@@ -22,7 +22,15 @@ def _cell(d: Dict[str, Any] | None) -> str:
 def _num(x: Any, fmt: str = "{:.4f}") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
-    return fmt.format(x)
+    return _no_negative_zero(fmt.format(x), fmt)
+
+
+def _no_negative_zero(text: str, fmt: str) -> str:
+    """``-0.0`` (a tiny negative value rounded, e.g. a forgetting of -1e-17) printed as zero."""
+    try:
+        return fmt.format(0.0) if text.startswith("-") and float(text) == 0 else text
+    except ValueError:
+        return text
 
 
 def success_table(success: Dict[str, Dict[str, Any]], tasks: List[str], policies: List[str]) -> List[str]:
@@ -137,8 +145,7 @@ def checkpoint_section(results: Dict[str, Any]) -> List[str]:
         def spread(st: Dict[str, Any], scale: float, fmt: str) -> str:
             if st.get("mean") is None:
                 return "-"
-            return (f"{fmt.format(scale * st['mean'])} [{fmt.format(scale * st['min'])}, "
-                    f"{fmt.format(scale * st['max'])}]")
+            return f"{_num(scale * st['mean'], fmt)} [{_num(scale * st['min'], fmt)}, {_num(scale * st['max'], fmt)}]"
 
         for g in seeds:
             name = g["method"] + (f" ({g['label']})" if g.get("label") else "")
