@@ -510,10 +510,9 @@ def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, 
                     for p, tasks in at_end.items()}
     rows = {r.key: _policy_row(r.key, at_end, battery_mean, forgetting, gain, kl, target_task) for r in plan.refs}
     checkpoints = [{**{k: c[k] for k in ("key", "run", "method", "update", "env_steps", "samples_seen", "wall_time_s",
-                                         "policy", "checkpoint_hash", "path")}, **rows[c["policy"]]}
+                                         "policy", "checkpoint_hash", "path")},
+                    "seed": (c.get("hparams") or {}).get("seed"), **rows[c["policy"]]}
                    for c in plan.checkpoints]
-    for row, c in zip(checkpoints, plan.checkpoints):
-        row["seed"] = (c.get("hparams") or {}).get("seed")
     law_points = [dict(rows[r.key], policy=r.key, method=(r.checkpoint or {}).get("method")) for r in plan.refs if r.key != base]
     extra: Dict[str, Any] = {"checkpoints": checkpoints,
                              "across_seeds": across_seeds(plan.checkpoints, checkpoints, base)} if plan.checkpoints else {}
@@ -557,10 +556,10 @@ def across_seeds(plan_rows: List[Dict[str, Any]], rows: List[Dict[str, Any]], ba
             continue
         groups.setdefault((c.get("method") or "", json.dumps(hp, sort_keys=True), int(c["update"])), []).append((c, r))
     configs: Dict[str, List[Dict[str, Any]]] = {}
-    for method, hp, _ in groups:
-        configs.setdefault(method, [])
-        if json.loads(hp) not in configs[method]:
-            configs[method].append(json.loads(hp))
+    for method, key, _ in groups:
+        hp = json.loads(key)
+        if hp not in configs.setdefault(method, []):
+            configs[method].append(hp)
 
     def label(method: str, hp: Dict[str, Any]) -> str:
         others = configs[method]

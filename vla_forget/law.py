@@ -62,6 +62,11 @@ class Fit:
             return p["a"] * x + p["b"]
         return p["a"] * x * x + p["b"] * x + p["c"]
 
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Fit":
+        """The fit that ``to_dict`` wrote (as results.json holds it)."""
+        return cls(d["model"], d["n"], dict(d.get("params") or {}), d.get("r2"), d.get("reason", ""))
+
     def to_dict(self) -> Dict[str, Any]:
         d: Dict[str, Any] = {"model": self.model, "formula": FORMULAS[self.model], "params": dict(self.params),
                              "r2": self.r2, "n": self.n, "defined": self.defined}
@@ -147,6 +152,16 @@ def law_section(points: List[Dict[str, Any]], predictor: str = "forward_kl", mod
     return section
 
 
+def group_by_method(points: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+    """``{method: its points}`` in sorted method order, in the points' order within a method; points without a
+    method are left out."""
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for p in points:
+        if p.get("method"):
+            groups.setdefault(p["method"], []).append(p)
+    return dict(sorted(groups.items()))
+
+
 def per_method(points: List[Dict[str, Any]], predictor: str = "forward_kl", model: str = PRIMARY_MODEL) -> Dict[str, Any]:
     """The law fitted within each method: ``{method: fit}`` over that method's points plus the base at (0, 0).
 
@@ -155,13 +170,9 @@ def per_method(points: List[Dict[str, Any]], predictor: str = "forward_kl", mode
     is the start of every method's trajectory, with no divergence and no forgetting by definition, so it
     is a point of each fit (``n`` counts it). Points without a method are left out.
     """
-    groups: Dict[str, List[Dict[str, Any]]] = {}
-    for p in points:
-        if p.get("method"):
-            groups.setdefault(p["method"], []).append(p)
     out = {}
-    for method in sorted(groups):
-        rows = [{predictor: 0.0, "forgetting": 0.0}] + groups[method]
+    for method, members in group_by_method(points).items():
+        rows = [{predictor: 0.0, "forgetting": 0.0}] + members
         f = fit([r.get(predictor) for r in rows], [r.get("forgetting") for r in rows], model)
         out[method] = {**f.to_dict(), "with_base": True}
     return out
@@ -199,11 +210,8 @@ def matched_pairs(points: Sequence[Dict[str, Any]], tolerance: float = MATCH_TOL
     Returns ``[{methods: [A, B], a: policy of A, b: policy of B, target_difference: A - B}]``,
     methods in sorted order.
     """
-    by_method: Dict[str, List[Dict[str, Any]]] = {}
-    for p in points:
-        if p.get("method") and _finite(p.get("target_success")):
-            by_method.setdefault(p["method"], []).append(p)
-    names = sorted(by_method)
+    by_method = group_by_method([p for p in points if _finite(p.get("target_success"))])
+    names = list(by_method)
     out: List[Dict[str, Any]] = []
     for i, ma in enumerate(names):
         for mb in names[i + 1:]:

@@ -122,13 +122,13 @@ def plot_law(results: Dict[str, Any], path: str) -> str:
         rows = groups.get(method) or []
         if not fd.get("defined") or not rows:
             continue
-        fit = law.Fit(fd["model"], fd["n"], dict(fd["params"]), fd.get("r2"))
+        fit = law.Fit.from_dict(fd)
         xs = np.linspace(0.0, max(r["forward_kl"] for r in rows), 50)
         r2 = "undefined" if fit.r2 is None else f"{fit.r2:.2f}"
         ax.plot(xs, [100 * fit.predict(float(x)) for x in xs], color=colours[method], lw=1.0, ls=":",
                 label=f"{method} alone: R² = {r2}")
     if section.get("defined"):
-        fit = law.Fit(section["model"], section["n"], dict(section["params"]), section.get("r2"))
+        fit = law.Fit.from_dict(section)
         hi = max([p["forward_kl"] for p in points] + [1e-6])
         xs = np.linspace(0.0, 1.05 * hi, 100)
         r2 = "undefined" if fit.r2 is None else f"{fit.r2:.2f}"
