@@ -124,6 +124,17 @@ def test_plots_are_written(tmp_path):
     assert [p["key"] for p in plots.pareto_points(results_fixture())][-1] == "expert-v1"
 
 
+def test_pareto_legend_counts_a_methods_checkpoints_not_its_runs_copies_of_the_base():
+    from vla_forget import plots
+
+    res = results_fixture()
+    base_copy = {**res["checkpoints"][0], "key": "ppo_lr1e-4_b8_s0@update-000000", "policy": res["base"], "update": 0}
+    res["checkpoints"].insert(0, base_copy)  # a run's update 0 is an alias of the base
+    ppo = [r for r in plots.pareto_points(res) if r.get("method") == "ppo"]
+    assert len(ppo) == 3  # the copy stays a point of the method's frontier ...
+    assert plots.pareto_label("ppo", ppo, res["base"]) == "ppo (2)"  # ... but the legend counts 2 checkpoints
+
+
 def test_report_links_the_plots():
     from vla_forget.report import checkpoint_section
 

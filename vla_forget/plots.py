@@ -71,6 +71,13 @@ def pareto_points(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     return rows
 
 
+def pareto_label(method: str, rows: List[Dict[str, Any]], base: Optional[str]) -> str:
+    """Legend entry of a method: its own checkpoints counted, not the runs' update-0 copies of the base
+    (drawn at the base's star, and counted once, as the base)."""
+    n = sum(1 for r in rows if r.get("policy") != base)
+    return f"{method} ({n})"
+
+
 def plot_pareto(results: Dict[str, Any], path: str) -> str:
     fig, ax = _figure()
     groups = _by_method(pareto_points(results))
@@ -81,7 +88,7 @@ def plot_pareto(results: Dict[str, Any], path: str) -> str:
         if not pts:
             continue
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=22, alpha=0.55, color=colours[method],
-                   label=f"{method} ({len(pts)})")
+                   label=pareto_label(method, rows, results.get("base")))
         front = [pts[i] for i in law.pareto_frontier(pts)]
         if method != OTHER and len(front) > 0:
             fx, fy = [front[0][0]], [front[0][1]]
