@@ -239,3 +239,10 @@ def test_across_seeds_groups_runs_that_differ_only_in_their_seed():
         ("lr=1e-05", [0, 1], ["a", "b"]), ("lr=3e-05", [0, 1, 2], ["c", "d", "e"])]
     assert groups[1]["target_success"] == pytest.approx({"mean": 0.3, "min": 0.1, "max": 0.5})
     assert groups[0]["forgetting"]["mean"] == pytest.approx(0.15)
+    # datasets differ between two SFT configurations: the label names them, not the folders they lie in
+    sft = [({"run": r, "method": "sft", "update": 5, "hparams": {"data": data, "seed": seed}},
+            {"policy": f"{r}@5", "target_success": 0.5, "forgetting": 0.1, "forward_kl": 1.0})
+           for r, data, seed in [("s0", ["/x/data/demos"], 0), ("s1", ["/x/data/demos"], 1),
+                                 ("p0", ["/x/data/demos", "/x/data/pairs/"], 0), ("p1", ["/x/data/demos", "/x/data/pairs/"], 1)]]
+    labels = [g["label"] for g in bench_mod.across_seeds([p for p, _ in sft], [r for _, r in sft], "base")]
+    assert labels == ["data=[demos, pairs]", "data=[demos]"]

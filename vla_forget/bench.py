@@ -564,7 +564,7 @@ def across_seeds(plan_rows: List[Dict[str, Any]], rows: List[Dict[str, Any]], ba
     def label(method: str, hp: Dict[str, Any]) -> str:
         others = configs[method]
         varying = sorted(k for k in hp if any(o.get(k) != hp.get(k) for o in others))
-        return ", ".join(f"{k}={hp[k]}" for k in varying)
+        return ", ".join(f"{k}={_short_value(hp[k])}" for k in varying)
 
     def stats(values: List[Any]) -> Dict[str, Any]:
         v = [x for x in values if isinstance(x, (int, float)) and math.isfinite(x)]
@@ -579,6 +579,16 @@ def across_seeds(plan_rows: List[Dict[str, Any]], rows: List[Dict[str, Any]], ba
                     "runs": [c["run"] for c, _ in members], "policies": [r["policy"] for _, r in members],
                     **{k: stats([r.get(k) for _, r in members]) for k in ("target_success", "forgetting", "forward_kl")}})
     return out
+
+
+def _short_value(v: Any) -> Any:
+    """A hyper-parameter as a label shows it: a path (or a list of paths, such as sft's --data) by its last
+    component, so that the label names the dataset and not where it lies on one machine."""
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(str(_short_value(x)) for x in v) + "]"
+    if isinstance(v, str) and os.sep in v:
+        return os.path.basename(v.rstrip(os.sep)) or v
+    return v
 
 
 def _num_or_none(x: Any) -> Any:
