@@ -75,6 +75,13 @@ def test_per_method_fits_find_the_lines_that_the_pooled_fit_misses():
     assert not one["grpo"]["defined"] and one["grpo"]["n"] == 2 and one["grpo"]["reason"]
 
 
+def test_group_by_method_leaves_out_or_gathers_points_without_a_method():
+    pts = [{"method": "sft", "i": 0}, {"method": None, "i": 1}, {"method": "ppo", "i": 2}, {"method": "sft", "i": 3}]
+    assert {m: [p["i"] for p in g] for m, g in law.group_by_method(pts).items()} == {"ppo": [2], "sft": [0, 3]}
+    other = law.group_by_method(pts, other="a-other")  # first by name, yet placed last
+    assert [(m, [p["i"] for p in g]) for m, g in other.items()] == [("ppo", [2]), ("sft", [0, 3]), ("a-other", [1])]
+
+
 def test_pareto_frontier_on_a_hand_example():
     pts = [(0.1, 0.9), (0.5, 0.5), (0.4, 0.4), (0.9, 0.1), (0.5, 0.5), (0.2, 0.95), (float("nan"), 1.0), (0.9, 0.05)]
     # (0.1, 0.9) < (0.2, 0.95); (0.4, 0.4) < (0.5, 0.5); (0.9, 0.05) < (0.9, 0.1); equal points both stay

@@ -152,14 +152,15 @@ def law_section(points: List[Dict[str, Any]], predictor: str = "forward_kl", mod
     return section
 
 
-def group_by_method(points: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+def group_by_method(points: Sequence[Dict[str, Any]], other: Optional[str] = None) -> Dict[str, List[Dict[str, Any]]]:
     """``{method: its points}`` in sorted method order, in the points' order within a method; points without a
-    method are left out."""
+    method are left out, or, with ``other``, grouped under that name and placed last."""
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for p in points:
-        if p.get("method"):
-            groups.setdefault(p["method"], []).append(p)
-    return dict(sorted(groups.items()))
+        method = p.get("method") or other
+        if method:
+            groups.setdefault(method, []).append(p)
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0] == other, kv[0])))
 
 
 def per_method(points: List[Dict[str, Any]], predictor: str = "forward_kl", model: str = PRIMARY_MODEL) -> Dict[str, Any]:

@@ -47,13 +47,6 @@ def _colours(methods: List[str]) -> Dict[str, Any]:
     return {m: ("0.45" if m == OTHER else cmap(i % 10)) for i, m in enumerate(methods)}
 
 
-def _by_method(points: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
-    groups: Dict[str, List[Dict[str, Any]]] = {}
-    for p in points:
-        groups.setdefault(p.get("method") or OTHER, []).append(p)
-    return dict(sorted(groups.items(), key=lambda kv: (kv[0] == OTHER, kv[0])))
-
-
 def _base_point(results: Dict[str, Any]) -> Tuple[Optional[float], Optional[float]]:
     base = results.get("base")
     target = (results.get("target") or {}).get("task")
@@ -80,7 +73,7 @@ def pareto_label(method: str, rows: List[Dict[str, Any]], base: Optional[str]) -
 
 def plot_pareto(results: Dict[str, Any], path: str) -> str:
     fig, ax = _figure()
-    groups = _by_method(pareto_points(results))
+    groups = law.group_by_method(pareto_points(results), other=OTHER)
     colours = _colours(list(groups))
     for method, rows in groups.items():
         xy = [(r.get("battery_success"), r.get("target_success")) for r in rows]
@@ -119,7 +112,7 @@ def plot_law(results: Dict[str, Any], path: str) -> str:
     fig, ax = _figure((6.4, 5.8))
     section = results.get("law") or {}
     points = [p for p in section.get("points", []) if p.get("forward_kl") is not None and p.get("forgetting") is not None]
-    groups = _by_method(points)
+    groups = law.group_by_method(points, other=OTHER)
     colours = _colours(list(groups))
     for method, rows in groups.items():
         ax.scatter([r["forward_kl"] for r in rows], [100 * r["forgetting"] for r in rows], s=22, alpha=0.7,
