@@ -246,3 +246,39 @@ def test_across_seeds_groups_runs_that_differ_only_in_their_seed():
                                  ("p0", ["/x/data/demos", "/x/data/pairs/"], 0), ("p1", ["/x/data/demos", "/x/data/pairs/"], 1)]]
     labels = [g["label"] for g in bench_mod.across_seeds([p for p, _ in sft], [r for _, r in sft], "base")]
     assert labels == ["data=[demos, pairs]", "data=[demos]"]
+
+
+def test_cli_resume_takes_the_runs_own_settings_and_adds_checkpoints_folders(world, capsys):
+    tmp, battery, target, base, sweep, counts = world
+    out = str(tmp / "cli-resume")
+    first = os.path.join(sweep, "runs", "ppo_lr1e-4_b8_s0")
+    rc = main(["bench", "--checkpoints", first, "--battery", battery, "--workers", "0", "--episodes", "1",
+               "--target-episodes", "1", "--image-size", "16", "--videos-per-task", "0", "--kl-states-per-task", "2",
+               "--kl-samples-per-state", "1", "--no-progress", "--out", out])
+    assert rc == 0, capsys.readouterr().err
+    saved = json.load(open(os.path.join(out, "config.json")))
+    counts["episodes"] = 0
+    # only --out and --resume: every option comes from OUT/config.json, nothing is rolled out again
+    assert main(["bench", "--out", out, "--resume", "--workers", "0", "--no-progress"]) == 0, capsys.readouterr().err
+    assert counts["episodes"] == 0
+    assert json.load(open(os.path.join(out, "config.json"))) == saved
+    # another run folder: added to the saved ones, only its checkpoints are rolled out
+    seed1 = make_run(str(tmp / "more"), "ppo_lr1e-4_b8_s1", "ppo", base, target, (7, 8), seed=1)
+    assert main(["bench", "--out", out, "--resume", "--workers", "0", "--no-progress", "--checkpoints", seed1]) == 0
+    assert counts["episodes"] == 2 * (1 + 1 + 1)  # two new checkpoints x (two battery tasks + the target), 1 each
+    res = json.load(open(os.path.join(out, "results.json")))
+    grown = json.load(open(os.path.join(out, "config.json")))["config"]
+    assert grown["checkpoints"] == [first, seed1] and grown["episodes"] == 1
+    assert [c["key"] for c in res["checkpoints"] if c["update"]] == [
+        "ppo_lr1e-4_b8_s0@update-000002", "ppo_lr1e-4_b8_s0@update-000004",
+        "ppo_lr1e-4_b8_s1@update-000002", "ppo_lr1e-4_b8_s1@update-000004"]
+    # an option given that differs from the run's: refused as before, nothing lost
+    capsys.readouterr()
+    assert main(["bench", "--out", out, "--resume", "--workers", "0", "--no-progress", "--episodes", "3"]) != 0
+    assert "different configuration (config.episodes: 1 -> 3" in capsys.readouterr().err
+    assert json.load(open(os.path.join(out, "results.json")))["checkpoints"] == res["checkpoints"]
+    # a corrupt config.json: a clear error, exit 2
+    with open(os.path.join(out, "config.json"), "w") as f:
+        f.write("{not json")
+    assert main(["bench", "--out", out, "--resume", "--workers", "0", "--no-progress"]) == 2
+    assert "cannot read" in capsys.readouterr().err

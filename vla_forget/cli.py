@@ -21,18 +21,23 @@ examples:
       --battery simpler-google-v1 --device cuda --num-envs 1 --image-size 224 --out runs/openvla
   vla-forget bench --checkpoints runs/sweeps/forgetting --episodes 20 --out runs/bench-forgetting
   vla-forget bench --checkpoints runs/adapt/ppo --checkpoint-stride 2 --out runs/bench-ppo --resume
+  vla-forget bench --out runs/bench-ppo --resume --checkpoints runs/adapt/ppo-seed1
 
 Results land in OUT/results.json (machine-readable), OUT/report.md (tables),
 OUT/episodes.jsonl (one line per episode) and OUT/videos/. Ctrl-C keeps every
-finished episode; rerun the same command with --resume to continue.
+finished episode; rerun with --resume to continue: the options not given come
+from OUT/config.json, so `vla-forget bench --out OUT --resume` continues a run
+with its own settings (--workers is per machine: give it again if not the
+default).
 
 --checkpoints takes an adaptation run folder (vla-forget adapt) or a sweep
 folder (vla-forget sweep) and evaluates every finished checkpoint in it as the
 policy RUN@update-NNNNNN; --base and --target default to the runs' own. Results
 gain a checkpoints table, the forgetting-law fit and OUT/pareto.png,
 OUT/forgetting_vs_kl.png (with the plots extra). To add runs (another seed)
-to a finished bench, rerun its command with --resume and one more
---checkpoints folder: only the new checkpoints are rolled out.
+to a finished bench, run `vla-forget bench --out OUT --resume --checkpoints
+NEW_RUN`: the folder joins the saved ones and only its checkpoints (and any
+new checkpoint of the others) are rolled out.
 """
 
 
@@ -79,11 +84,53 @@ def apply_trust_remote_code(args) -> None:
         os.environ["VLA_FORGET_TRUST_REMOTE_CODE"] = "1"
 
 
+#: bench options that --resume takes from OUT/config.json when they are not given (workers: per machine)
+RESUMED_BENCH_OPTIONS = ("base", "battery", "target", "episodes", "target_episodes", "num_envs", "device", "image_size",
+                         "videos_per_task", "kl_states_per_task", "kl_samples_per_state", "greedy", "seed",
+                         "checkpoint_stride")
+
+
+def _fill_from_saved_config(args) -> None:
+    """``--resume``: options not given on the command line come from OUT/config.json, the run being continued.
+
+    ``--checkpoints`` folders given are added to the saved ones (another seed, another run); ``--policy`` ids
+    given replace none of the saved ones. So ``vla-forget bench --out OUT --resume`` continues a run with
+    exactly its own settings. A corrupt config.json raises ValueError.
+    """
+    path = os.path.join(args.out, "config.json")
+    if not (args.resume and os.path.exists(path)):
+        return
+    import json
+
+    try:
+        with open(path) as f:
+            saved = json.load(f)["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--resume: cannot read {path} ({e}); pass every option of the run again, or choose "
+                         "another --out") from None
+    for name in RESUMED_BENCH_OPTIONS:
+        if getattr(args, name, None) is None and saved.get(name) is not None:
+            setattr(args, name, saved[name])
+    if saved.get("kl_state_stride") is not None:
+        args.kl_state_stride = saved["kl_state_stride"]
+    args.checkpoints = _union(saved.get("checkpoints") or [], args.checkpoints or []) or None
+    args.policies = _union(saved.get("policies") or [], args.policies or []) or None
+
+
+def _union(first: List[str], more: List[str]) -> List[str]:
+    return list(first) + [x for x in more if x not in first]
+
+
 def cmd_bench(args) -> int:
     from vla_forget.bench import BenchConfig, run_bench
     from vla_forget.spec import load_preset
 
     apply_trust_remote_code(args)
+    try:
+        _fill_from_saved_config(args)
+    except ValueError as e:
+        print(f"vla-forget bench: {e}", file=sys.stderr)
+        return 2
     # a preset fills only the options it is asked for: without --preset, episode counts come from the specs
     preset = load_preset(args.preset) if args.preset else {}
     pick = lambda name, dflt=None: getattr(args, name) if getattr(args, name, None) is not None else preset.get(name, dflt)  # noqa: E731
@@ -114,7 +161,8 @@ def cmd_bench(args) -> int:
         target=pick("target"), episodes=pick("episodes"), target_episodes=pick("target_episodes"),
         workers=int(workers), num_envs=num_envs, device=pick("device", "cpu"),
         image_size=int(pick("image_size", 128)), videos_per_task=int(pick("videos_per_task", 2)),
-        kl_states_per_task=int(pick("kl_states_per_task", 32)), kl_state_stride=int(preset.get("kl_state_stride", 5)),
+        kl_states_per_task=int(pick("kl_states_per_task", 32)),
+        kl_state_stride=int(getattr(args, "kl_state_stride", None) or preset.get("kl_state_stride", 5)),
         kl_samples_per_state=int(pick("kl_samples_per_state", 4)), greedy=bool(pick("greedy", False)),
         seed=int(pick("seed", 0)), progress=not args.no_progress, checkpoints=checkpoints,
         checkpoint_stride=args.checkpoint_stride,
