@@ -86,8 +86,8 @@ def apply_trust_remote_code(args) -> None:
 
 #: bench options that --resume takes from OUT/config.json when they are not given (workers: per machine)
 RESUMED_BENCH_OPTIONS = ("base", "battery", "target", "episodes", "target_episodes", "num_envs", "device", "image_size",
-                         "videos_per_task", "kl_states_per_task", "kl_samples_per_state", "greedy", "seed",
-                         "checkpoint_stride")
+                         "videos_per_task", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "greedy",
+                         "seed", "checkpoint_stride")
 
 
 def _fill_from_saved_config(args) -> None:
@@ -111,8 +111,6 @@ def _fill_from_saved_config(args) -> None:
     for name in RESUMED_BENCH_OPTIONS:
         if getattr(args, name, None) is None and saved.get(name) is not None:
             setattr(args, name, saved[name])
-    if saved.get("kl_state_stride") is not None:
-        args.kl_state_stride = saved["kl_state_stride"]
     args.checkpoints = _union(saved.get("checkpoints") or [], args.checkpoints or []) or None
     args.policies = _union(saved.get("policies") or [], args.policies or []) or None
 
@@ -161,8 +159,7 @@ def cmd_bench(args) -> int:
         target=pick("target"), episodes=pick("episodes"), target_episodes=pick("target_episodes"),
         workers=int(workers), num_envs=num_envs, device=pick("device", "cpu"),
         image_size=int(pick("image_size", 128)), videos_per_task=int(pick("videos_per_task", 2)),
-        kl_states_per_task=int(pick("kl_states_per_task", 32)),
-        kl_state_stride=int(getattr(args, "kl_state_stride", None) or preset.get("kl_state_stride", 5)),
+        kl_states_per_task=int(pick("kl_states_per_task", 32)), kl_state_stride=int(pick("kl_state_stride", 5)),
         kl_samples_per_state=int(pick("kl_samples_per_state", 4)), greedy=bool(pick("greedy", False)),
         seed=int(pick("seed", 0)), progress=not args.no_progress, checkpoints=checkpoints,
         checkpoint_stride=args.checkpoint_stride,
