@@ -117,7 +117,7 @@ def test_bench_over_a_sweep_evaluates_every_checkpoint(world):
             assert f"]({name})" in report
 
 
-def test_n_checkpoints_cost_n_plus_one_passes(world, monkeypatch):
+def test_n_checkpoints_cost_n_plus_one_base_sampling_passes(world, monkeypatch):
     tmp, battery, target, base, sweep, counts = world
     cfg = config(tmp, battery, target, base, sweep, "kl")
     first = run_bench(cfg, log=lambda *_: None)
@@ -131,17 +131,27 @@ def test_n_checkpoints_cost_n_plus_one_passes(world, monkeypatch):
                         or real_logits(self, *a, **k))
     monkeypatch.setenv("VLA_FORGET_CACHE", str(tmp / "empty-cache"))
     plan = bench_mod.make_plan(cfg)
-    n = len([r for r in plan.refs if r.key != plan.base.key])
+    others = [r.hash for r in plan.refs if r.key != plan.base.key]
+    n = len(others)
     assert n == 4 and len(plan.checkpoints) == 6
     res = bench_mod.compute_divergences(plan, cfg.out)
-    # per state set: one base pass (sampling the prefixes yields its logits) + one teacher-forced pass per checkpoint
-    assert res["base_passes"] == 2 and len(calls["sample"]) == 2 and set(calls["sample"]) == {plan.base.hash}
-    assert len(calls["logits"]) == 2 * n and plan.base.hash not in calls["logits"]
-    assert len(calls["sample"] + calls["logits"]) == 2 * (n + 1)
+    # per state set: one base sampling pass (its logits come with the prefixes), then per checkpoint one
+    # teacher-forced pass on them (forward KL, TV), one sampling pass of its own (reverse KL) and the base
+    # teacher-forced on those samples
+    assert res["base_passes"] == 2 and res["policy_sample_passes"] == 2 * n and res["base_reverse_passes"] == 2 * n
+    assert sorted(calls["sample"]) == sorted([plan.base.hash] * 2 + others * 2)
+    assert sorted(calls["logits"]) == sorted(others * 2 + [plan.base.hash] * 2 * n)
     calls["sample"].clear()
-    again = bench_mod.compute_divergences(plan, cfg.out)  # cached by content: no base pass at all
-    assert again["base_passes"] == 0 and not calls["sample"]
+    calls["logits"].clear()
+    again = bench_mod.compute_divergences(plan, cfg.out)  # cached by content: no base pass and no sampling at all
+    assert again["base_passes"] == again["policy_sample_passes"] == again["base_reverse_passes"] == 0
+    assert not calls["sample"] and sorted(calls["logits"]) == sorted(others * 2)
     assert again["policies"] == res["policies"]
+    for entry in res["policies"].values():
+        for name in ("target", "battery"):
+            e = entry[name]
+            assert e["reverse"] > 0 and e["reverse_se"] > 0 and e["reverse_estimator"] == "policy samples"
+            assert 0 < e["tv_ess"] <= 1 and e["forward_se"] > 0
 
 
 def test_resume_adds_new_checkpoints_and_refuses_changed_ones(world):

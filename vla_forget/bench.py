@@ -4,7 +4,8 @@ Run folder layout (``--out DIR``)::
 
     config.json        the resolved configuration (battery and target specs, seeds, policies)
     episodes.jsonl     one record per finished episode, appended as they finish
-    states/            the base policy's recorded observations (per task, per seed)
+    states/            the base policy's recorded observations (per task, per seed; vla_forget.states)
+    states-policy/     with --kl-states policy|both: each policy's own target-task observations
     videos/POLICY/     mp4 per (task, seed) for the first videos_per_task seeds
     results.json       success matrix, forgetting, gain, divergences, versions; with
                        checkpoints: a ``checkpoints`` section and the forgetting ``law`` fit
@@ -35,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from vla_forget import law, metrics
+from vla_forget.divergences import TV_MIN_ESS
 from vla_forget.jsonio import write_json
 from vla_forget.rollout import EpisodeJob
 from vla_forget.spec import Battery, Target, load_battery, load_target
@@ -77,11 +79,15 @@ class BenchConfig:
     videos_per_task: int = 2
     """mp4 videos per (policy, task): the first seeds"""
     kl_states_per_task: int = 32
-    """recorded base states per task for the divergences"""
+    """recorded base states per task for the divergences, spread over the episodes (vla_forget.states)"""
     kl_state_stride: int = 5
-    """record every k-th step of the base's episodes"""
+    """with kl_state_rule stride-v0 only: record every k-th step"""
     kl_samples_per_state: int = 4
-    """base token prefixes sampled per state"""
+    """token prefixes sampled per state (from the base for forward KL and TV, from the policy for reverse KL)"""
+    kl_state_rule: str = "spread-v1"
+    """which steps become states (vla_forget.states.RULES); stride-v0 is the rule of older benches"""
+    kl_states: str = "base"
+    """states of the divergences: the base's target episodes ('base'), each policy's own ('policy'), or both"""
     greedy: bool = False
     """greedy actions instead of sampling"""
     seed: int = 0
@@ -95,6 +101,13 @@ class BenchConfig:
 
     # fields that may differ between a run and its resumption
     VOLATILE = ("workers", "progress", "out")
+    # fields that change only the divergences: a resumption may change them; states are recorded again where
+    # they differ (the episodes re-run for their states only) and every divergence is recomputed
+    DIVERGENCE_ONLY = ("kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_state_rule", "kl_states", "seed")
+    # the value of a field for a config.json written before the field existed, where that is not its default
+    LEGACY = {"kl_state_rule": "stride-v0"}
+
+KL_STATE_SETS = ("base", "policy", "both")
 
 
 @dataclass
@@ -107,6 +120,7 @@ class PolicyRef:
     has_distribution: bool
     needs_image: bool = True
     checkpoint: Optional[Dict[str, Any]] = None  # run, method, update, env_steps, ... of an adaptation checkpoint
+    wrist_camera: bool = False  # reads the wrist camera too (not saved in config.json: it follows from the hash)
 
 
 def _policy_ref(spec: str, role: str, key: Optional[str] = None) -> PolicyRef:
@@ -115,28 +129,33 @@ def _policy_ref(spec: str, role: str, key: Optional[str] = None) -> PolicyRef:
 
     p = load_policy(spec)
     return PolicyRef(key=key or spec.rstrip("/"), spec=spec, hash=p.checkpoint_hash(), kind=type(p).__name__, role=role,
-                     has_distribution=isinstance(p, TokenPolicy), needs_image=bool(getattr(p, "needs_image", True)))
+                     has_distribution=isinstance(p, TokenPolicy), needs_image=bool(getattr(p, "needs_image", True)),
+                     wrist_camera=bool(getattr(p, "wrist_camera", False)))
 
 
 # --------------------------------------------------------------------------
 # run-folder I/O
 
-def read_episodes(path: str) -> List[Dict[str, Any]]:
-    """Episode records; a torn last line (killed mid-write) is dropped with a warning."""
+def read_episodes(path: str, *, repair: bool = False) -> List[Dict[str, Any]]:
+    """Episode records. A torn last line (a kill during a write) is dropped with a warning; with ``repair`` it is
+    also cut from the file, so that records appended next start on a line of their own."""
     out: List[Dict[str, Any]] = []
     if not os.path.exists(path):
         return out
-    with open(path) as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines):
-        line = line.strip()
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    for i, raw in enumerate(lines):
+        line = raw.strip()
         if not line:
             continue
         try:
             out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if not any(x.strip() for x in lines[i + 1:]):
                 print(f"warning: dropping a partly written last line of {path}; that episode will be redone", file=sys.stderr)
+                if repair:
+                    with open(path, "r+b") as f:
+                        f.truncate(sum(len(x) + 1 for x in lines[:i]))
             else:
                 raise BenchError(f"{path}: line {i + 1} is not valid JSON; the file is corrupt (fix or remove that line)")
     return out
@@ -182,7 +201,7 @@ class Plan:
             "config": cfg,
             "battery": self.battery.to_dict(),
             "target": self.target.to_dict() if self.target else None,
-            "policies": [asdict(r) for r in self.refs],
+            "policies": [{k: v for k, v in asdict(r).items() if k != "wrist_camera"} for r in self.refs],
             "base": self.base.key,
         }
         if self.checkpoints:
@@ -191,6 +210,7 @@ class Plan:
 
 
 def make_plan(config: BenchConfig) -> Plan:
+    _check_options(config)
     battery = load_battery(config.battery)
     if config.episodes is not None:
         if config.episodes < 1:
@@ -217,6 +237,29 @@ def make_plan(config: BenchConfig) -> Plan:
         base = _policy_ref(config.base, "base")
         refs.insert(0, base)
     return Plan(config, battery, target, refs, base, _add_checkpoints(config, refs))
+
+
+def _check_options(config: BenchConfig) -> None:
+    """Options that would fail deep in a worker or a library, refused before any work with what to give instead."""
+    from vla_forget.states import RULES
+
+    positive = {"image_size": "--image-size", "kl_samples_per_state": "--kl-samples-per-state",
+                "kl_state_stride": "kl_state_stride", "num_envs": "--num-envs"}
+    for name, flag in positive.items():
+        v = getattr(config, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise BenchError(f"{flag} must be a whole number >= 1, got {v!r}")
+    for name, flag in {"kl_states_per_task": "--kl-states-per-task", "videos_per_task": "--videos-per-task",
+                       "workers": "--workers"}.items():
+        v = getattr(config, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise BenchError(f"{flag} must be a whole number >= 0, got {v!r}")
+    if config.image_size > 1024:
+        raise BenchError(f"--image-size {config.image_size} is larger than any supported camera (at most 1024)")
+    if config.kl_state_rule not in RULES:
+        raise BenchError(f"unknown kl_state_rule {config.kl_state_rule!r}; choose one of {', '.join(RULES)}")
+    if config.kl_states not in KL_STATE_SETS:
+        raise BenchError(f"--kl-states must be one of {', '.join(KL_STATE_SETS)}, got {config.kl_states!r}")
 
 
 def _add_checkpoints(config: BenchConfig, refs: List[PolicyRef]) -> List[Dict[str, Any]]:
@@ -250,31 +293,39 @@ def _add_checkpoints(config: BenchConfig, refs: List[PolicyRef]) -> List[Dict[st
     return rows
 
 
-def _check_resume(out: str, plan: Plan, resume: bool) -> None:
+def _check_resume(out: str, plan: Plan, resume: bool) -> List[str]:
+    """Refuse to overwrite a run without ``resume``, and a resumption whose configuration changed. Changes of
+    :attr:`BenchConfig.DIVERGENCE_ONLY` fields are allowed: they are returned, one line each, to be said."""
     cfg_path = os.path.join(out, "config.json")
     has_run = os.path.exists(cfg_path) or os.path.exists(os.path.join(out, "episodes.jsonl"))
     if has_run and not resume:
         raise BenchError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    if resume and os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            old = json.load(f)
-        new = json.loads(json.dumps(plan.resolved()))
-        defaults = json.loads(json.dumps({k: v for k, v in asdict(BenchConfig([], "", "")).items()}))
-        old_cfg = {c: old.get("config", {}).get(c, defaults.get(c)) for c in new["config"]}  # fields added later: default
-        detail = [f"config.{c}: {old_cfg[c]!r} -> {new['config'][c]!r}" for c in new["config"]
-                  if old_cfg[c] != new["config"][c] and not (c == "checkpoints" and _extends(old_cfg[c], new["config"][c]))]
-        old["policies"] = [{"checkpoint": None, **o} for o in old.get("policies") or []]  # older runs lack the field
-        for k in new:
-            if k == "config" or old.get(k) == new[k]:
-                continue
-            if k == "policies" and _grown(old[k], new[k]):
-                continue  # runs that were still training have new checkpoints: add them
-            if k == "aliases" and all(new[k].get(a) == p for a, p in (old.get(k) or {}).items()):
-                continue
-            detail.append(k)
-        if detail:
-            raise BenchError(f"--resume: {out} was started with a different configuration ({'; '.join(detail)}). "
-                             "Resume with the same arguments, or choose another --out")
+    if not (resume and os.path.exists(cfg_path)):
+        return []
+    with open(cfg_path) as f:
+        old = json.load(f)
+    new = json.loads(json.dumps(plan.resolved()))
+    defaults = json.loads(json.dumps({k: v for k, v in asdict(BenchConfig([], "", "")).items()}))
+    saved = old.get("config", {})
+    # fields added later: what runs saved before them did
+    old_cfg = {c: saved.get(c, BenchConfig.LEGACY.get(c, defaults.get(c))) for c in new["config"]}
+    changed = [c for c in new["config"] if old_cfg[c] != new["config"][c]
+               and not (c == "checkpoints" and _extends(old_cfg[c], new["config"][c]))]
+    said = [f"config.{c}: {old_cfg[c]!r} -> {new['config'][c]!r}" for c in changed if c in BenchConfig.DIVERGENCE_ONLY]
+    detail = [f"config.{c}: {old_cfg[c]!r} -> {new['config'][c]!r}" for c in changed if c not in BenchConfig.DIVERGENCE_ONLY]
+    old["policies"] = [{"checkpoint": None, **o} for o in old.get("policies") or []]  # older runs lack the field
+    for k in new:
+        if k == "config" or old.get(k) == new[k]:
+            continue
+        if k == "policies" and _grown(old[k], new[k]):
+            continue  # runs that were still training have new checkpoints: add them
+        if k == "aliases" and all(new[k].get(a) == p for a, p in (old.get(k) or {}).items()):
+            continue
+        detail.append(k)
+    if detail:
+        raise BenchError(f"--resume: {out} was started with a different configuration ({'; '.join(detail)}). "
+                         "Resume with the same arguments, or choose another --out")
+    return said
 
 
 def _extends(old: Optional[List[str]], new: Optional[List[str]]) -> bool:
@@ -289,32 +340,76 @@ def _grown(old: List[Dict[str, Any]], new: List[Dict[str, Any]]) -> bool:
     return all(by_key.get(o["key"]) == o for o in old) and all(p.get("checkpoint") for p in added)
 
 
+@dataclass
+class StateSet:
+    """States recorded for the divergences: those of ``recorder``'s episodes on ``task``."""
+
+    name: str  # "target" or "battery" (the base's episodes), "target_policy" (the policy's own)
+    recorder: PolicyRef
+    task: str
+    seeds: List[int]
+    states_dir: str
+    wrist_camera: bool  # recorded with the wrist camera too (a policy measured on them reads it)
+
+
+def state_sets(plan: Plan, out: str) -> List[StateSet]:
+    """Every recorded state set of a bench: the base's on the target and battery tasks, and with ``kl_states``
+    policy or both each token policy's own on the target task."""
+    cfg = plan.config
+    if not plan.base.has_distribution or cfg.kl_states_per_task <= 0:
+        return []
+    token = [r for r in plan.refs if r.has_distribution]
+    sets: List[StateSet] = []
+    target_task = plan.target.task.task if plan.target else None
+    any_wrist = any(r.wrist_camera for r in token)
+    for task, seeds, _ in plan.tasks():
+        sets.append(StateSet("target" if task == target_task else "battery", plan.base, task, seeds,
+                             os.path.join(out, "states"), any_wrist))
+        if task == target_task and cfg.kl_states in ("policy", "both"):
+            for r in token:
+                if r.key != plan.base.key:
+                    sets.append(StateSet("target_policy", r, task, seeds, os.path.join(out, "states-policy", slug(r.key, 80)),
+                                         r.wrist_camera or plan.base.wrist_camera))
+    return sets
+
+
 def plan_jobs(plan: Plan, out: str, done: Iterable[Tuple[str, str, int]]) -> List[EpisodeJob]:
+    """The episodes still to run, task-major (workers reuse their env across policies). An episode that finished
+    but whose states are missing or were recorded under other settings (another rule, another count) is run
+    again for its states only (``record=False``): its record is kept as it is."""
+    from vla_forget.states import expected_slots, recorded_slots, state_path
+
     cfg = plan.config
     done_set = set(done)
     jobs: List[EpisodeJob] = []
     any_images = any(r.needs_image for r in plan.refs)
-    for task, seeds, max_steps in plan.tasks():  # task-major: workers reuse their env across policies
+    recording = {(s.recorder.key, s.task): s for s in state_sets(plan, out)}
+    for task, seeds, max_steps in plan.tasks():
         # With few episodes per task, one rendering env per worker serves every policy: creating a
         # second, state-only env (seconds) would cost more than rendering the few extra steps.
         render = True if (any_images and len(seeds) <= SHARE_RENDER_ENV_EPISODES) else None
         for ref in plan.refs:
-            record_states = ref.key == plan.base.key and ref.has_distribution and cfg.kl_states_per_task > 0
-            per_ep = math.ceil(cfg.kl_states_per_task / max(1, len(seeds))) if record_states else 0
+            rec = recording.get((ref.key, task))
+            slots = expected_slots(cfg.kl_state_rule, cfg.kl_states_per_task, seeds, cfg.kl_state_stride) if rec else {}
             todo = [s for s in seeds if (ref.key, task, s) not in done_set]
+            redo = [s for s in seeds if (ref.key, task, s) in done_set and s in slots
+                    and recorded_slots(state_path(rec.states_dir, task, s)) != slots[s]]
             video_seeds = seeds[: cfg.videos_per_task]
             chunk = max(1, cfg.num_envs)
-            for i in range(0, len(todo), chunk):
-                part = todo[i:i + chunk]
-                jobs.append(EpisodeJob(
-                    policy_key=ref.key, policy_spec=ref.spec, policy_hash=ref.hash, task=task, seeds=part,
-                    max_episode_steps=max_steps, image_size=cfg.image_size, greedy=cfg.greedy,
-                    video_seeds=[s for s in part if s in video_seeds],
-                    video_dir=os.path.join(out, "videos", slug(ref.key, 80)),
-                    states_dir=os.path.join(out, "states") if per_ep else None,
-                    state_stride=cfg.kl_state_stride, states_per_episode=per_ep, device=cfg.device,
-                    num_envs=cfg.num_envs, sim_backend="gpu" if cfg.num_envs > 1 else "cpu", render=render,
-                ))
+            for part_seeds, record in ((todo, True), (redo, False)):
+                for i in range(0, len(part_seeds), chunk):
+                    part = part_seeds[i:i + chunk]
+                    jobs.append(EpisodeJob(
+                        policy_key=ref.key, policy_spec=ref.spec, policy_hash=ref.hash, task=task, seeds=part,
+                        max_episode_steps=max_steps, image_size=cfg.image_size, greedy=cfg.greedy,
+                        video_seeds=[s for s in part if s in video_seeds] if record else [],
+                        video_dir=os.path.join(out, "videos", slug(ref.key, 80)),
+                        states_dir=rec.states_dir if rec else None, state_rule=cfg.kl_state_rule,
+                        state_n=cfg.kl_states_per_task, state_episodes=len(seeds),
+                        state_index={s: seeds.index(s) for s in part if s in slots}, state_stride=cfg.kl_state_stride,
+                        wrist_camera=True if rec and rec.wrist_camera else None, record=record, device=cfg.device,
+                        num_envs=cfg.num_envs, sim_backend="gpu" if cfg.num_envs > 1 else "cpu", render=render,
+                    ))
     return jobs
 
 
@@ -338,7 +433,8 @@ def execute(jobs: List[EpisodeJob], episodes_path: str, workers: int, total: int
     def finish(records: List[Dict[str, Any]]) -> None:
         nonlocal n
         for r in records:
-            _append(episodes_path, r)
+            if not r.get("states_only"):  # an episode re-run for its states: its record is already there
+                _append(episodes_path, r)
             n += 1
             bar.update(1)
             bar.set_postfix_str(f"{r['task']} {r['policy'][-24:]}", refresh=False)
@@ -353,29 +449,6 @@ def execute(jobs: List[EpisodeJob], episodes_path: str, workers: int, total: int
 # --------------------------------------------------------------------------
 # divergences
 
-def load_states(states_dir: str, task: str, seeds: List[int], cap: int):
-    """The recorded base observations of ``task`` (in seed order, at most ``cap``) as an Observation."""
-    import numpy as np
-    import torch
-
-    from vla_forget.policies.base import Observation
-
-    images, states, instr = [], [], []
-    for s in seeds:
-        path = os.path.join(states_dir, task, f"seed{s}.npz")
-        if not os.path.exists(path):
-            continue
-        with np.load(path) as z:
-            images.append(z["image"])
-            states.append(z["state"])
-            instr += [str(z["instruction"])] * len(z["state"])
-    if not states:
-        return None
-    img = torch.from_numpy(np.concatenate(images)[:cap])
-    st = torch.from_numpy(np.concatenate(states)[:cap]).float()
-    return Observation(image=img, state=st, instruction=instr[:cap])
-
-
 def _repeat(obs, k: int):
     from vla_forget.policies.base import Observation
 
@@ -383,67 +456,157 @@ def _repeat(obs, k: int):
                        instruction=[s for s in obs.instruction for _ in range(k)])
 
 
+def _sample(policy, obs, S: int, seed: int, batch_size: int, device: str):
+    """``S`` token sequences per state sampled from ``policy`` (state-major), with its logits on them."""
+    import torch
+
+    from vla_forget.policies.base import views_for
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    toks, logits = [], []
+    for i in range(0, obs.batch_size, batch_size):
+        sub = _repeat(views_for(policy, obs.index(slice(i, i + batch_size))), S).to(device)
+        t, lg = policy.sample_tokens(sub, generator=gen)
+        toks.append(t.cpu())
+        logits.append(lg.float().cpu())
+    return {"tokens": torch.cat(toks), "logits": torch.cat(logits)}
+
+
+def _teacher_forced(policy, obs, tokens, S: int, batch_size: int, device: str):
+    """``policy``'s logits on ``tokens`` (``S`` per state, state-major)."""
+    import torch
+
+    from vla_forget.policies.base import views_for
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, obs.batch_size, batch_size):
+            sub = _repeat(views_for(policy, obs.index(slice(i, i + batch_size))), S).to(device)
+            out.append(policy.action_logits(sub, tokens[i * S: i * S + sub.batch_size].to(device)).float().cpu())
+    return torch.cat(out)
+
+
+def load_state_set(plan: Plan, sets: List[StateSet]):
+    """The recorded states of ``sets`` (one name) as one ``(Observation, meta)``; None when none are recorded."""
+    import numpy as np
+    import torch
+
+    from vla_forget.policies.base import Observation
+    from vla_forget.states import load_states
+
+    parts = [load_states(s.states_dir, s.task, s.seeds, plan.config.kl_states_per_task) for s in sets]
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    obs = Observation(image=torch.cat([o.image for o, _ in parts]), state=torch.cat([o.state for o, _ in parts]),
+                      instruction=[s for o, _ in parts for s in o.instruction])
+    meta = {k: np.concatenate([m[k] for _, m in parts]) for k in parts[0][1]}
+    return obs, meta
+
+
 def compute_divergences(plan: Plan, out: str, cache=None, batch_size: int = 64) -> Dict[str, Any]:
-    """Forward KL, reverse KL and TV of every token policy to the base, on target and battery states."""
+    """Forward KL, reverse KL and TV of every token policy to the base, on each recorded state set.
+
+    Model passes, each cached by content so that a resumed or repeated bench redoes none of them:
+    the base samples ``kl_samples_per_state`` prefixes on each state set (its logits come with them);
+    each policy is teacher-forced on them (forward KL, TV) and samples its own (reverse KL); the base is
+    teacher-forced on the policy's samples. The policies' samples live in a scratch folder until the base
+    has seen them; the reverse KL per sample is what is cached.
+    """
+    import tempfile
+
     import torch
 
     from vla_forget.cache import BaseOutputCache, content_key
-    from vla_forget.divergences import summarize, token_divergences
+    from vla_forget.divergences import TV_MIN_ESS, reverse_on_policy_samples, summarize, token_divergences
     from vla_forget.policies import load_policy
+    from vla_forget.states import phase_of
 
     cfg = plan.config
-    result: Dict[str, Any] = {"estimator": "chain-rule, exact per token, prefixes sampled from the base", "sets": {}}
+    result: Dict[str, Any] = {
+        "estimator": "chain rule, exact per token; forward KL and TV on prefixes sampled from the base, reverse KL "
+                     "on prefixes sampled from the policy; temperature-1 distributions, nats",
+        "state_rule": cfg.kl_state_rule, "kl_states": cfg.kl_states, "tv_min_ess": TV_MIN_ESS}
     if not plan.base.has_distribution:
         result["skipped"] = f"the base {plan.base.key} has no action distribution"
         return result
     cache = cache or BaseOutputCache()
-    states_dir = os.path.join(out, "states")
-    sets: Dict[str, Any] = {}
-    per_task = {t: (seeds, cfg.kl_states_per_task) for t, seeds, _ in plan.tasks()}
-    target_task = plan.target.task.task if plan.target else None
-    groups = {"target": [target_task] if target_task else [], "battery": plan.battery.task_ids}
-    for name, tasks in groups.items():
-        obs_parts = [load_states(states_dir, t, per_task[t][0], per_task[t][1]) for t in tasks]
-        obs_parts = [o for o in obs_parts if o is not None]
-        if obs_parts:
-            from vla_forget.policies.base import Observation
-
-            sets[name] = Observation(
-                image=torch.cat([o.image for o in obs_parts]), state=torch.cat([o.state for o in obs_parts]),
-                instruction=[s for o in obs_parts for s in o.instruction])
+    spec = state_sets(plan, out)
+    # the state sets: (set name, recorder key) -> (Observation, meta, content key)
+    groups: Dict[Tuple[str, str], List[StateSet]] = {}
+    for ss in spec:
+        groups.setdefault((ss.name, ss.recorder.key), []).append(ss)
+    sets: Dict[Tuple[str, str], Tuple[Any, Dict[str, Any], str]] = {}
+    for gk, members in groups.items():
+        loaded = load_state_set(plan, members)
+        if loaded is not None:
+            obs, meta = loaded
+            sets[gk] = (obs, meta, content_key("states-v2", cfg.kl_state_rule, obs.image, obs.state, obs.instruction,
+                                               torch.from_numpy(meta["step"])))
     if not sets:
         result["skipped"] = "no recorded base states"
         return result
+    result["n_states"] = {name if rec == plan.base.key else f"{name}:{rec}": o.batch_size
+                          for (name, rec), (o, _, _) in sets.items()}
     others = [r for r in plan.refs if r.key != plan.base.key and r.has_distribution]
     if not others:
         result["skipped"] = "no policy besides the base has an action distribution"
-        result["n_states"] = {k: v.batch_size for k, v in sets.items()}
         return result
 
-    base = load_policy(plan.base.spec, device=cfg.device).eval()
     S = cfg.kl_samples_per_state
-    base_outputs: Dict[str, Dict[str, torch.Tensor]] = {}
-    base_passes = 0
-    for name, obs in sets.items():
-        key = content_key("base-outputs-v1", plan.base.hash, obs.image, obs.state, obs.instruction, S, cfg.seed)
-
+    base_key = lambda ck: content_key("base-outputs-v2", plan.base.hash, ck, S, cfg.seed)  # noqa: E731
+    base_outputs: Dict[Tuple[str, str], Dict[str, torch.Tensor]] = {}
+    counts = {"base_passes": 0, "policy_sample_passes": 0, "base_reverse_passes": 0}
+    base = None
+    for gk, (obs, _, ck) in sets.items():
         def compute(obs=obs):
-            nonlocal base_passes
-            base_passes += 1
-            gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
-            toks, logits = [], []
-            for i in range(0, obs.batch_size, batch_size):
-                sub = _repeat(obs.index(slice(i, i + batch_size)), S).to(cfg.device)
-                t, l = base.sample_tokens(sub, generator=gen)
-                toks.append(t.cpu())
-                logits.append(l.float().cpu())
-            return {"tokens": torch.cat(toks), "logits": torch.cat(logits)}
+            nonlocal base
+            base = base if base is not None else load_policy(plan.base.spec, device=cfg.device).eval()
+            counts["base_passes"] += 1
+            return _sample(base, obs, S, cfg.seed, batch_size, cfg.device)
 
-        base_outputs[name], _ = cache.get_or_compute(key, compute)
+        base_outputs[gk], _ = cache.get_or_compute(base_key(ck), compute)
     base = None  # free its memory before the policies load (OpenVLA-7B is 15 GB)
-    result["base_passes"] = base_passes
-    result["cache_hits"] = cache.hits
-    from vla_forget.policies.base import views_for
+
+    def sets_of(ref: PolicyRef):
+        return [(name, rec) for (name, rec) in sets if rec == plan.base.key or rec == ref.key]
+
+    reverse_key = lambda ref, ck: content_key("reverse-v1", plan.base.hash, ref.hash, ck, S, cfg.seed)  # noqa: E731
+    per_sample: Dict[Tuple[str, str, str], Dict[str, torch.Tensor]] = {}
+    reverse: Dict[Tuple[str, str, str], Dict[str, torch.Tensor]] = {}
+    with tempfile.TemporaryDirectory(prefix="vla-forget-samples-") as scratch:
+        from safetensors.torch import load_file, save_file
+
+        pending: List[Tuple[PolicyRef, Tuple[str, str], str]] = []
+        for ref in others:
+            pol = load_policy(ref.spec, device=cfg.device).eval()
+            for gk in sets_of(ref):
+                obs, _, ck = sets[gk]
+                toks, bl = base_outputs[gk]["tokens"], base_outputs[gk]["logits"]
+                per_sample[(ref.key, *gk)] = token_divergences(bl, _teacher_forced(pol, obs, toks, S, batch_size, cfg.device), toks)
+                hit = cache.load(reverse_key(ref, ck))
+                if hit is not None:
+                    reverse[(ref.key, *gk)] = hit
+                    continue
+                counts["policy_sample_passes"] += 1
+                path = os.path.join(scratch, f"{len(pending)}.safetensors")
+                save_file(_sample(pol, obs, S, cfg.seed, batch_size, cfg.device), path)
+                pending.append((ref, gk, path))
+            del pol
+        if pending:
+            base = load_policy(plan.base.spec, device=cfg.device).eval()
+            for ref, gk, path in pending:
+                obs, _, ck = sets[gk]
+                own = load_file(path)
+
+                def compute(own=own, obs=obs):
+                    counts["base_reverse_passes"] += 1
+                    bl = _teacher_forced(base, obs, own["tokens"], S, batch_size, cfg.device)
+                    return reverse_on_policy_samples(own["logits"], bl)
+
+                reverse[(ref.key, *gk)], _ = cache.get_or_compute(reverse_key(ref, ck), compute)
+            base = None
+    result.update(counts, cache_hits=cache.hits)
 
     per_policy: Dict[str, Any] = {}
     for ref in plan.refs:
@@ -452,23 +615,13 @@ def compute_divergences(plan: Plan, out: str, cache=None, batch_size: int = 64) 
         if not ref.has_distribution:
             per_policy[ref.key] = None
             continue
-        pol = load_policy(ref.spec, device=cfg.device).eval()
         entry: Dict[str, Any] = {}
-        for name, obs in sets.items():
-            toks, bl = base_outputs[name]["tokens"], base_outputs[name]["logits"]
-            parts = []
-            with torch.no_grad():
-                for i in range(0, obs.batch_size, batch_size):
-                    sub = _repeat(obs.index(slice(i, i + batch_size)), S).to(cfg.device)
-                    j = slice(i * S, i * S + sub.batch_size)
-                    lg = pol.action_logits(views_for(pol, sub), toks[j].to(cfg.device)).float().cpu()
-                    parts.append(token_divergences(bl[j], lg, toks[j]))
-            per = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-            entry[name] = summarize(per, n_states=obs.batch_size).to_dict()
+        for gk in sets_of(ref):
+            obs, meta, _ = sets[gk]
+            phases = None if (meta["step"] < 0).any() else phase_of(meta["step"], meta["length"]).tolist()
+            entry[gk[0]] = summarize(per_sample[(ref.key, *gk)], S, reverse=reverse.get((ref.key, *gk)), phases=phases)
         per_policy[ref.key] = entry
-        del pol
     result["policies"] = per_policy
-    result["n_states"] = {k: v.batch_size for k, v in sets.items()}
     return result
 
 
@@ -500,12 +653,8 @@ def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, 
         dv = (divergences.get("policies") or {}).get(p)
         if p == base:
             kl[p] = {"forward": 0.0, "reverse": 0.0, "tv": 0.0, "n_states": divergences.get("n_states", {}).get("target", 0), "note": "base"}
-        elif dv:
-            main = dv.get("target") or dv.get("battery")
-            kl[p] = {"forward": main["forward"], "reverse": main["reverse"], "tv": main["tv"], "n_states": main["n_states"],
-                     "state_set": "target" if "target" in dv else "battery", "detail": dv}
         else:
-            kl[p] = None
+            kl[p] = kl_entry(dv, plan.config.kl_states) if dv else None
     battery_mean = {p: (sum(tasks[t].rate for t in battery_tasks if t in tasks) / max(1, sum(t in tasks for t in battery_tasks)))
                     for p, tasks in at_end.items()}
     rows = {r.key: _policy_row(r.key, at_end, battery_mean, forgetting, gain, kl, target_task) for r in plan.refs}
@@ -541,6 +690,27 @@ def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, 
         **extra,
         "law": _law(law_points),
         "matched": _matched(law_points, at_end, battery_tasks),
+    }
+
+
+def kl_entry(detail: Dict[str, Any], kl_states: str = "base") -> Dict[str, Any]:
+    """``kl_to_base[policy]``: the figures on the main state set — the base's target states, or with
+    ``kl_states`` 'policy' the policy's own; the battery's when there is no target — each with its standard
+    error, TV with its effective sample size (None as a number when unreliable), and every set under ``detail``."""
+    order = ("target_policy", "target", "battery") if kl_states == "policy" else ("target", "target_policy", "battery")
+    name = next(n for n in order if n in detail)
+    m = detail[name]
+    reliable = bool(m.get("tv_reliable"))
+    return {
+        "forward": m["forward"], "forward_se": m["forward_se"],
+        "reverse": m.get("reverse"), "reverse_se": m.get("reverse_se"),
+        "tv": m["tv"] if reliable else None, "tv_se": m["tv_se"] if reliable else None,
+        "tv_ess": m["tv_ess"], "tv_reliable": reliable,
+        **({} if reliable else {"tv_note": f"unreliable: effective sample size {100 * m['tv_ess']:.2g} % of the samples, "
+                                           f"below {100 * TV_MIN_ESS:.0f} %; the policies are too far apart for TV's "
+                                           "importance weights"}),
+        "n_states": m["n_states"], "n_samples": m["n_samples"], "state_set": name,
+        "forward_by_phase": m.get("forward_by_phase"), "detail": detail,
     }
 
 
@@ -623,6 +793,11 @@ def _law(points: List[Dict[str, Any]]) -> Dict[str, Any]:
     section["by_method"] = law.per_method(points)
     sets = {p["kl_state_set"] for p in points if p.get("forward_kl") is not None}
     section["states"] = sets.pop() if len(sets) == 1 else ("mixed" if sets else None)
+    unreliable = sum(1 for p in points if p.get("forward_kl") is not None and p.get("tv") is None and p.get("tv_ess") is not None)
+    if unreliable:
+        section["predictors"]["tv"]["excluded"] = unreliable
+        section["predictors"]["tv"]["reason"] = (f"{unreliable} checkpoint(s) left out: their TV is unreliable "
+                                                 f"(effective sample size below {100 * TV_MIN_ESS:.0f} %)")
     section["points"] = [{k: p.get(k) for k in ("policy", "method", "forward_kl", "forgetting", "target_success",
                                                 "battery_success")} for p in points]
     return section
@@ -644,6 +819,7 @@ def _policy_row(p: str, at_end, battery_mean, forgetting, gain, kl, target_task)
         "forward_kl": k.get("forward"),
         "reverse_kl": k.get("reverse"),
         "tv": k.get("tv"),
+        "tv_ess": k.get("tv_ess"),
         "forward_kl_battery": battery_kl if k.get("note") != "base" else 0.0,
         "kl_state_set": k.get("state_set", "target" if k.get("note") == "base" else None),
     }
@@ -658,10 +834,9 @@ def run_bench(config: BenchConfig, *, resume: bool = False, log=print) -> Dict[s
     out = config.out
     plan = make_plan(config)
     os.makedirs(out, exist_ok=True)
-    _check_resume(out, plan, resume)
-    _write_json(os.path.join(out, "config.json"), plan.resolved())
+    changed = _check_resume(out, plan, resume)
     episodes_path = os.path.join(out, "episodes.jsonl")
-    records = read_episodes(episodes_path)
+    records = read_episodes(episodes_path, repair=resume)
     done = {(r["policy"], r["task"], r["seed"]) for r in records}
     hashes = {r.key: r.hash for r in plan.refs}
     for r in records:
@@ -669,7 +844,13 @@ def run_bench(config: BenchConfig, *, resume: bool = False, log=print) -> Dict[s
             raise BenchError(f"--resume: {r['policy']} has changed since its episodes were recorded (checkpoint hash "
                              f"{r.get('policy_hash')} -> {hashes[r['policy']]}); use a new --out")
     jobs = plan_jobs(plan, out, done)
-    total = sum(len(seeds) for _, seeds, _ in plan.tasks()) * len(plan.refs)
+    n_states_only = sum(len(j.seeds) for j in jobs if not j.record)
+    if changed:
+        log(f"bench: --resume with settings that change only the divergences ({'; '.join(changed)}): the states are "
+            f"recorded again where they differ ({n_states_only} finished episodes re-run for their states only; "
+            "no episode record changes) and every divergence is recomputed")
+    _write_json(os.path.join(out, "config.json"), plan.resolved())
+    total = sum(len(seeds) for _, seeds, _ in plan.tasks()) * len(plan.refs) + n_states_only
     initial = total - sum(len(j.seeds) for j in jobs)
     t0 = time.perf_counter()
     if jobs:
@@ -679,7 +860,8 @@ def run_bench(config: BenchConfig, *, resume: bool = False, log=print) -> Dict[s
         if plan.checkpoints:
             log(f"bench: {len(plan.checkpoints)} checkpoints in {', '.join(config.checkpoints)} "
                 f"({sum(c['key'] != c['policy'] for c in plan.checkpoints)} identical to another policy: not rolled out again)")
-        log(f"bench: {len(plan.refs)} policies x {len(plan.tasks())} tasks, {total - initial} episodes to run"
+        log(f"bench: {len(plan.refs)} policies x {len(plan.tasks())} tasks, {total - initial - n_states_only} episodes to run"
+            f"{f' (+{n_states_only} re-run to record states)' if n_states_only else ''}"
             f"{f' ({initial} already done)' if initial else ''}, {config.workers} worker(s) -> {out}")
         try:
             execute(jobs, episodes_path, config.workers, total, initial, config.progress)

@@ -1,10 +1,12 @@
-"""Content-addressed cache of the base policy's outputs on a recorded state set.
+"""Content-addressed cache of the model passes of the divergences on a recorded state set.
 
 The key hashes the base checkpoint, the exact states (images, proprio,
 instructions) and the sampling settings, so benching N checkpoints against
 one base costs one base-side pass (sampling the token prefixes, which also
 yields the base's teacher-forced logits) plus N policy passes, not 2N; a
 second bench of the same base on the same states costs no base pass at all.
+The reverse KL of each policy (its own samples, the base teacher-forced on
+them) is cached the same way, keyed by both checkpoints.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -45,18 +47,29 @@ class BaseOutputCache:
     def path(self, key: str) -> str:
         return os.path.join(self.root, f"{key}.safetensors")
 
-    def get_or_compute(self, key: str, compute: Callable[[], Dict[str, torch.Tensor]]) -> Tuple[Dict[str, torch.Tensor], bool]:
+    def load(self, key: str) -> Optional[Dict[str, torch.Tensor]]:
+        """The stored tensors of ``key`` (counted as a hit), or None; a torn file is removed."""
         from safetensors import SafetensorError
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
 
         path = self.path(key)
-        if os.path.exists(path):
-            try:
-                out = load_file(path)
-                self.hits += 1
-                return out, True
-            except (SafetensorError, OSError):
-                os.remove(path)  # a torn write from an interrupted run: recompute
+        if not os.path.exists(path):
+            return None
+        try:
+            out = load_file(path)
+        except (SafetensorError, OSError):
+            os.remove(path)  # a torn write from an interrupted run: recompute
+            return None
+        self.hits += 1
+        return out
+
+    def get_or_compute(self, key: str, compute: Callable[[], Dict[str, torch.Tensor]]) -> Tuple[Dict[str, torch.Tensor], bool]:
+        from safetensors.torch import save_file
+
+        out = self.load(key)
+        if out is not None:
+            return out, True
+        path = self.path(key)
         out = compute()
         os.makedirs(self.root, exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"

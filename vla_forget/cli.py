@@ -65,8 +65,14 @@ def _bench_parser(sub) -> None:
     p.add_argument("--device", help="policy device: cpu or cuda (default: cpu)")
     p.add_argument("--image-size", type=int, help="camera image size in pixels (default 128)")
     p.add_argument("--videos-per-task", type=int, help="mp4 videos per policy and task (default 2)")
-    p.add_argument("--kl-states-per-task", type=int, help="recorded base states per task for the divergences")
-    p.add_argument("--kl-samples-per-state", type=int, help="base token prefixes sampled per state")
+    p.add_argument("--kl-states-per-task", type=int,
+                   help="states per task for the divergences, spread evenly over the episodes' steps (default 32)")
+    p.add_argument("--kl-samples-per-state", type=int,
+                   help="token sequences sampled per state, from the base (forward KL, TV) and from each policy "
+                        "(reverse KL) (default 4)")
+    p.add_argument("--kl-states", choices=("base", "policy", "both"),
+                   help="whose target episodes give the states: the base's (default; RL's Razor's measure), each "
+                        "policy's own (on-policy KL), or both (the base's are the main figure)")
     p.add_argument("--greedy", action="store_true", default=None, help="act greedily instead of sampling")
     p.add_argument("--seed", type=int, help="seed of the divergence prefix sampling")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -86,8 +92,8 @@ def apply_trust_remote_code(args) -> None:
 
 #: bench options that --resume takes from OUT/config.json when they are not given (workers: per machine)
 RESUMED_BENCH_OPTIONS = ("base", "battery", "target", "episodes", "target_episodes", "num_envs", "device", "image_size",
-                         "videos_per_task", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "greedy",
-                         "seed", "checkpoint_stride")
+                         "videos_per_task", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_states",
+                         "greedy", "seed", "checkpoint_stride")
 
 
 def _fill_from_saved_config(args) -> None:
@@ -160,7 +166,8 @@ def cmd_bench(args) -> int:
         workers=int(workers), num_envs=num_envs, device=pick("device", "cpu"),
         image_size=int(pick("image_size", 128)), videos_per_task=int(pick("videos_per_task", 2)),
         kl_states_per_task=int(pick("kl_states_per_task", 32)), kl_state_stride=int(pick("kl_state_stride", 5)),
-        kl_samples_per_state=int(pick("kl_samples_per_state", 4)), greedy=bool(pick("greedy", False)),
+        kl_samples_per_state=int(pick("kl_samples_per_state", 4)), kl_states=pick("kl_states", "base"),
+        greedy=bool(pick("greedy", False)),
         seed=int(pick("seed", 0)), progress=not args.no_progress, checkpoints=checkpoints,
         checkpoint_stride=args.checkpoint_stride,
     )

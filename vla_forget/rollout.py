@@ -32,10 +32,18 @@ class EpisodeJob:
     greedy: bool = False
     video_seeds: List[int] = field(default_factory=list)
     video_dir: Optional[str] = None
-    #: record the observations every `state_stride` steps (at most `states_per_episode`) into states_dir
+    #: record observations for the divergences into states_dir (vla_forget.states): ``state_index`` maps each
+    #: seed that records to its index among the task's ``state_episodes`` episodes, of ``state_n`` states in all
     states_dir: Optional[str] = None
+    state_rule: str = "spread-v1"
+    state_n: int = 0
+    state_episodes: int = 0
+    state_index: Dict[int, int] = field(default_factory=dict)
     state_stride: int = 5
-    states_per_episode: int = 0
+    #: give the env's wrist camera too (True), whether or not the policy reads it (None: as the policy)
+    wrist_camera: Optional[bool] = None
+    #: False: the episodes run only to record their states; their records are not kept (bench drops them)
+    record: bool = True
     device: str = "cpu"
     num_envs: int = 1
     sim_backend: str = "auto"
@@ -180,10 +188,11 @@ def run_job(job: EpisodeJob) -> List[Dict[str, Any]]:
     """Run a job in this process, with cached env and policy."""
     policy = _get_policy(job.policy_spec, job.device)
     want_frames = bool(job.video_seeds) and job.video_dir is not None
-    render = bool(job.render or getattr(policy, "needs_image", True) or want_frames or job.states_per_episode > 0)
+    render = bool(job.render or getattr(policy, "needs_image", True) or want_frames or job.state_index)
+    wrist = job.wrist_camera if job.wrist_camera is not None else bool(getattr(policy, "wrist_camera", False))
     env = _get_env(job.task, image_size=job.image_size, render=render, num_envs=job.num_envs,
                    max_steps=job.max_episode_steps, sim_backend=job.sim_backend, device=job.device,
-                   wrist_camera=bool(getattr(policy, "wrist_camera", False)))
+                   wrist_camera=wrist)
     return run_episodes(env, policy, job)
 
 
@@ -202,6 +211,9 @@ def run_episodes(env, policy, job: EpisodeJob) -> List[Dict[str, Any]]:
 def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[str, Any]]:
     import torch
 
+    from vla_forget.policies.base import views_for
+    from vla_forget.states import episode_steps, slots_key, state_path, write_states
+
     t0 = time.perf_counter()
     N = len(seeds)
     gen = torch.Generator(device=job.device if job.device != "auto" else "cpu")
@@ -216,9 +228,14 @@ def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[
     ret = torch.zeros(N, dtype=torch.float64)
     video_rows = [i for i, s in enumerate(seeds) if s in job.video_seeds and job.video_dir]
     frames: Dict[int, list] = {i: [] for i in video_rows}
-    states: Dict[int, Dict[str, list]] = {}
-    if job.states_per_episode > 0 and job.states_dir:
-        states = {i: {"image": [], "state": []} for i in range(N)}
+    # the steps at which each row records its state (padding rows repeat a seed: recorded once)
+    record_at: Dict[int, set] = {}
+    if job.states_dir:
+        for i, s in enumerate(seeds):
+            if int(s) in job.state_index and int(s) not in [int(x) for x in seeds[:i]]:
+                record_at[i] = set(episode_steps(job.state_rule, n_states=job.state_n, n_episodes=job.state_episodes,
+                                                 index=job.state_index[int(s)], length=T, stride=job.state_stride))
+    states: Dict[int, Dict[str, list]] = {i: {"image": [], "state": [], "step": []} for i in record_at}
 
     def grab_frames() -> None:
         if video_rows:
@@ -229,12 +246,12 @@ def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[
     grab_frames()
     steps = 0
     for t in range(T):
-        if states and t % job.state_stride == 0:
-            for i in range(N):
-                if len(states[i]["state"]) < job.states_per_episode:
-                    states[i]["image"].append(obs.image[i].cpu().numpy())
-                    states[i]["state"].append(obs.state[i].cpu().numpy())
-        action = policy.act(obs, greedy=job.greedy, generator=gen)
+        for i, at in record_at.items():
+            if t in at:
+                states[i]["image"].append(obs.image[i].cpu().numpy())
+                states[i]["state"].append(obs.state[i].cpu().numpy())
+                states[i]["step"].append(t)
+        action = policy.act(views_for(policy, obs), greedy=job.greedy, generator=gen)
         obs, reward, terminated, truncated, info = env.step(action)
         s = torch.as_tensor(info["is_success"]).bool().cpu().reshape(N)
         newly = s & ~once
@@ -255,6 +272,8 @@ def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[
             "first_success_step": int(first[i]) if once[i] else None, "steps": steps, "return": float(ret[i]),
             "wall_s": round(wall / N, 4), "video": None, "n_states": 0,
         }
+        if not job.record:
+            rec["states_only"] = True
         if i in frames:
             from vla_forget.video import outcome_border, video_name, write_mp4
 
@@ -262,14 +281,11 @@ def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[
             name = video_name(job.task, int(seed), bool(success[i]), instructions[i])
             write_mp4(os.path.join(job.video_dir, name), outcome_border(frames[i], bool(success[i])))
             rec["video"] = name
-        if states:
-            d = os.path.join(job.states_dir, job.task)
-            os.makedirs(d, exist_ok=True)
-            path = os.path.join(d, f"seed{int(seed)}.npz")
-            tmp = path + ".tmp.npz"
-            np.savez_compressed(tmp, image=np.stack(states[i]["image"]), state=np.stack(states[i]["state"]),
-                                instruction=np.array(instructions[i]))
-            os.replace(tmp, path)
+        if states.get(i, {}).get("state"):
+            write_states(state_path(job.states_dir, job.task, int(seed)), image=states[i]["image"],
+                         state=states[i]["state"], step=states[i]["step"], length=steps, instruction=instructions[i],
+                         rule=job.state_rule, slots=slots_key(job.state_rule, job.state_n, job.state_episodes,
+                                                              job.state_index[int(seed)], job.state_stride))
             rec["n_states"] = len(states[i]["state"])
         out.append(rec)
     return out

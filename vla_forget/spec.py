@@ -294,7 +294,8 @@ def load_target(ref: str) -> Target:
 
 
 PRESET_KEYS = {"description", "battery", "target", "policies", "base", "episodes", "target_episodes", "workers",
-               "image_size", "videos_per_task", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "greedy"}
+               "image_size", "videos_per_task", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_states",
+               "greedy"}
 
 
 def load_preset(ref: str) -> Dict[str, Any]:
