@@ -25,14 +25,18 @@ def register_fake_tasks(monkeypatch) -> None:
 class FakeEnv(TaskEnv):
     """Success iff the mean of the first action dimension over the episode is > 0; seeded noise in images."""
 
-    def __init__(self, task: str, num_envs: int = 1, image_size: int = 16, max_episode_steps: int = 6, **_):
+    def __init__(self, task: str, num_envs: int = 1, image_size: int = 16, max_episode_steps: int = 6,
+                 wrist_camera: bool = False, **_):
         self.info = TaskInfo(task, f"do {task}", max_episode_steps)
         self.num_envs, self.image_size = num_envs, image_size
+        self.wrist_camera = bool(wrist_camera)  # front and wrist views side by side, as the real task envs give them
         self.closed = False
 
     def _obs(self):
-        img = torch.from_numpy(self.rng.integers(0, 255, (self.num_envs, self.image_size, self.image_size, 3), dtype=np.uint8))
+        H = self.image_size
+        img = torch.from_numpy(self.rng.integers(0, 255, (self.num_envs, H, 2 * H if self.wrist_camera else H, 3), dtype=np.uint8))
         state = torch.from_numpy(self.rng.normal(size=(self.num_envs, 16)).astype(np.float32))
+        state[:, 0] += self.acc  # what the policy did shows in the state: two policies visit different states
         return Observation(image=img, state=state, instruction=[f"do {self.info.id} {s % 3}" for s in self.seeds])
 
     def reset(self, seeds):

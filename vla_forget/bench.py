@@ -635,6 +635,9 @@ def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, 
     recs = [r for r in records if (r["policy"], r["task"], r["seed"]) in wanted]
     at_end = metrics.count_rates(recs, "success_at_end")
     once = metrics.count_rates(recs, "success_once")
+    by_policy: Dict[str, List[Dict[str, Any]]] = {}
+    for r in recs:
+        by_policy.setdefault(r["policy"], []).append(r)
     base = plan.base.key
     battery_tasks = plan.battery.task_ids
     target_task = plan.target.task.task if plan.target else None
@@ -645,8 +648,9 @@ def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, 
     forgetting, forgetting_once, gain, gain_once, kl = {}, {}, {}, {}, {}
     for ref in plan.refs:
         p = ref.key
-        forgetting[p] = metrics.forgetting(at_end.get(base, {}), at_end.get(p, {}), battery_tasks)
-        forgetting_once[p] = metrics.forgetting(once.get(base, {}), once.get(p, {}), battery_tasks)
+        forgetting[p] = metrics.forgetting_from_episodes(by_policy.get(base, []), by_policy.get(p, []), battery_tasks)
+        forgetting_once[p] = metrics.forgetting_from_episodes(by_policy.get(base, []), by_policy.get(p, []), battery_tasks,
+                                                              key="success_once")
         if target_task:
             gain[p] = metrics.gain(at_end.get(base, {}).get(target_task), at_end.get(p, {}).get(target_task))
             gain_once[p] = metrics.gain(once.get(base, {}).get(target_task), once.get(p, {}).get(target_task))
@@ -689,7 +693,7 @@ def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, 
         "wall_s": round(wall_s, 1),
         **extra,
         "law": _law(law_points),
-        "matched": _matched(law_points, at_end, battery_tasks),
+        "matched": _matched(law_points, by_policy, battery_tasks),
     }
 
 
@@ -766,18 +770,18 @@ def _num_or_none(x: Any) -> Any:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
-def _matched(points: List[Dict[str, Any]], at_end, battery_tasks: List[str]) -> List[Dict[str, Any]]:
+def _matched(points: List[Dict[str, Any]], by_policy: Dict[str, List[Dict[str, Any]]], battery_tasks: List[str]) -> List[Dict[str, Any]]:
     """Per pair of methods, forgetting at matched target success (law.matched_pairs), with the difference's interval.
 
     ``forgetting_difference`` is A's forgetting minus B's, i.e. B's battery success minus A's, with the
-    interval of a paired comparison over the battery tasks (per-task Newcombe, as forgetting's own).
+    interval of forgetting's own (per task Newcombe, paired by seed; MOVER over tasks).
     """
     rows = {p["policy"]: p for p in points}
     out = []
     for m in law.matched_pairs(points):
         if "a" in m:
             a, b = rows[m["a"]], rows[m["b"]]
-            d = metrics.forgetting(at_end.get(m["b"], {}), at_end.get(m["a"], {}), battery_tasks)
+            d = metrics.forgetting_from_episodes(by_policy.get(m["b"], []), by_policy.get(m["a"], []), battery_tasks)
             m = {**m, **{f"{side}_{k}": r.get(k) for side, r in (("a", a), ("b", b))
                          for k in ("target_success", "forgetting", "forgetting_ci", "forward_kl")},
                  "forgetting_difference": _num_or_none(d["value"]),

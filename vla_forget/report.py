@@ -33,6 +33,16 @@ def _no_negative_zero(text: str, fmt: str) -> str:
         return text
 
 
+def _pm(e: Dict[str, Any], key: str) -> str:
+    return f"{_num(e.get(key))} ± {_num(e.get(key + '_se'))}" if e and e.get(key) is not None else "-"
+
+
+def _tv(e: Dict[str, Any]) -> str:
+    if not e or e.get("tv") is None:
+        return "-"
+    return _pm(e, "tv") if e.get("tv_reliable", True) else "unreliable"
+
+
 def success_table(success: Dict[str, Dict[str, Any]], tasks: List[str], policies: List[str]) -> List[str]:
     lines = ["| policy | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for p in policies:
@@ -65,7 +75,8 @@ def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
         "## Forgetting and gain (percentage points, relative to the base)",
         "",
         "Forgetting = mean over battery tasks of (base - policy) success at end; gain = policy - base on the target. "
-        "Intervals: Newcombe (gain), normal approximation over tasks (forgetting).",
+        "Intervals: Newcombe (gain); forgetting: Newcombe per task, paired by seed where both ran the same seeds, "
+        "combined over tasks by MOVER, within [-100, +100] (docs/metrics.md).",
         "",
         "| policy | battery mean % | forgetting | gain on target |",
         "|---|---|---|---|",
@@ -80,14 +91,17 @@ def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
         "",
         "## Action-distribution divergence to the base",
         "",
-        "Chain rule over the 7 action tokens, exact 256-way divergence per token, token prefixes sampled from the base "
-        "(see docs/metrics.md). ± is one standard error; ESS is the effective sample size fraction of the prefix "
-        "importance weights used by reverse KL and TV.",
+        "Nats, summed over the 7 action tokens, of the temperature-1 distributions (whatever the bench's decoding); "
+        "chain rule, exact 256-way divergence per token (see docs/metrics.md). Forward KL and TV on token prefixes "
+        "sampled from the base, reverse KL on prefixes sampled from the policy. ± is one standard error over states. "
+        "TV needs importance weights: its effective sample size (ESS, % of samples) is shown, and below "
+        f"{100 * results.get('divergences', {}).get('tv_min_ess', 0.1):.0f} % TV is not reported as a number.",
         "",
-        "| policy | states | forward KL (target) | reverse KL (target) | TV (target) | forward KL (battery) | ESS |",
+        "| policy | states | forward KL (target) | reverse KL (target) | TV (target) | ESS of TV | forward KL (battery) |",
         "|---|---|---|---|---|---|---|",
     ]
     dv = results.get("divergences", {})
+    by_phase: List[str] = []
     for p in policies:
         k = results["kl_to_base"].get(p)
         if k is None:
@@ -95,12 +109,27 @@ def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
             continue
         d = k.get("detail", {})
         t, b = d.get("target"), d.get("battery")
-
-        def pm(e, key):
-            return f"{_num(e[key])} ± {_num(e[key + '_se'])}" if e else "-"
-
-        L.append(f"| {p} | {k['n_states']} | {pm(t, 'forward') if t else _num(k['forward'])} | {pm(t, 'reverse') if t else _num(k['reverse'])} | "
-                 f"{pm(t, 'tv') if t else _num(k['tv'])} | {pm(b, 'forward') if b else '-'} | {_num((t or b or {}).get('reverse_ess'), '{:.2f}')} |")
+        L.append(f"| {p} | {k['n_states']} | {_pm(t, 'forward') if t else _num(k['forward'])} | "
+                 f"{_pm(t, 'reverse') if t else _num(k['reverse'])} | {_tv(t) if t else _num(k['tv'])} | "
+                 f"{_num(100 * t['tv_ess'], '{:.2g}') if t and t.get('tv_ess') is not None else '-'} | "
+                 f"{_pm(b, 'forward') if b else '-'} |")
+        for name in ("target", "target_policy"):
+            rows = (d.get(name) or {}).get("forward_by_phase")
+            if rows:
+                by_phase.append(f"| {p} | {name} | " + " | ".join(
+                    f"{_num(r['forward'])} ± {_num(r['forward_se'])} (n={r['n_states']})" for r in rows) + " |")
+        own = d.get("target_policy")
+        if own:
+            L.append(f"| {p} (own target states: target_policy) | {own['n_states']} | {_pm(own, 'forward')} | "
+                     f"{_pm(own, 'reverse')} | {_tv(own)} | {_num(100 * own['tv_ess'], '{:.2g}')} | - |")
+    if by_phase:
+        phases = next(r for r in (results["kl_to_base"].values()) if r and r.get("forward_by_phase"))["forward_by_phase"]
+        L += ["", "### Forward KL by phase of the target episodes",
+              "", "Each state's phase is where its step lies in its episode (quarters of the episode's steps); "
+              "a policy that changed one part of the task (the approach, the grasp, the carry, the placement) "
+              "shows there.", "",
+              "| policy | states | " + " | ".join(f"{100 * r['from']:.0f}-{100 * r['to']:.0f} %" for r in phases) + " |",
+              "|---|---|" + "---|" * len(phases), *by_phase]
     if dv.get("skipped"):
         L += ["", f"Divergences skipped: {dv['skipped']}."]
     elif "base_passes" in dv:
