@@ -110,7 +110,9 @@ def test_bench_runs_the_adapter_on_the_cpu_simulator(work, base, sft_run):
     assert set(res["success"]) == {f"openvla:{base}", adapted}
     assert res["success"][adapted]["PlaceCubeOnTarget-v1"]["n"] == 2
     kl = res["kl_to_base"][adapted]
-    assert kl["n_states"] == 2 and kl["forward"] > 0 and np.isfinite(kl["reverse"]) and 0 < kl["tv"] <= 1
+    # 4 states from 2 episodes of 3 steps, spread over them (steps 0, 1 and 1, 2)
+    assert kl["n_states"] == 4 and kl["forward"] > 0 and np.isfinite(kl["reverse"]) and kl["reverse_se"] is not None
+    assert 0 < kl["tv_ess"] <= 1 and (0 < kl["tv"] <= 1 if kl["tv_reliable"] else kl["tv"] is None)
     assert {r["kind"] for r in res["policies"]} == {"OpenVLAPolicy"}
     episodes = [json.loads(line) for line in open(os.path.join(out, "episodes.jsonl"))]
     assert len(episodes) == 4 and all(e["steps"] == 3 for e in episodes)

@@ -22,6 +22,7 @@ examples:
   vla-forget bench --checkpoints runs/sweeps/forgetting --episodes 20 --out runs/bench-forgetting
   vla-forget bench --checkpoints runs/adapt/ppo --checkpoint-stride 2 --out runs/bench-ppo --resume
   vla-forget bench --out runs/bench-ppo --resume --checkpoints runs/adapt/ppo-seed1
+  vla-forget bench --out runs/bench-ppo --resume --kl-states both   # add on-policy KL, no new rollouts
 
 Results land in OUT/results.json (machine-readable), OUT/report.md (tables),
 OUT/episodes.jsonl (one line per episode) and OUT/videos/. Ctrl-C keeps every
@@ -38,6 +39,15 @@ OUT/forgetting_vs_kl.png (with the plots extra). To add runs (another seed)
 to a finished bench, run `vla-forget bench --out OUT --resume --checkpoints
 NEW_RUN`: the folder joins the saved ones and only its checkpoints (and any
 new checkpoint of the others) are rolled out.
+
+Divergences (docs/metrics.md): forward KL, reverse KL and TV to the base in
+nats, on --kl-states-per-task states spread over the whole of each target (and
+battery) episode, with the forward KL by quarter of the episode in report.md.
+A resume may change the divergence settings (--kl-states-per-task,
+--kl-samples-per-state, --kl-states) or meet a bench recorded under the older
+state rule (first steps only): it says so, re-runs the finished episodes that
+recorded states for their states only, and recomputes every divergence; no
+episode record changes.
 """
 
 
