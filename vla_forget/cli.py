@@ -76,10 +76,10 @@ def _bench_parser(sub) -> None:
     p.add_argument("--image-size", type=int, help="camera image size in pixels (default 128)")
     p.add_argument("--videos-per-task", type=int, help="mp4 videos per policy and task (default 2)")
     p.add_argument("--kl-states-per-task", type=int,
-                   help="states per task for the divergences, spread evenly over the episodes' steps (default 32)")
+                   help="states per task for the divergences, spread evenly over the episodes' steps (default 128)")
     p.add_argument("--kl-samples-per-state", type=int,
                    help="token sequences sampled per state, from the base (forward KL, TV) and from each policy "
-                        "(reverse KL) (default 4)")
+                        "(reverse KL) (default 1: more states lower the error more than more samples)")
     p.add_argument("--kl-states", choices=("base", "policy", "both"),
                    help="whose target episodes give the states: the base's (default; RL's Razor's measure), each "
                         "policy's own (on-policy KL), or both (the base's are the main figure)")
@@ -175,8 +175,10 @@ def cmd_bench(args) -> int:
         target=pick("target"), episodes=pick("episodes"), target_episodes=pick("target_episodes"),
         workers=int(workers), num_envs=num_envs, device=pick("device", "cpu"),
         image_size=int(pick("image_size", 128)), videos_per_task=int(pick("videos_per_task", 2)),
-        kl_states_per_task=int(pick("kl_states_per_task", 32)), kl_state_stride=int(pick("kl_state_stride", 5)),
-        kl_samples_per_state=int(pick("kl_samples_per_state", 4)), kl_states=pick("kl_states", "base"),
+        kl_states_per_task=int(pick("kl_states_per_task", BenchConfig.kl_states_per_task)),
+        kl_state_stride=int(pick("kl_state_stride", BenchConfig.kl_state_stride)),
+        kl_samples_per_state=int(pick("kl_samples_per_state", BenchConfig.kl_samples_per_state)),
+        kl_states=pick("kl_states", BenchConfig.kl_states),
         greedy=bool(pick("greedy", False)),
         seed=int(pick("seed", 0)), progress=not args.no_progress, checkpoints=checkpoints,
         checkpoint_stride=args.checkpoint_stride,

@@ -2,10 +2,11 @@
 
 Measured in one run (these machines are noisy):
 
-1. *rules side by side*: the same bench (base, policy, battery, target, seeds,
-   divergence settings) under the old state rule (``stride-v0``: every 5th step
-   from step 0 until each episode's quota, i.e. the first steps only) and the
-   new one (``spread-v1``: spread over the whole episode), each from an empty
+1. *rules side by side*: the same bench (base, policy, battery, target, seeds)
+   under the old state rule at its defaults (``stride-v0``: every 5th step from
+   step 0 until each episode's quota, i.e. the first steps only; 32 states per
+   task, 4 samples per state) and the new one at its defaults (``spread-v1``:
+   spread over the whole episode; 128 states, 1 sample), each from an empty
    cache: wall time, the divergence step's time, the forward KL on the
    target's states, its standard error and the steps the states came from.
    Target: the new rule at no more than 1.2x the old rule's wall time.
@@ -35,7 +36,7 @@ import time
 from vla_forget.jsonio import write_json
 
 
-def bench_once(rule: str, args, root: str) -> dict:
+def bench_once(rule: str, states: int, samples: int, args, root: str) -> dict:
     from vla_forget.bench import BenchConfig, run_bench
     from vla_forget.states import load_states
 
@@ -43,7 +44,7 @@ def bench_once(rule: str, args, root: str) -> dict:
     os.environ["VLA_FORGET_CACHE"] = os.path.join(root, f"cache-{rule}")
     cfg = BenchConfig(policies=[args.policy], base=args.base, out=out, battery=args.battery, episodes=args.episodes,
                       target_episodes=args.target_episodes, workers=args.workers, videos_per_task=0,
-                      kl_states_per_task=args.states, kl_samples_per_state=args.samples, kl_state_rule=rule,
+                      kl_states_per_task=states, kl_samples_per_state=samples, kl_state_rule=rule,
                       progress=False)
     import vla_forget.bench as bench_mod
 
@@ -67,7 +68,7 @@ def bench_once(rule: str, args, root: str) -> dict:
     k = res["kl_to_base"][args.policy.rstrip("/")]
     target = res["target"]["task"]
     _, meta = load_states(os.path.join(out, "states"), target, res["seeds"][target])
-    return {"rule": rule, "wall_s": round(wall, 1), "divergences_s": round(timing["divergences_s"], 1),
+    return {"rule": rule, "states_per_task": states, "samples_per_state": samples, "wall_s": round(wall, 1), "divergences_s": round(timing["divergences_s"], 1),
             "forward_kl": k["forward"], "forward_se": k["forward_se"], "n_states": k["n_states"],
             "state_steps": sorted(int(s) for s in meta["step"]), "episode_length": int(meta["length"].max()),
             "forward_by_phase": [r["forward"] for r in k["forward_by_phase"]]}
@@ -134,8 +135,10 @@ def main(argv=None) -> int:
     ap.add_argument("--battery", default="tabletop-v1")
     ap.add_argument("--episodes", type=int, default=4, help="episodes per battery task")
     ap.add_argument("--target-episodes", type=int, default=20)
-    ap.add_argument("--states", type=int, default=32, help="states per task of the side-by-side benches")
-    ap.add_argument("--samples", type=int, default=4, help="samples per state of the side-by-side benches")
+    ap.add_argument("--states", type=int, default=128, help="states per task of the new rule's bench (default: the default)")
+    ap.add_argument("--samples", type=int, default=1, help="samples per state of the new rule's bench")
+    ap.add_argument("--old-states", type=int, default=32, help="states per task of the old rule's bench (its default)")
+    ap.add_argument("--old-samples", type=int, default=4, help="samples per state of the old rule's bench")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-states", type=int, default=128, help="states recorded for the trade-off")
     ap.add_argument("--grid-states", type=int, nargs="*", default=[16, 32, 64, 128])
@@ -148,7 +151,8 @@ def main(argv=None) -> int:
            "target_episodes": args.target_episodes}
     with tempfile.TemporaryDirectory(prefix="kl-states-") as root:
         if not args.skip_rules:
-            runs = [bench_once(rule, args, root) for rule in ("stride-v0", "spread-v1")]
+            runs = [bench_once("stride-v0", args.old_states, args.old_samples, args, root),
+                    bench_once("spread-v1", args.states, args.samples, args, root)]
             out["rules"] = runs
             out["wall_ratio_new_over_old"] = round(runs[1]["wall_s"] / runs[0]["wall_s"], 3)
             for r in runs:
