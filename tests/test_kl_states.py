@@ -93,6 +93,12 @@ def test_recorded_states_cover_the_whole_episode_and_kl_is_reported_by_phase(wor
     assert res["divergences"]["state_rule"] == SPREAD
     report = open(w["tmp"] / "new" / "report.md").read()
     assert "Forward KL by phase of the target episodes" in report and "0-25 %" in report
+    assert "States: rule `spread-v1`" in report and "32 on target" in report
+    # forgetting's interval comes from the episodes: exactly 0 for the base, never outside [-1, 1]
+    assert res["forgetting_detail"][w["base"]]["ci_low"] == res["forgetting_detail"][w["base"]]["ci_high"] == 0.0
+    f = res["forgetting_detail"][w["policy"]]
+    assert -1.0 <= f["ci_low"] <= f["value"] <= f["ci_high"] <= 1.0 and f["ci_high"] > f["ci_low"]
+    assert all(t["paired"] for t in f["per_task"].values())
 
     # the same bench under the old rule records the first steps only: what this test guards against
     run_bench(config(w, "old", kl_state_rule=STRIDE), log=lambda *_: None)

@@ -130,6 +130,10 @@ def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
               "shows there.", "",
               "| policy | states | " + " | ".join(f"{100 * r['from']:.0f}-{100 * r['to']:.0f} %" for r in phases) + " |",
               "|---|---|" + "---|" * len(phases), *by_phase]
+    if dv.get("state_rule"):
+        L += ["", f"States: rule `{dv['state_rule']}` (docs/metrics.md), from "
+                  f"{'the base' if dv.get('kl_states', 'base') == 'base' else 'the base and each policy'}: "
+                  + ", ".join(f"{n} on {k}" for k, n in (dv.get("n_states") or {}).items()) + "."]
     if dv.get("skipped"):
         L += ["", f"Divergences skipped: {dv['skipped']}."]
     elif "base_passes" in dv:
