@@ -4,8 +4,10 @@ episodes.jsonl, bad options), through the public API and CLI on a fake env."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -52,6 +54,14 @@ def world(tmp_path, monkeypatch):
     SmallVLA.random_init(seed=1, **TINY).save(policy)
     SmallVLA.random_init(seed=2, wrist_camera=True, wrist_image_size=16, wrist_image_grid=1, **TINY).save(wrist)
     return dict(tmp=tmp_path, battery=str(battery), target=str(target), base=base, policy=policy, wrist=wrist, runs=runs)
+
+
+def compare_benches():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("compare_benches", os.path.join(root, "benchmarks", "probes", "compare_benches.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def config(w, out, policies=None, **kw):
@@ -114,6 +124,8 @@ def test_resuming_a_bench_recorded_under_the_old_rule_rerecords_states_only(worl
     del saved["config"]["kl_state_rule"], saved["config"]["kl_states"]  # as a bench of the earlier version saved it
     cfg_path.write_text(json.dumps(saved))
     lines = (w["tmp"] / "b" / "episodes.jsonl").read_text()
+    os.makedirs(w["tmp"] / "b-old")
+    shutil.copy(w["tmp"] / "b" / "results.json", w["tmp"] / "b-old" / "results.json")
     w["runs"]["jobs"].clear()
     said = []
     res = run_bench(config(w, "b"), resume=True, log=said.append)
@@ -127,6 +139,14 @@ def test_resuming_a_bench_recorded_under_the_old_rule_rerecords_states_only(worl
     assert meta["step"].max() >= 0.75 * STEPS
     assert res["divergences"]["state_rule"] == SPREAD and res["kl_to_base"][w["policy"]]["forward_by_phase"]
     assert json.loads(cfg_path.read_text())["config"]["kl_state_rule"] == SPREAD
+    # the two measurements side by side (benchmarks/probes/compare_benches.py)
+    table = compare_benches().compare(json.loads((w["tmp"] / "b-old" / "results.json").read_text()), res,
+                                      ["first steps", "whole episode"])
+    old = json.loads((w["tmp"] / "b-old" / "results.json").read_text())["kl_to_base"][w["policy"]]
+    new = res["kl_to_base"][w["policy"]]
+    assert table[0].startswith("| policy | forgetting") and table[2].split(" | ")[2:4] == [
+        f"{old['forward']:.2f} ± {old['forward_se']:.2f}", f"{new['forward']:.2f} ± {new['forward_se']:.2f}"]
+    assert any(x.startswith("| pooled, linear |") for x in table)
     # resumed again: nothing to re-record, nothing to roll out
     w["runs"]["jobs"].clear()
     run_bench(config(w, "b"), resume=True, log=lambda *_: None)
