@@ -133,11 +133,14 @@ def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
     if dv.get("state_rule"):
         L += ["", f"States: rule `{dv['state_rule']}` (docs/metrics.md), from "
                   f"{'the base' if dv.get('kl_states', 'base') == 'base' else 'the base and each policy'}: "
-                  + ", ".join(f"{n} on {k}" for k, n in (dv.get("n_states") or {}).items()) + "."]
+                  + ", ".join(f"{n} on {k.split(':', 1)[0]}" + (f" ({k.split(':', 1)[1]})" if ":" in k else "")
+                              for k, n in (dv.get("n_states") or {}).items()) + "."]
     if dv.get("skipped"):
         L += ["", f"Divergences skipped: {dv['skipped']}."]
     elif "base_passes" in dv:
-        L += ["", f"Base-side passes this run: {dv['base_passes']} (cached outputs reused: {dv.get('cache_hits', 0)})."]
+        L += ["", f"Model passes this run: {dv['base_passes']} base sampling, {dv.get('policy_sample_passes', 0)} policy "
+                  f"sampling, {dv.get('base_reverse_passes', 0)} base on the policies' samples (cached outputs reused: "
+                  f"{dv.get('cache_hits', 0)})."]
     L += checkpoint_section(results)
     vids = []
     vdir = os.path.join(run_dir, "videos")
