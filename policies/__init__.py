@@ -129,6 +129,18 @@ def load_policy(spec: str, *, device: Optional[str] = None, trust_remote_code: O
     """
     from vla_forget.registry import Entry
 
+    source, sep, opts = spec.partition("#")
+    if sep and not spec.startswith(OPENVLA_PREFIX):
+        # options after '#' on an id or a folder: prompt=STYLE for any policy; the OpenVLA options for its folders
+        options = _spec_options(opts, spec)
+        prompt = options.pop("prompt", None)
+        if options:
+            policy = load_policy(source, device=device, trust_remote_code=trust_remote_code, **options, **overrides)
+        else:
+            policy = load_policy(source, device=device, trust_remote_code=trust_remote_code, **overrides)
+        if prompt is not None:
+            policy.set_prompt_style(prompt)
+        return policy
     if spec.startswith(OPENVLA_PREFIX):
         policy = Entry("OpenVLA", CHECKPOINT_CLASSES["OpenVLA"]).load()(spec, trust_remote_code=trust_remote_code, **overrides)
     elif spec in POLICIES:
@@ -164,6 +176,17 @@ def load_policy(spec: str, *, device: Optional[str] = None, trust_remote_code: O
     if device is not None and hasattr(policy, "to"):
         policy = policy.to(device)
     return policy
+
+
+def _spec_options(opts: str, spec: str) -> dict:
+    out = {}
+    for item in filter(None, (o.strip() for o in opts.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise CheckpointError(f"bad option {item!r} in policy spec {spec!r}: options are key=value after '#' "
+                                  "(e.g. FOLDER#prompt=bare)")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def load_asset(name: str, **overrides: Any):

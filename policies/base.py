@@ -89,6 +89,10 @@ def views_for(policy: Any, obs: Observation) -> Observation:
                        privileged=dict(obs.privileged))
 
 
+class PromptStyleError(ValueError):
+    """A prompt style (``--prompt``) that the policy cannot take."""
+
+
 class Policy:
     """Anything that acts: ``act`` maps an observation batch to ``[B, 7]`` continuous actions."""
 
@@ -98,6 +102,21 @@ class Policy:
     wrist_camera: bool = False
     #: Whether this policy reads ``Observation.privileged`` (scripted experts).
     needs_privileged: bool = False
+    #: The square camera size (pixels) the policy was trained on, if it declares one: benches and adaptation
+    #: render at it unless told otherwise (OpenVLA: its processor's input size; the small VLA: its config).
+    input_image_size: Optional[int] = None
+    #: The prompt styles the policy can take (``set_prompt_style``); empty: it reads the instruction as it is.
+    prompt_styles: tuple = ()
+    #: The prompt style in use (None for a policy without styles).
+    prompt_style: Optional[str] = None
+
+    def set_prompt_style(self, style: str) -> None:
+        """Choose how the instruction becomes the prompt (``--prompt``); an error for a style the policy lacks."""
+        if style not in self.prompt_styles:
+            takes = (f"it takes {', '.join(self.prompt_styles)}" if self.prompt_styles
+                     else "it reads the instruction as it is and takes no prompt style")
+            raise PromptStyleError(f"{type(self).__name__} cannot take prompt style {style!r}: {takes}")
+        self.prompt_style = style
 
     def reset(self, batch_size: int) -> None:
         """Called at the start of each batch of episodes (experts keep per-episode phase)."""

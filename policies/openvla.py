@@ -103,6 +103,10 @@ POLICY_CLASS = "OpenVLA"
 ADAPTER_FORMAT_VERSION = 1
 SPEC_PREFIX = "openvla:"
 PROMPT = "In: What action should the robot take to {instruction}?\nOut:"
+#: prompt styles: OpenVLA's training template (the instruction lower-cased, as its training data), or the bare
+#: instruction as SimplerEnv's published OpenVLA wrapper passes it (``processor(task_description, image)``)
+PROMPTS = {"openvla": PROMPT, "bare": "{instruction}"}
+DEFAULT_PROMPT_STYLE = "openvla"
 #: the empty word piece OpenVLA appends after ``Out:`` (Llama's ``▁``, id 29871)
 SPACE_PIECE = "\u2581"
 #: set to 1 to allow remote code without passing trust_remote_code (what --trust-remote-code does for workers)
@@ -113,7 +117,7 @@ OPENVLA_PINS = {"transformers": "4.40.1", "tokenizers": "0.19.1", "timm": "0.9.1
 INSTALL_HINT = ("pip install -c constraints.txt -e '.[openvla]' (a separate virtualenv: the core and the test extra "
                 "use a current transformers)")
 LORA_STATE_PREFIX = "lora."
-SPEC_OPTIONS = ("unnorm_key", "dtype", "lora_rank", "lora_alpha", "lora_dropout", "attn_implementation")
+SPEC_OPTIONS = ("unnorm_key", "dtype", "lora_rank", "lora_alpha", "lora_dropout", "attn_implementation", "prompt")
 
 
 class OpenVLAError(CheckpointError):
@@ -131,10 +135,11 @@ class LoRASettings:
     dropout: float = 0.0
     """dropout on the LoRA branch"""
     target_modules: Any = "all-linear"
-    """"all-linear": every ``nn.Linear`` of the model, LM head included (what peft 0.11.1, OpenVLA's
-    pinned version, selects for OpenVLA with ``target_modules="all-linear"``; later peft versions
-    leave the LM head out, so the names are resolved here to be the same under every version);
-    or a list of module names for peft"""
+    """"all-linear": what peft 0.11.1 (OpenVLA's pinned version) adapts for OpenVLA with
+    ``target_modules="all-linear"`` (:func:`all_linear_targets`): every ``nn.Linear`` (the LM head
+    included) and every convolution sharing a Linear's last name (the vision towers'
+    ``patch_embed.proj``, since their attention output Linear is also ``proj``); resolved here to full
+    module names so that every peft version adapts the same modules. Or a list of module names for peft"""
 
     def peft_config(self, model: torch.nn.Module):
         from peft import LoraConfig
@@ -142,9 +147,24 @@ class LoRASettings:
         alpha = self.alpha if self.alpha is not None else min(self.rank, 16)
         targets = self.target_modules
         if targets == "all-linear":
-            targets = sorted(name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+            targets = all_linear_targets(model)
         return LoraConfig(r=int(self.rank), lora_alpha=alpha, lora_dropout=float(self.dropout),
                           target_modules=targets, init_lora_weights="gaussian")
+
+
+def all_linear_targets(model: torch.nn.Module) -> List[str]:
+    """The modules peft 0.11.1 adapts for ``target_modules="all-linear"``, as full names.
+
+    peft 0.11.1 collects the *last name* of every ``nn.Linear`` and then adapts every module whose name
+    ends with one of them. It means to leave the output head out, but removes the head's full name
+    (``language_model.lm_head``) from the set of last names, so for OpenVLA the head stays in; and a
+    convolution that shares a Linear's last name is adapted too (OpenVLA's DINOv2 and SigLIP towers:
+    ``patch_embed.proj`` beside the attention's ``attn.proj``). Later peft versions differ on both
+    points, hence the explicit list."""
+    linear = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    kinds = (torch.nn.Linear, torch.nn.Conv2d)
+    return sorted(name for name, m in model.named_modules()
+                  if name and isinstance(m, kinds) and name.rsplit(".", 1)[-1] in linear)
 
 
 # --------------------------------------------------------------------------
@@ -301,6 +321,36 @@ def weights_digest(folder: str) -> str:
     return h.hexdigest()
 
 
+def _cache_argument(decoder: torch.nn.Module) -> str:
+    """The decoder's name for the key/value cache: ``past_key_values`` (transformers 4.x, OpenVLA's 4.40.1)
+    or ``cache`` (transformers 5 renames it and drops the old name in 5.40)."""
+    import inspect
+
+    params = inspect.signature(decoder.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_of(out: Any) -> Any:
+    """The key/value cache of a decoder output, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def embedding_width(folder: str) -> Optional[int]:
+    """The width of the language model's token embedding (``...embed_tokens.weight``), read from the safetensors
+    headers of an HF checkpoint folder (a few kB, no tensor data); None if there is no such tensor."""
+    from safetensors import safe_open
+
+    files = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors") and not n.startswith("adapter_"))
+    for name in files:
+        with safe_open(os.path.join(folder, name), framework="pt") as f:
+            for key in f.keys():
+                if key.endswith("embed_tokens.weight"):
+                    shape = f.get_slice(key).get_shape()
+                    return int(shape[1]) if len(shape) == 2 else None
+    return None
+
+
 # --------------------------------------------------------------------------
 # image preprocessing (the Prismatic image processor, batched in torch)
 # --------------------------------------------------------------------------
@@ -326,6 +376,23 @@ class ImagePreprocessor:
         n = len(sizes)
         self.means = [list(m) for m in (cfg.get("means") or [[0.5, 0.5, 0.5]] * n)]
         self.stds = [list(s) for s in (cfg.get("stds") or [[0.5, 0.5, 0.5]] * n)]
+        # OpenVLA's processor normalises with the constants stored as tvf_normalize_params (the saved processor's
+        # own attributes override the ones it recomputes from means/stds; in OpenVLA-7B they are the bf16-rounded
+        # DINOv2 mean/std, e.g. 0.484375 for 0.485): use them when present, as it does
+        fill = cfg.get("tvf_letterbox_fill")
+        self.letterbox_fill = ([int(v) for v in fill] if isinstance(fill, (list, tuple)) and len(fill) == 3
+                               else [int(v * 255) for v in self.means[0]])
+        tvf = cfg.get("tvf_normalize_params")
+        self.normalize_source = "means/stds"
+        if tvf is not None:
+            if (not isinstance(tvf, list) or len(tvf) != n
+                    or not all(isinstance(t, dict) and len(t.get("mean") or []) == 3 and len(t.get("std") or []) == 3
+                               for t in tvf)):
+                raise OpenVLAError(f"{where}: tvf_normalize_params must be {n} entries with a 3-value mean and std "
+                                   f"(one per backbone), got {tvf!r}")
+            self.means = [[float(v) for v in t["mean"]] for t in tvf]
+            self.stds = [[float(v) for v in t["std"]] for t in tvf]
+            self.normalize_source = "tvf_normalize_params"
         interp = (cfg.get("interpolations") or ["bicubic"])[0]
         self.mode = "bilinear" if interp == "bilinear" else "bicubic"
         if len(self.means) != n or len(self.stds) != n:
@@ -341,7 +408,7 @@ class ImagePreprocessor:
         H, W = x.shape[-2:]
         if self.strategy == "letterbox" and H != W:
             m = max(H, W)
-            fill = torch.tensor([int(v * 255) for v in self.means[0]], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            fill = torch.tensor(self.letterbox_fill, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
             canvas = fill.expand(x.shape[0], 3, m, m).clone()
             top, left = (m - H) // 2, (m - W) // 2
             canvas[:, :, top:top + H, left:left + W] = x
@@ -382,6 +449,7 @@ class OpenVLAPolicy(TokenPolicy):
         adapter_dir: Optional[str] = None,
         attn_implementation: Optional[str] = None,
         statistics: Optional[Dict[str, Dict[str, Any]]] = None,
+        prompt: Optional[str] = None,
     ):
         super().__init__()
         self.source = source
@@ -392,6 +460,8 @@ class OpenVLAPolicy(TokenPolicy):
         self.lora = lora or LoRASettings()
         self.adapter_dir = adapter_dir
         self.fast_path: Optional[bool] = None  # None: decide from the model's layout; False forces model(...)
+        self._prompt_cache: Dict[str, List[int]] = {}
+        self.set_prompt_style(prompt or DEFAULT_PROMPT_STYLE)
 
         cfg_path = os.path.join(self.folder, "config.json")
         if not os.path.exists(cfg_path):
@@ -440,7 +510,6 @@ class OpenVLAPolicy(TokenPolicy):
         self._model = None
         self._text_tokenizer = None
         self._device = torch.device("cpu")
-        self._prompt_cache: Dict[str, List[int]] = {}
         self._weights_digest: Optional[str] = None
         self._lora_on = adapter_dir is not None
         self.training = False  # loaded policies start in eval mode (as SmallVLA.load); train() switches
@@ -468,7 +537,8 @@ class OpenVLAPolicy(TokenPolicy):
         if "lora_dropout" in opts:
             lora.dropout = float(opts["lora_dropout"])
         return cls(source, unnorm_key=opts.get("unnorm_key"), trust_remote_code=trust_remote_code,
-                   dtype=opts.get("dtype"), lora=lora, attn_implementation=opts.get("attn_implementation"))
+                   dtype=opts.get("dtype"), lora=lora, attn_implementation=opts.get("attn_implementation"),
+                   prompt=opts.get("prompt"))
 
     @classmethod
     def from_adapter_folder(cls, path: str, *, trust_remote_code: Optional[bool] = None, **opts: Any) -> "OpenVLAPolicy":
@@ -490,7 +560,8 @@ class OpenVLAPolicy(TokenPolicy):
         try:
             policy = cls(base, unnorm_key=opts.get("unnorm_key", meta.get("unnorm_key")), trust_remote_code=trust_remote_code,
                          dtype=opts.get("dtype"), lora=lora, adapter_dir=os.path.abspath(path),
-                         attn_implementation=opts.get("attn_implementation"), statistics=statistics)
+                         attn_implementation=opts.get("attn_implementation"), statistics=statistics,
+                         prompt=opts.get("prompt", meta.get("prompt_style")))
         except OpenVLAError as e:
             raise OpenVLAError(f"{path} adapts {base}: {e}") from None
         want = meta.get("base_fingerprint")
@@ -500,6 +571,23 @@ class OpenVLAPolicy(TokenPolicy):
                 raise OpenVLAError(f"{path} was trained on another base than {policy.folder} holds now (config.json or "
                                    "weight files differ); point the 'base' in its config.json at the right checkpoint")
         return policy
+
+    prompt_styles = tuple(PROMPTS)
+
+    def set_prompt_style(self, style: str) -> None:
+        """``openvla`` (its training template, default) or ``bare`` (the instruction alone, as SimplerEnv's
+        published OpenVLA evaluation passes it)."""
+        if style not in PROMPTS:
+            raise OpenVLAError(f"unknown prompt style {style!r} for {self.folder}: choose one of {', '.join(PROMPTS)} "
+                               "(openvla: its training template; bare: the instruction alone, as SimplerEnv's OpenVLA "
+                               "evaluation)")
+        super().set_prompt_style(style)
+        self._prompt_cache.clear()
+
+    @property
+    def input_image_size(self) -> int:  # type: ignore[override]
+        """The processor's input size (OpenVLA-7B: 224): benches render at it unless ``--image-size`` says otherwise."""
+        return int(self.image_processor.size)
 
     def set_statistics(self, statistics: Dict[str, Dict[str, Any]], unnorm_key: Optional[str] = None) -> None:
         """Choose the action statistics by ``unnorm_key`` (required when there are several, as in OpenVLA-7B)."""
@@ -716,11 +804,14 @@ class OpenVLAPolicy(TokenPolicy):
 
     # --- inputs -------------------------------------------------------------------
     def prompt_ids(self, instruction: str) -> List[int]:
-        """Token ids of OpenVLA's prompt for one instruction: ``<s>`` ... ``Out:`` ``▁`` (cached)."""
+        """Token ids of the prompt for one instruction: ``<s>`` ... ``Out:`` ``▁`` in OpenVLA's style, ``<s>``
+        instruction ``▁`` in the bare style (``predict_action`` appends ``▁`` to either); cached."""
         ids = self._prompt_cache.get(instruction)
         if ids is None:
             tok = self.text_tokenizer
-            ids = list(tok(PROMPT.format(instruction=instruction.strip().lower())).input_ids)
+            text = (PROMPT.format(instruction=instruction.strip().lower()) if self.prompt_style == "openvla"
+                    else PROMPTS[self.prompt_style].format(instruction=instruction))
+            ids = list(tok(text).input_ids)
             space = tok.convert_tokens_to_ids(SPACE_PIECE)
             if space is not None and space != tok.unk_token_id and ids[-1] != space:
                 ids.append(int(space))
@@ -820,6 +911,11 @@ class OpenVLAPolicy(TokenPolicy):
 
     @property
     def feature_dim(self) -> int:
+        """The LM's hidden size: from ``text_config`` when it says, else from the shape of the token embedding in
+        the weight files' headers (OpenVLA-7B's ``text_config`` is stored as a diff from Llama-2's defaults,
+        without ``hidden_size``): no weights are loaded either way."""
+        if not self.hidden_size:
+            self.hidden_size = embedding_width(self.folder) or 0
         if self.hidden_size:
             return self.hidden_size
         core = self._core()
@@ -846,6 +942,7 @@ class OpenVLAPolicy(TokenPolicy):
         head = core.language_model.get_output_embeddings()
         embed = core.get_input_embeddings()
         B, A = obs.batch_size, self.action_dim
+        cache_arg = _cache_argument(decoder)
         prompts = [self.prompt_ids(s) for s in obs.instruction]
         pv = self.pixel_values(obs)
         tokens = torch.zeros(B, A, dtype=torch.long, device=self._device)
@@ -858,7 +955,7 @@ class OpenVLAPolicy(TokenPolicy):
             ids = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=self._device)
             embeds, _ = self._embed(ids, pv[idx])
             out = decoder(inputs_embeds=embeds, use_cache=True, return_dict=True)
-            past, h = out.past_key_values, out.last_hidden_state[:, -1]
+            past, h = _cache_of(out), out.last_hidden_state[:, -1]
             for j in range(A):
                 lg = self._action_slice(head(h)).float()
                 logits_out[idx, j] = lg
@@ -866,8 +963,8 @@ class OpenVLAPolicy(TokenPolicy):
                 tokens[idx, j] = tok
                 if j + 1 < A:
                     e = embed(self._token_ids(tok)).unsqueeze(1)
-                    out = decoder(inputs_embeds=e, past_key_values=past, use_cache=True, return_dict=True)
-                    past, h = out.past_key_values, out.last_hidden_state[:, -1]
+                    out = decoder(inputs_embeds=e, use_cache=True, return_dict=True, **{cache_arg: past})
+                    past, h = _cache_of(out), out.last_hidden_state[:, -1]
         return tokens, logits_out
 
     # --- checkpoints ----------------------------------------------------------------
@@ -888,7 +985,7 @@ class OpenVLAPolicy(TokenPolicy):
             self._weights_digest = weights_digest(self.folder)
         h = hashlib.sha256()
         meta = {"policy_class": POLICY_CLASS, "base_weights": self._weights_digest, "unnorm_key": self.unnorm_key,
-                "action_statistics": self.action_statistics.to_dict(), "prompt": PROMPT}
+                "action_statistics": self.action_statistics.to_dict(), "prompt": PROMPTS[self.prompt_style]}
         h.update(json.dumps(meta, sort_keys=True).encode())
         state = self._adapter_state()
         if state:
@@ -915,7 +1012,7 @@ class OpenVLAPolicy(TokenPolicy):
             base = self.source if not os.path.isdir(self.source) else os.path.abspath(self.folder)
             meta = {"policy_class": POLICY_CLASS, "format_version": ADAPTER_FORMAT_VERSION, "base": base,
                     "base_fingerprint": base_fingerprint(self.folder), "unnorm_key": self.unnorm_key,
-                    "lora": asdict(self.lora), "prompt": PROMPT,
+                    "lora": asdict(self.lora), "prompt": PROMPTS[self.prompt_style], "prompt_style": self.prompt_style,
                     "note": "LoRA adapter of an OpenVLA-format checkpoint: load_policy(this folder) loads base + adapter"}
             with open(os.path.join(path, "config.json"), "w") as f:
                 json.dump(meta, f, indent=2)

@@ -119,13 +119,25 @@ class ViTBlock(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
+class TinyPatchEmbed(nn.Module):
+    """timm's ``PatchEmbed`` layout: the patchifying convolution is ``patch_embed.proj``, as in OpenVLA's towers
+    (which is why its ``all-linear`` LoRA adapts that convolution too: a Linear is also called ``proj``)."""
+
+    def __init__(self, config: TinyOpenVLAConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(3, config.vision_dim, config.patch_size, config.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
 class TinyVisionBackbone(nn.Module):
     """pixel_values ``[B, 3, S, S]`` -> patch features ``[B, (S/p)^2, vision_dim]``."""
 
     def __init__(self, config: TinyOpenVLAConfig):
         super().__init__()
         n = (config.image_size // config.patch_size) ** 2
-        self.patch_embed = nn.Conv2d(3, config.vision_dim, config.patch_size, config.patch_size)
+        self.patch_embed = TinyPatchEmbed(config)
         self.pos_embed = nn.Parameter(torch.zeros(1, n, config.vision_dim))
         self.block = ViTBlock(config.vision_dim, config.vision_heads)
         self.norm = nn.LayerNorm(config.vision_dim)
@@ -407,7 +419,8 @@ def load_tiny(seed: int = 0, **overrides: Any):
     from vla_forget.policies.openvla import OpenVLAPolicy
 
     cache = os.environ.get("VLA_FORGET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vla-forget")
-    path = os.path.join(cache, "policies", f"openvla-tiny-v1-seed{int(seed)}")
+    # "-r2": the vision tower's patch convolution is ``patch_embed.proj`` (timm's layout) since this revision
+    path = os.path.join(cache, "policies", f"openvla-tiny-v1-r2-seed{int(seed)}")
     if not os.path.exists(os.path.join(path, "dataset_statistics.json")):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".build-", dir=os.path.dirname(path))
@@ -423,7 +436,8 @@ def load_tiny(seed: int = 0, **overrides: Any):
 
 
 def preprocessor_config(image_size: int) -> Dict[str, Any]:
-    """The Prismatic image processor's settings (single backbone, resize-naive, bicubic, mean/std 0.5)."""
+    """The Prismatic image processor's settings (single backbone, resize-naive, bicubic, mean/std 0.5), with the
+    ``tvf_normalize_params`` the real processor writes."""
     return {
         "image_processor_type": "PrismaticImageProcessor",
         "processor_class": "PrismaticProcessor",
@@ -432,6 +446,8 @@ def preprocessor_config(image_size: int) -> Dict[str, Any]:
         "interpolations": ["bicubic"],
         "means": [[0.5, 0.5, 0.5]],
         "stds": [[0.5, 0.5, 0.5]],
+        # what the real processor saves and then normalises with (its own attributes override means/stds)
+        "tvf_normalize_params": [{"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "inplace": False}],
         "use_fused_vision_backbone": False,
     }
 

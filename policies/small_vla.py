@@ -488,6 +488,11 @@ class SmallVLA(TokenPolicy):
     def wrist_camera(self) -> bool:  # type: ignore[override]
         return bool(self.config.wrist_camera)
 
+    @property
+    def input_image_size(self) -> int:  # type: ignore[override]
+        """The front camera size it was trained on (its config's ``image_size``)."""
+        return int(self.config.image_size)
+
     # --- construction -----------------------------------------------------
     def _init_weights(self, generator: torch.Generator) -> None:
         """GPT-style init from ``generator``: normal(0.02) linears and embeddings, zero biases,

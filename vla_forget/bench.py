@@ -39,11 +39,13 @@ from vla_forget import law, metrics
 from vla_forget.divergences import TV_MIN_ESS
 from vla_forget.jsonio import write_json
 from vla_forget.rollout import EpisodeJob
-from vla_forget.spec import Battery, Target, load_battery, load_target
+from vla_forget.spec import DEFAULT_DECODING, Battery, Decoding, Target, load_battery, load_target
 from vla_forget.video import slug
 
 RESULTS_FORMAT = 1
 SHARE_RENDER_ENV_EPISODES = 4
+#: the camera size when no policy declares one (scripted and zero policies)
+DEFAULT_IMAGE_SIZE = 128
 
 
 class BenchError(RuntimeError):
@@ -74,8 +76,9 @@ class BenchConfig:
     """parallel envs per process (needs GPU simulation when > 1)"""
     device: str = "cpu"
     """torch device of the policies ('cuda' on a GPU box)"""
-    image_size: int = 128
-    """camera image size in pixels (square)"""
+    image_size: Optional[int] = None
+    """camera image size in pixels (square); None: the base policy's own input size (the small VLA's 128,
+    OpenVLA's 224), else 128; set before the run starts and saved as a number"""
     videos_per_task: int = 2
     """mp4 videos per (policy, task): the first seeds"""
     kl_states_per_task: int = 128
@@ -90,7 +93,11 @@ class BenchConfig:
     kl_states: str = "base"
     """states of the divergences: the base's target episodes ('base'), each policy's own ('policy'), or both"""
     greedy: bool = False
-    """greedy actions instead of sampling"""
+    """act greedily on every task, whatever the battery's and the target's decoding"""
+    temperature: Optional[float] = None
+    """sample at this temperature on every task, whatever the battery's and the target's decoding"""
+    prompt: Optional[str] = None
+    """prompt style of every policy (OpenVLA: openvla | bare); None: each policy's own default"""
     seed: int = 0
     """seed of the divergence prefix sampling"""
     progress: bool = True
@@ -121,17 +128,37 @@ class PolicyRef:
     has_distribution: bool
     needs_image: bool = True
     checkpoint: Optional[Dict[str, Any]] = None  # run, method, update, env_steps, ... of an adaptation checkpoint
-    wrist_camera: bool = False  # reads the wrist camera too (not saved in config.json: it follows from the hash)
+    # not saved in config.json's policies (each follows from the hash): recorded in results.json's protocol
+    wrist_camera: bool = False  # reads the wrist camera too
+    input_image_size: Optional[int] = None  # the camera size the policy declares
+    prompt_style: Optional[str] = None  # the prompt style in use (policies that have styles)
+
+#: PolicyRef fields left out of config.json (older runs' config.json lack them; each follows from the hash)
+REF_DERIVED = ("wrist_camera", "input_image_size", "prompt_style")
 
 
-def _policy_ref(spec: str, role: str, key: Optional[str] = None) -> PolicyRef:
+def with_prompt(spec: str, style: Optional[str]) -> str:
+    """``spec`` with the option ``prompt=STYLE`` (``load_policy`` reads options after ``#``)."""
+    if not style:
+        return spec
+    return f"{spec},prompt={style}" if "#" in spec else f"{spec}#prompt={style}"
+
+
+def _policy_ref(spec: str, role: str, key: Optional[str] = None, prompt: Optional[str] = None) -> PolicyRef:
     from vla_forget.policies import load_policy
-    from vla_forget.policies.base import TokenPolicy
+    from vla_forget.policies.base import PromptStyleError, TokenPolicy
 
-    p = load_policy(spec)
-    return PolicyRef(key=key or spec.rstrip("/"), spec=spec, hash=p.checkpoint_hash(), kind=type(p).__name__, role=role,
+    key = key or spec.rstrip("/")
+    spec = with_prompt(spec, prompt)
+    try:
+        p = load_policy(spec)
+    except PromptStyleError as e:
+        raise BenchError(f"--prompt {prompt}: {key}: {e}") from None
+    size = getattr(p, "input_image_size", None)
+    return PolicyRef(key=key, spec=spec, hash=p.checkpoint_hash(), kind=type(p).__name__, role=role,
                      has_distribution=isinstance(p, TokenPolicy), needs_image=bool(getattr(p, "needs_image", True)),
-                     wrist_camera=bool(getattr(p, "wrist_camera", False)))
+                     wrist_camera=bool(getattr(p, "wrist_camera", False)),
+                     input_image_size=int(size) if size else None, prompt_style=getattr(p, "prompt_style", None))
 
 
 # --------------------------------------------------------------------------
@@ -189,11 +216,39 @@ class Plan:
     checkpoints: List[Dict[str, Any]] = field(default_factory=list)
     """one row per discovered checkpoint: its key, run metadata and the evaluated policy key (itself or an alias)"""
 
+    notes: List[str] = field(default_factory=list)
+    """what the run decided on the user's behalf and should say (e.g. an image size a policy was not trained at)"""
+    image_size_source: str = "--image-size"
+
     def tasks(self) -> List[Tuple[str, List[int], Optional[int]]]:
         out = [(t.task, t.seeds, t.max_episode_steps) for t in self.battery.tasks]
         if self.target is not None:
             out.append((self.target.task.task, self.target.task.seeds, self.target.task.max_episode_steps))
         return out
+
+    def decoding(self, task: str) -> Tuple[Decoding, str]:
+        """How policies act in ``task``'s episodes, and what decided it: --greedy / --temperature, else the
+        target's or the battery's ``decoding``, else the default (sampling at temperature 1)."""
+        if self.config.greedy:
+            return Decoding(greedy=True), "--greedy"
+        if self.config.temperature is not None:
+            return Decoding(temperature=float(self.config.temperature)), "--temperature"
+        spec = self.target if (self.target is not None and task == self.target.task.task) else self.battery
+        if spec.decoding is not None:
+            return spec.decoding, f"{'target' if spec is self.target else 'battery'} {spec.full_id}"
+        return DEFAULT_DECODING, "default"
+
+    def protocol(self) -> Dict[str, Any]:
+        """What the numbers were taken under, for results.json: camera size, decoding per task, prompt per policy."""
+        decoding = {}
+        for task, _, _ in self.tasks():
+            d, source = self.decoding(task)
+            decoding[task] = {**d.to_dict(), "source": source}
+        return {"image_size": self.config.image_size, "image_size_source": self.image_size_source,
+                "decoding": decoding,
+                "prompt": {r.key: r.prompt_style for r in self.refs if r.prompt_style is not None},
+                "input_image_size": {r.key: r.input_image_size for r in self.refs if r.input_image_size is not None},
+                "divergences": "temperature-1 distributions, whatever the decoding; nats"}
 
     def resolved(self) -> Dict[str, Any]:
         cfg = {k: v for k, v in asdict(self.config).items() if k not in BenchConfig.VOLATILE}
@@ -202,7 +257,7 @@ class Plan:
             "config": cfg,
             "battery": self.battery.to_dict(),
             "target": self.target.to_dict() if self.target else None,
-            "policies": [{k: v for k, v in asdict(r).items() if k != "wrist_camera"} for r in self.refs],
+            "policies": [{k: v for k, v in asdict(r).items() if k not in REF_DERIVED} for r in self.refs],
             "base": self.base.key,
         }
         if self.checkpoints:
@@ -232,12 +287,36 @@ def make_plan(config: BenchConfig) -> Plan:
     refs: List[PolicyRef] = []
     base_key = config.base.rstrip("/")
     for spec in config.policies:
-        refs.append(_policy_ref(spec, "base+policy" if spec.rstrip("/") == base_key else "policy"))
+        refs.append(_policy_ref(spec, "base+policy" if spec.rstrip("/") == base_key else "policy", prompt=config.prompt))
     base = next((r for r in refs if r.key == base_key), None)
     if base is None:
-        base = _policy_ref(config.base, "base")
+        base = _policy_ref(config.base, "base", prompt=config.prompt)
         refs.insert(0, base)
-    return Plan(config, battery, target, refs, base, _add_checkpoints(config, refs))
+    plan = Plan(config, battery, target, refs, base, _add_checkpoints(config, refs))
+    _resolve_image_size(plan)
+    return plan
+
+
+def _resolve_image_size(plan: Plan) -> None:
+    """``image_size`` None -> the base's declared input size (else the first policy's, else 128); a note for
+    every policy that declares another size (it sees the camera rescaled)."""
+    cfg = plan.config
+    if cfg.image_size is None:
+        declared = [r for r in [plan.base] + plan.refs if r.input_image_size]
+        if declared:
+            cfg.image_size = int(declared[0].input_image_size)
+            plan.image_size_source = f"the input size of {declared[0].key}"
+        else:
+            cfg.image_size = DEFAULT_IMAGE_SIZE
+            plan.image_size_source = "default (no policy declares an input size)"
+        if cfg.image_size > 1024:
+            raise BenchError(f"{plan.image_size_source} is {cfg.image_size} px, larger than any supported camera (at "
+                             "most 1024); give --image-size")
+    for r in plan.refs:
+        if r.input_image_size and r.input_image_size != cfg.image_size:
+            plan.notes.append(f"warning: {r.key} takes {r.input_image_size} px images but the cameras render at "
+                              f"{cfg.image_size} px ({plan.image_size_source}); it sees them rescaled. Give "
+                              f"--image-size {r.input_image_size} to render at its size")
 
 
 def _check_options(config: BenchConfig) -> None:
@@ -248,6 +327,8 @@ def _check_options(config: BenchConfig) -> None:
                 "kl_state_stride": "kl_state_stride", "num_envs": "--num-envs"}
     for name, flag in positive.items():
         v = getattr(config, name)
+        if name == "image_size" and v is None:
+            continue  # from the base policy
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise BenchError(f"{flag} must be a whole number >= 1, got {v!r}")
     for name, flag in {"kl_states_per_task": "--kl-states-per-task", "videos_per_task": "--videos-per-task",
@@ -255,12 +336,17 @@ def _check_options(config: BenchConfig) -> None:
         v = getattr(config, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise BenchError(f"{flag} must be a whole number >= 0, got {v!r}")
-    if config.image_size > 1024:
+    if config.image_size is not None and config.image_size > 1024:
         raise BenchError(f"--image-size {config.image_size} is larger than any supported camera (at most 1024)")
     if config.kl_state_rule not in RULES:
         raise BenchError(f"unknown kl_state_rule {config.kl_state_rule!r}; choose one of {', '.join(RULES)}")
     if config.kl_states not in KL_STATE_SETS:
         raise BenchError(f"--kl-states must be one of {', '.join(KL_STATE_SETS)}, got {config.kl_states!r}")
+    t = config.temperature
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0 or not math.isfinite(t)):
+        raise BenchError(f"--temperature must be a number > 0, got {t!r} (for greedy actions give --greedy)")
+    if t is not None and config.greedy:
+        raise BenchError("--greedy and --temperature both given: choose one (greedy actions, or sampling at a temperature)")
 
 
 def _add_checkpoints(config: BenchConfig, refs: List[PolicyRef]) -> List[Dict[str, Any]]:
@@ -284,7 +370,7 @@ def _add_checkpoints(config: BenchConfig, refs: List[PolicyRef]) -> List[Dict[st
             keys.add(ck.key)
             meta = {"run": ck.run, "method": ck.method, "update": ck.update, "env_steps": ck.env_steps,
                     "samples_seen": ck.samples_seen, "wall_time_s": ck.wall_time_s, "path": ck.path}
-            ref = _policy_ref(ck.path, "policy", key=ck.key)
+            ref = _policy_ref(ck.path, "policy", key=ck.key, prompt=config.prompt)
             ref.checkpoint = meta
             policy = by_hash.get(ref.hash)
             if policy is None:
@@ -386,6 +472,7 @@ def plan_jobs(plan: Plan, out: str, done: Iterable[Tuple[str, str, int]]) -> Lis
     any_images = any(r.needs_image for r in plan.refs)
     recording = {(s.recorder.key, s.task): s for s in state_sets(plan, out)}
     for task, seeds, max_steps in plan.tasks():
+        decoding, _ = plan.decoding(task)
         # With few episodes per task, one rendering env per worker serves every policy: creating a
         # second, state-only env (seconds) would cost more than rendering the few extra steps.
         render = True if (any_images and len(seeds) <= SHARE_RENDER_ENV_EPISODES) else None
@@ -402,7 +489,8 @@ def plan_jobs(plan: Plan, out: str, done: Iterable[Tuple[str, str, int]]) -> Lis
                     part = part_seeds[i:i + chunk]
                     jobs.append(EpisodeJob(
                         policy_key=ref.key, policy_spec=ref.spec, policy_hash=ref.hash, task=task, seeds=part,
-                        max_episode_steps=max_steps, image_size=cfg.image_size, greedy=cfg.greedy,
+                        max_episode_steps=max_steps, image_size=cfg.image_size, greedy=decoding.greedy,
+                        temperature=decoding.temperature,
                         video_seeds=[s for s in part if s in video_seeds] if record else [],
                         video_dir=os.path.join(out, "videos", slug(ref.key, 80)),
                         states_dir=rec.states_dir if rec else None, state_rule=cfg.kl_state_rule,
@@ -678,6 +766,7 @@ def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, 
         "base": base,
         "policies": [{"id": r.key, "checkpoint_hash": r.hash, "kind": r.kind, "role": r.role} for r in plan.refs],
         "seeds": {t: seeds for t, seeds, _ in plan.tasks()},
+        "protocol": plan.protocol(),
         "software": software_versions(),
         "success": table(at_end),
         "success_once": table(once),
@@ -854,6 +943,8 @@ def run_bench(config: BenchConfig, *, resume: bool = False, log=print) -> Dict[s
         log(f"bench: --resume with settings that change only the divergences ({'; '.join(changed)}): the states are "
             f"recorded again where they differ ({n_states_only} finished episodes re-run for their states only; "
             "no episode record changes) and every divergence is recomputed")
+    for note in plan.notes:
+        log(f"bench: {note}")
     _write_json(os.path.join(out, "config.json"), plan.resolved())
     total = sum(len(seeds) for _, seeds, _ in plan.tasks()) * len(plan.refs) + n_states_only
     initial = total - sum(len(j.seeds) for j in jobs)

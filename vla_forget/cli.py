@@ -18,7 +18,9 @@ examples:
   vla-forget bench --policy ckpt/ --base base/ --battery my_battery.yaml --target none --out runs/x
   vla-forget bench --policy runs/ppo/checkpoints/update-000100 \\
       --base "openvla:openvla/openvla-7b#unnorm_key=fractal20220817_data" --trust-remote-code \\
-      --battery simpler-google-v1 --device cuda --num-envs 1 --image-size 224 --out runs/openvla
+      --battery simpler-google-v1 --device cuda --out runs/openvla    # 224 px, greedy: the battery's protocol
+  vla-forget bench --policy runs/ppo/checkpoints/update-000100 --base openvla:DIR#unnorm_key=fractal20220817_data \
+      --trust-remote-code --battery simpler-google-v1 --prompt bare --temperature 0.6 --out runs/openvla-t06
   vla-forget bench --checkpoints runs/sweeps/forgetting --episodes 20 --out runs/bench-forgetting
   vla-forget bench --checkpoints runs/adapt/ppo --checkpoint-stride 2 --out runs/bench-ppo --resume
   vla-forget bench --out runs/bench-ppo --resume --checkpoints runs/adapt/ppo-seed1
@@ -39,6 +41,15 @@ OUT/forgetting_vs_kl.png (with the plots extra). To add runs (another seed)
 to a finished bench, run `vla-forget bench --out OUT --resume --checkpoints
 NEW_RUN`: the folder joins the saved ones and only its checkpoints (and any
 new checkpoint of the others) are rolled out.
+
+Protocol: the cameras render at the base policy's own input size (OpenVLA:
+its processor's 224 px; the small VLA: 128) unless --image-size says
+otherwise, with a warning for any policy trained at another size. Policies act
+as the battery and the target say (`decoding:` in their specs; SimplerEnv's:
+greedy; tabletop: sampling at temperature 1); --greedy or --temperature T
+override both. --prompt openvla|bare chooses OpenVLA's prompt (its training
+template, the default, or the bare instruction as SimplerEnv's published
+OpenVLA evaluation); results.json's "protocol" records all three.
 
 Divergences (docs/metrics.md): forward KL, reverse KL and TV to the base in
 nats, on --kl-states-per-task states spread over the whole of each target (and
@@ -73,7 +84,9 @@ def _bench_parser(sub) -> None:
     p.add_argument("--workers", type=int, help="env worker processes (default: CPU cores, at most 8; 0 = in-process)")
     p.add_argument("--num-envs", type=int, help="parallel envs per process (GPU simulation only)")
     p.add_argument("--device", help="policy device: cpu or cuda (default: cpu)")
-    p.add_argument("--image-size", type=int, help="camera image size in pixels (default 128)")
+    p.add_argument("--image-size", type=int,
+                   help="camera image size in pixels (default: the base policy's input size, e.g. 224 for OpenVLA, "
+                        "128 for the small VLA)")
     p.add_argument("--videos-per-task", type=int, help="mp4 videos per policy and task (default 2)")
     p.add_argument("--kl-states-per-task", type=int,
                    help="states per task for the divergences, spread evenly over the episodes' steps (default 128)")
@@ -83,7 +96,13 @@ def _bench_parser(sub) -> None:
     p.add_argument("--kl-states", choices=("base", "policy", "both"),
                    help="whose target episodes give the states: the base's (default; RL's Razor's measure), each "
                         "policy's own (on-policy KL), or both (the base's are the main figure)")
-    p.add_argument("--greedy", action="store_true", default=None, help="act greedily instead of sampling")
+    p.add_argument("--greedy", action="store_true", default=None,
+                   help="act greedily on every task (default: as the battery and target say)")
+    p.add_argument("--temperature", type=float, metavar="T",
+                   help="sample at temperature T on every task (default: as the battery and target say)")
+    p.add_argument("--prompt", choices=("openvla", "bare"),
+                   help="OpenVLA's prompt: its training template (default) or the bare instruction (SimplerEnv's "
+                        "published evaluation); an error for policies without prompt styles")
     p.add_argument("--seed", type=int, help="seed of the divergence prefix sampling")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _trust_remote_code_arg(p)
@@ -103,7 +122,7 @@ def apply_trust_remote_code(args) -> None:
 #: bench options that --resume takes from OUT/config.json when they are not given (workers: per machine)
 RESUMED_BENCH_OPTIONS = ("base", "battery", "target", "episodes", "target_episodes", "num_envs", "device", "image_size",
                          "videos_per_task", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_states",
-                         "greedy", "seed", "checkpoint_stride")
+                         "greedy", "temperature", "prompt", "seed", "checkpoint_stride")
 
 
 def _fill_from_saved_config(args) -> None:
@@ -174,12 +193,13 @@ def cmd_bench(args) -> int:
         policies=list(policies), base=base, out=args.out, battery=pick("battery", "tabletop-v1"),
         target=pick("target"), episodes=pick("episodes"), target_episodes=pick("target_episodes"),
         workers=int(workers), num_envs=num_envs, device=pick("device", "cpu"),
-        image_size=int(pick("image_size", 128)), videos_per_task=int(pick("videos_per_task", 2)),
+        image_size=None if pick("image_size") is None else int(pick("image_size")),
+        videos_per_task=int(pick("videos_per_task", 2)),
         kl_states_per_task=int(pick("kl_states_per_task", BenchConfig.kl_states_per_task)),
         kl_state_stride=int(pick("kl_state_stride", BenchConfig.kl_state_stride)),
         kl_samples_per_state=int(pick("kl_samples_per_state", BenchConfig.kl_samples_per_state)),
         kl_states=pick("kl_states", BenchConfig.kl_states),
-        greedy=bool(pick("greedy", False)),
+        greedy=bool(pick("greedy", False)), temperature=pick("temperature"), prompt=pick("prompt"),
         seed=int(pick("seed", 0)), progress=not args.no_progress, checkpoints=checkpoints,
         checkpoint_stride=args.checkpoint_stride,
     )
@@ -534,7 +554,7 @@ examples:
   vla-forget assets --from SimplerEnv/ManiSkill2_real2sim/data --link
 
 Groups: bridge and widowx (ManiSkill3's Bridge digital twins, the WidowX tasks;
-into $MS_ASSET_DIR) and simpler (SimplerEnv's data for the Google-robot tasks;
+into $MS_ASSET_DIR/data, where ManiSkill3 reads them) and simpler (SimplerEnv's data for the Google-robot tasks;
 into $VLA_FORGET_SIMPLER_DATA). The Google-robot tasks also need SimplerEnv
 itself in its own interpreter: set VLA_FORGET_SIMPLER_PYTHON. Exit status 0
 when every group asked for (all, if none) is complete.
@@ -552,8 +572,10 @@ def _assets_parser(sub) -> None:
 
 
 def cmd_assets(args) -> int:
-    from vla_forget.sim_assets import download, report, stage_from, status
+    from vla_forget.sim_assets import download, move_old_layout, report, stage_from, status
 
+    for line in move_old_layout():
+        print(line)
     wanted = set(args.download or [])
     if args.source:
         staged = stage_from(args.source, link=args.link)

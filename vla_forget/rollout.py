@@ -30,6 +30,8 @@ class EpisodeJob:
     max_episode_steps: Optional[int] = None
     image_size: int = 128
     greedy: bool = False
+    #: sampling temperature when not greedy (the spec's decoding; policies without a distribution ignore it)
+    temperature: float = 1.0
     video_seeds: List[int] = field(default_factory=list)
     video_dir: Optional[str] = None
     #: record observations for the divergences into states_dir (vla_forget.states): ``state_index`` maps each
@@ -83,6 +85,15 @@ def worker_init(render_threads: Optional[int] = None) -> None:
     torch.set_num_threads(1)
     if render_threads is not None:
         os.environ.setdefault("LP_NUM_THREADS", str(render_threads))
+
+
+def act(policy: Any, obs: Any, *, greedy: bool, temperature: float = 1.0, generator: Any = None):
+    """``policy.act`` with the episode's decoding: the temperature reaches policies with a distribution only."""
+    from vla_forget.policies.base import TokenPolicy
+
+    if isinstance(policy, TokenPolicy) and not greedy and temperature != 1.0:
+        return policy.act(obs, greedy=False, temperature=temperature, generator=generator)
+    return policy.act(obs, greedy=greedy, generator=generator)
 
 
 def _get_policy(spec: str, device: str):
@@ -245,13 +256,14 @@ def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[
 
     grab_frames()
     steps = 0
+    env_stats = None  # the simulator's per-episode stats at the last step, one dict per env (SimplerEnv tasks)
     for t in range(T):
         for i, at in record_at.items():
             if t in at:
                 states[i]["image"].append(obs.image[i].cpu().numpy())
                 states[i]["state"].append(obs.state[i].cpu().numpy())
                 states[i]["step"].append(t)
-        action = policy.act(views_for(policy, obs), greedy=job.greedy, generator=gen)
+        action = act(policy, views_for(policy, obs), greedy=job.greedy, temperature=job.temperature, generator=gen)
         obs, reward, terminated, truncated, info = env.step(action)
         s = torch.as_tensor(info["is_success"]).bool().cpu().reshape(N)
         newly = s & ~once
@@ -259,6 +271,7 @@ def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[
         once |= s
         success = s
         ret += torch.as_tensor(reward, dtype=torch.float64).cpu().reshape(N)
+        env_stats = info.get("episode_stats", env_stats)
         steps = t + 1
         grab_frames()
         if bool(torch.as_tensor(truncated).all()):
@@ -272,6 +285,8 @@ def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[
             "first_success_step": int(first[i]) if once[i] else None, "steps": steps, "return": float(ret[i]),
             "wall_s": round(wall / N, 4), "video": None, "n_states": 0,
         }
+        if env_stats is not None:
+            rec["env_stats"] = env_stats[i]
         if not job.record:
             rec["states_only"] = True
         if i in frames:

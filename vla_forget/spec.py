@@ -9,6 +9,8 @@ held-out tasks with episode counts and seeds::
     episodes: 50            # default episodes per task
     seed_start: 100000      # default: seeds seed_start .. seed_start+episodes-1
     target: place-cube-on-target-v1   # default adaptation target (a target spec id)
+    decoding: greedy        # how policies act in its episodes: greedy, sample (temperature 1, the
+                            # default) or {temperature: T}; --greedy / --temperature override it
     tasks:
       - task: PickCube-v1
       - task: PushCube-v1
@@ -24,8 +26,9 @@ A **target** spec (``benchmarks/targets/NAME-vN.yaml``) names the adaptation tas
     episodes: 50
     seed_start: 200000      # evaluation seeds, disjoint from training seeds
     train_seed_start: 0
+    decoding: greedy        # optional, as in a battery
 
-A task, its seeds or its success test changing means a new version.
+A task, its seeds, its success test or its decoding changing means a new version.
 """
 
 from __future__ import annotations
@@ -51,6 +54,40 @@ class SpecError(ValueError):
         super().__init__(f"{source}: " + ("; ".join(errors) if len(errors) == 1 else "\n  - " + "\n  - ".join(errors)))
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How a policy picks its action tokens in a spec's episodes: greedily, or sampling at a temperature."""
+
+    greedy: bool = False
+    temperature: float = 1.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"greedy": True} if self.greedy else {"greedy": False, "temperature": self.temperature}
+
+    def describe(self) -> str:
+        return "greedy" if self.greedy else f"sampling at temperature {self.temperature:g}"
+
+
+#: what a spec without ``decoding`` means (every battery and target before the key existed)
+DEFAULT_DECODING = Decoding()
+
+
+def parse_decoding(value: Any, where: str, errors: List[str]) -> Optional[Decoding]:
+    """``greedy`` | ``sample`` | ``{temperature: T}`` (T > 0) | ``{greedy: true}``; None when absent."""
+    if value is None:
+        return None
+    if value == "greedy" or value == {"greedy": True}:
+        return Decoding(greedy=True)
+    if value == "sample":
+        return Decoding()
+    if isinstance(value, dict) and set(value) <= {"temperature", "greedy"} and not value.get("greedy", False):
+        t = value.get("temperature", 1.0)
+        if isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0:
+            return Decoding(temperature=float(t))
+    errors.append(f"{where}decoding: must be greedy, sample or {{temperature: T}} with T > 0, got {value!r}")
+    return None
+
+
 @dataclass
 class TaskEntry:
     task: str
@@ -70,6 +107,8 @@ class Battery:
     description: str = ""
     target: Optional[str] = None
     source: str = ""
+    decoding: Optional[Decoding] = None
+    """None: the default (sampling at temperature 1)"""
 
     @property
     def full_id(self) -> str:
@@ -82,11 +121,14 @@ class Battery:
     def with_episodes(self, episodes: int) -> "Battery":
         """The same battery with the first ``episodes`` seeds of each task (for quick runs)."""
         tasks = [TaskEntry(t.task, t.seeds[:episodes] if episodes <= len(t.seeds) else t.seeds + list(range(t.seeds[-1] + 1, t.seeds[-1] + 1 + episodes - len(t.seeds))), t.max_episode_steps) for t in self.tasks]
-        return Battery(self.id, self.version, tasks, self.description, self.target, self.source)
+        return Battery(self.id, self.version, tasks, self.description, self.target, self.source, self.decoding)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"id": self.id, "version": self.version, "description": self.description, "target": self.target,
-                "tasks": [asdict(t) for t in self.tasks]}
+        out = {"id": self.id, "version": self.version, "description": self.description, "target": self.target,
+               "tasks": [asdict(t) for t in self.tasks]}
+        if self.decoding is not None:  # absent before the key existed: keeps older runs' battery hashes
+            out["decoding"] = self.decoding.to_dict()
+        return out
 
     def content_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -100,14 +142,19 @@ class Target:
     description: str = ""
     train_seed_start: int = 0
     source: str = ""
+    decoding: Optional[Decoding] = None
+    """None: the default (sampling at temperature 1)"""
 
     @property
     def full_id(self) -> str:
         return f"{self.id}-v{self.version}"
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"id": self.id, "version": self.version, "description": self.description,
-                "task": asdict(self.task), "train_seed_start": self.train_seed_start}
+        out = {"id": self.id, "version": self.version, "description": self.description,
+               "task": asdict(self.task), "train_seed_start": self.train_seed_start}
+        if self.decoding is not None:
+            out["decoding"] = self.decoding.to_dict()
+        return out
 
 
 # --------------------------------------------------------------------------
@@ -203,9 +250,10 @@ def _check_id_version(d: Dict[str, Any], errors: List[str]) -> tuple[str, int]:
     return id_, version
 
 
-BATTERY_KEYS = {"id", "version", "description", "episodes", "seed_start", "target", "tasks", "max_episode_steps"}
+BATTERY_KEYS = {"id", "version", "description", "episodes", "seed_start", "target", "tasks", "max_episode_steps", "decoding"}
 TASK_KEYS = {"task", "episodes", "seeds", "seed_start", "max_episode_steps"}
-TARGET_KEYS = {"id", "version", "description", "task", "episodes", "seeds", "seed_start", "train_seed_start", "max_episode_steps"}
+TARGET_KEYS = {"id", "version", "description", "task", "episodes", "seeds", "seed_start", "train_seed_start", "max_episode_steps",
+               "decoding"}
 
 
 def parse_battery(data: Dict[str, Any], source: str = "<battery>") -> Battery:
@@ -246,9 +294,10 @@ def parse_battery(data: Dict[str, Any], source: str = "<battery>") -> Battery:
                 errors.append(f"target: the target task {tgt.task.task!r} is also in the battery; forgetting would be meaningless")
         except (UnknownIdError, SpecError) as e:
             errors.append(f"target: {e}")
+    decoding = parse_decoding(data.get("decoding"), "", errors)
     if errors:
         raise SpecError(source, errors)
-    return Battery(id_, version, tasks, str(data.get("description", "")), target, source)
+    return Battery(id_, version, tasks, str(data.get("description", "")), target, source, decoding)
 
 
 def parse_target(data: Dict[str, Any], source: str = "<target>") -> Target:
@@ -261,9 +310,11 @@ def parse_target(data: Dict[str, Any], source: str = "<target>") -> Target:
     train_start = _int(data, "train_seed_start", "", errors, default=0)
     if seeds and train_start is not None and train_start in range(min(seeds), max(seeds) + 1):
         errors.append("train_seed_start: training seeds overlap the evaluation seeds")
+    decoding = parse_decoding(data.get("decoding"), "", errors)
     if errors:
         raise SpecError(source, errors)
-    return Target(id_, version, TaskEntry(str(data["task"]), seeds, steps), str(data.get("description", "")), train_start or 0, source)
+    return Target(id_, version, TaskEntry(str(data["task"]), seeds, steps), str(data.get("description", "")), train_start or 0,
+                  source, decoding)
 
 
 def _check_name(data: Dict[str, Any], ref: str, path: str, kind: str) -> None:
@@ -295,7 +346,7 @@ def load_target(ref: str) -> Target:
 
 PRESET_KEYS = {"description", "battery", "target", "policies", "base", "episodes", "target_episodes", "workers",
                "image_size", "videos_per_task", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_states",
-               "greedy"}
+               "greedy", "temperature", "prompt"}
 
 
 def load_preset(ref: str) -> Dict[str, Any]:
