@@ -1,6 +1,7 @@
 """SimplerEnv evaluation protocols: held-out coke-can evaluation (training on RL's Razor's grid, evaluation at
-random positions over its area), SimplerEnv's own visual-matching coke-can protocol episode for episode, and
-the Bridge batteries' coverage of the twins' configurations.
+random positions over its area), SimplerEnv's own visual-matching coke-can protocol episode for episode, the
+Bridge batteries' coverage of the twins' configurations, and the camera resize (OpenCV's INTER_AREA, as
+SimplerEnv's OpenVLA wrapper).
 """
 
 from __future__ import annotations
@@ -177,3 +178,22 @@ def test_google_v2_battery_targets_the_held_out_coke_can():
     assert v2.target == "simpler-pick-coke-can-v2" and v1.target == "simpler-pick-coke-can-v1"
     assert [(t.task, t.seeds) for t in v2.tasks] == [(t.task, t.seeds) for t in v1.tasks]
 
+
+# --- the camera resize: OpenCV's INTER_AREA ----------------------------------------------------------------
+def test_resize_is_opencvs_inter_area():
+    cv2 = pytest.importorskip("cv2")
+    import torch
+
+    from vla_forget.envs.simpler import _resize
+
+    rng = np.random.default_rng(0)
+    google = rng.integers(0, 256, (1, 512, 640, 3), dtype=np.uint8)
+    widowx = rng.integers(0, 256, (3, 480, 640, 3), dtype=np.uint8)
+    for batch in (google, widowx):
+        for size in (224, 128, 96):
+            got = _resize(torch.from_numpy(batch), size)
+            assert got.dtype == torch.uint8 and tuple(got.shape) == (len(batch), size, size, 3)
+            want = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in batch])
+            np.testing.assert_array_equal(got.numpy(), want)
+    same = torch.from_numpy(rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8))
+    assert _resize(same, 64) is same
