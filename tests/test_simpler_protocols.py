@@ -108,6 +108,7 @@ def test_visual_matching_seed_map_is_the_scripts_grid():
     assert len(episodes) == 300
     t = load_target("simpler-pick-coke-can-visual-matching-v1")
     assert t.task.task == "SimplerPickCokeCanVM-v1" and t.task.seeds == list(range(300000, 300300))
+    assert t.decoding is not None and t.decoding.greedy  # SimplerEnv's OpenVLA wrapper: do_sample=False
     for i, seed in enumerate(t.task.seeds):
         e = episodes[i]
         x, y, pose, urdf = coke_can_vm_episode(seed)
