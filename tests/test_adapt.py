@@ -565,3 +565,14 @@ def test_ppo_target_kl_ends_the_epochs_early(fake, base_dir):
     assert logs["early"][-1]["epochs_run"] == 1
     assert "epochs_run" not in logs["full"][-1]
     assert early is not None and full is not None
+
+
+def test_rollouts_render_at_the_bases_own_size_unless_told(fake, base_dir, capsys):
+    from vla_forget.adapt import load_method
+
+    load_method("ppo")(config(fake, base_dir, "ppo", out="own-size", updates=1))
+    run = json.load(open(fake / "own-size" / "run.json"))
+    assert run["config"]["image_size"] == TINY["image_size"]  # saved as a number: a resume compares it
+    load_method("ppo")(config(fake, base_dir, "ppo", out="told", updates=1, image_size=48))
+    assert json.load(open(fake / "told" / "run.json"))["config"]["image_size"] == 48
+    assert f"takes {TINY['image_size']} px images but the rollouts render at --image-size 48" in capsys.readouterr().err

@@ -42,6 +42,9 @@ import numpy as np
 from vla_forget.jsonio import append_jsonl, write_json
 from vla_forget.adapt import CHECKPOINTS_DIR, META, METHODS, checkpoint_name, list_checkpoints
 
+#: the camera size when the base declares none
+DEFAULT_IMAGE_SIZE = 128
+
 RUN_JSON = "run.json"
 LOG = "log.jsonl"
 EVENTS = "events.jsonl"
@@ -116,8 +119,8 @@ class AdaptConfig:
     """simulator worker processes for rollouts (0: in the trainer's process)"""
     num_envs: int = 1
     """parallel envs in the trainer's process (> 1: ManiSkill GPU physics, needs CUDA)"""
-    image_size: int = 128
-    """camera image size in pixels"""
+    image_size: Optional[int] = None
+    """camera image size in pixels (default: the base policy's input size, e.g. 128 for the small VLA, 224 for OpenVLA)"""
     max_episode_steps: Optional[int] = None
     """episode length (default: the task's)"""
     reward: str = "success"
@@ -222,6 +225,8 @@ def resolve(cfg: AdaptConfig) -> AdaptConfig:
     problems = []
     for name in ("updates", "save_every", "episodes_per_update", "epochs", "minibatch_size", "batch_size", "threads",
                  "num_envs", "image_size"):
+        if name == "image_size" and cfg.image_size is None:
+            continue  # from the base policy (AdaptRun)
         if int(getattr(cfg, name)) < 1:
             problems.append(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(cfg, name)})")
     if cfg.workers < 0 or cfg.sft_steps < 0 or cfg.augment_shift < 0 or cfg.lora_rank < 0:
@@ -543,6 +548,12 @@ class Run:
 
         self.cfg = cfg = resolve(cfg)
         self.task, self.target = resolve_task(cfg)
+        declared = getattr(load_policy(cfg.base), "input_image_size", None)
+        if cfg.image_size is None:  # the base's own input size, saved in run.json as a number
+            cfg.image_size = int(declared) if declared else DEFAULT_IMAGE_SIZE
+        elif declared and int(declared) != cfg.image_size:
+            print(f"warning: {cfg.base} takes {declared} px images but the rollouts render at --image-size "
+                  f"{cfg.image_size}; it sees them rescaled", file=sys.stderr)
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise AdaptError("--device cuda: CUDA is not available on this machine (use --device cpu)")
         if cfg.num_envs > 1 and not torch.cuda.is_available():
