@@ -30,15 +30,26 @@ Observations
 resized to ``image_size`` squared with OpenCV's ``INTER_AREA``, as SimplerEnv
 resizes for OpenVLA (to 224 x 224: use ``--image-size 224``).
 ``state`` (float32 ``[N, 16]``): TCP position and quaternion (wxyz) in the
-world frame, the two finger joint positions, zeros. ``instruction``: the
-env's own (``get_language_instruction()``), per episode.
+world frame, the two finger joint positions, zeros. The fingers are found by
+joint name: for the Google robot (right, left) they are ``qpos[-4:-2]`` of its
+11 joints, whose last two are the head's pan and tilt
+(:func:`google_finger_qpos`); for the WidowX (left, right) the last two.
+``instruction``: the env's own (``get_language_instruction()``), per episode.
 ``info["is_success"]``: SimplerEnv's success flag at every step.
+``info["episode_stats"]``: one dict per env: the simulator's per-episode stats
+at this step (Google robot: SimplerEnv's ``episode_stats``, e.g. ``grasped``,
+``consec_grasp``, ``n_lift_significant``, the drawer's ``qpos``, plus
+``ever_<flag>`` for each boolean flag of the step's info, e.g.
+``ever_is_grasped``, OR-ed over the episode; WidowX: ManiSkill3's flags, e.g.
+``is_src_obj_grasped``, ``consecutive_grasp``, ``src_on_target``); the bench
+records the last step's in each episode's ``env_stats``.
 
 Where they run
 --------------
 * Bridge (:class:`BridgeTaskEnv`): ManiSkill3 in this process; CPU physics
   (one env) or GPU physics (``num_envs > 1``). Needs the Bridge scenes and the
-  WidowX robot under ``MS_ASSET_DIR`` (``vla-forget assets``).
+  WidowX robot where ManiSkill3 reads them, ``$MS_ASSET_DIR/data/tasks`` and
+  ``$MS_ASSET_DIR/data/robots`` (``vla-forget assets``).
 * Google robot (:class:`SimplerGoogleTaskEnv`): SimplerEnv's ManiSkill2 fork on
   SAPIEN 2, one env per process, in a worker process of SimplerEnv's
   interpreter (``VLA_FORGET_SIMPLER_PYTHON``, default this interpreter) with
@@ -177,6 +188,11 @@ def maniskill_asset_dir() -> str:
     return os.environ["MS_ASSET_DIR"]
 
 
+def maniskill_data_dir() -> str:
+    """Where ManiSkill3 reads downloaded assets: ``$MS_ASSET_DIR/data`` (its ``mani_skill.ASSET_DIR``)."""
+    return os.path.join(maniskill_asset_dir(), "data")
+
+
 def simpler_data_dir() -> str:
     if os.environ.get(SIMPLER_DATA_ENV):
         return os.environ[SIMPLER_DATA_ENV]
@@ -210,14 +226,15 @@ SIMPLER_FILES = (
 
 def asset_groups() -> Dict[str, Dict[str, Any]]:
     """Each asset group: its folder, the files checked, and where it comes from."""
-    ms = maniskill_asset_dir()
-    return {
-        "bridge": dict(root=os.path.join(ms, "tasks", "bridge_v2_real2sim_dataset"), files=BRIDGE_FILES,
+    ms, data = maniskill_asset_dir(), maniskill_data_dir()
+    return {  # old_root: where earlier versions of this project put the group (ManiSkill3 never reads it)
+        "bridge": dict(root=os.path.join(data, "tasks", "bridge_v2_real2sim_dataset"), files=BRIDGE_FILES,
                        source="ManiSkill3 download id bridge_v2_real2sim", used_by="the Bridge (WidowX) tasks",
-                       layout="tasks/bridge_v2_real2sim_dataset"),
-        "widowx": dict(root=os.path.join(ms, "robots", "widowx"), files=WIDOWX_FILES,
+                       layout="data/tasks/bridge_v2_real2sim_dataset",
+                       old_root=os.path.join(ms, "tasks", "bridge_v2_real2sim_dataset")),
+        "widowx": dict(root=os.path.join(data, "robots", "widowx"), files=WIDOWX_FILES,
                        source="ManiSkill3 download id widowx250s", used_by="the Bridge (WidowX) tasks",
-                       layout="robots/widowx"),
+                       layout="data/robots/widowx", old_root=os.path.join(ms, "robots", "widowx")),
         "simpler": dict(root=simpler_data_dir(), files=SIMPLER_FILES,
                         source="SimplerEnv's ManiSkill2_real2sim/data folder (git clone --recurse-submodules)",
                         used_by="the Google-robot tasks", layout="ManiSkill2_real2sim/data"),
@@ -227,6 +244,23 @@ def asset_groups() -> Dict[str, Dict[str, Any]]:
 def missing_assets(group: str) -> List[str]:
     g = asset_groups()[group]
     return [os.path.join(g["root"], f) for f in g["files"] if not os.path.exists(os.path.join(g["root"], f))]
+
+
+def misplaced_assets(group: str) -> Optional[str]:
+    """The group's folder in the old layout (``$MS_ASSET_DIR/tasks/...``, ``$MS_ASSET_DIR/robots/...``, which
+    ManiSkill3 never reads) when it is there and the folder ManiSkill3 reads is not; else None."""
+    g = asset_groups()[group]
+    old = g.get("old_root")
+    if old and os.path.isdir(old) and not os.path.exists(g["root"]):
+        return old
+    return None
+
+
+def _misplaced_message(group: str) -> str:
+    g = asset_groups()[group]
+    return (f"{group} assets found at {g['old_root']}, but ManiSkill3 reads them from {g['root']} "
+            f"($MS_ASSET_DIR/{g['layout']}): run `vla-forget assets` to move them there "
+            f"(or: mv {g['old_root']} {g['root']})")
 
 
 _PROBES: Dict[str, Optional[str]] = {}
@@ -257,10 +291,13 @@ def unavailable_reason(task_id: str) -> Optional[str]:
     """None if the task can run here, else what is missing and what to do."""
     t = SIMPLER_TASKS[task_id]
     if t["backend"] == "bridge":
+        misplaced = [_misplaced_message(g) for g in ("bridge", "widowx") if misplaced_assets(g)]
+        if misplaced:
+            return f"{task_id}: " + "; ".join(misplaced)
         missing = missing_assets("bridge") + missing_assets("widowx")
         if missing:
             return (f"{task_id} needs ManiSkill3's Bridge scenes and WidowX robot under MS_ASSET_DIR="
-                    f"{maniskill_asset_dir()}; missing: {_listing(missing)}. "
+                    f"{maniskill_asset_dir()} (in its data/ folder); missing: {_listing(missing)}. "
                     "Run `vla-forget assets --download bridge` (or --from a folder holding them)")
         return None
     missing = missing_assets("simpler")
@@ -291,13 +328,24 @@ def _resize(images, size: int):
 
 
 def _state(tcp_pose, finger_qpos, n: int):
+    """``[n, 16]``: TCP pose (7), the two finger joint positions ``finger_qpos`` ``[n, 2]``, zeros."""
     import torch
 
     s = torch.zeros(n, STATE_DIM, dtype=torch.float32)
     s[:, :7] = torch.as_tensor(tcp_pose, dtype=torch.float32).reshape(n, 7).cpu()
-    f = torch.as_tensor(finger_qpos, dtype=torch.float32).reshape(n, -1)[:, -2:].cpu()
+    f = torch.as_tensor(finger_qpos, dtype=torch.float32).reshape(n, -1)[:, :2].cpu()
     s[:, 7:7 + f.shape[1]] = f
     return s
+
+
+def google_finger_qpos(qpos) -> np.ndarray:
+    """The Google robot's finger joints (right, left) from its qpos.
+
+    Its active joints (ManiSkill2_real2sim's ``googlerobot.py``; 11 for the static robot, 13 with the wheels
+    first): [wheels,] torso, shoulder, bicep, elbow, forearm, wrist, gripper, finger_right, finger_left,
+    head_pan, head_tilt: the fingers are ``qpos[-4:-2]``, the last two entries are the head.
+    """
+    return np.asarray(qpos, dtype=np.float32).reshape(-1)[-4:-2]
 
 
 class _LastImageEnv(TaskEnv):
@@ -318,6 +366,21 @@ class _LastImageEnv(TaskEnv):
 # --------------------------------------------------------------------------
 # WidowX: ManiSkill3's Bridge digital twins, in this process
 # --------------------------------------------------------------------------
+def _bridge_stats(info: Dict[str, Any], n: int) -> List[Dict[str, Any]]:
+    """ManiSkill3's Bridge stats (its ``info`` holds its ``episode_stats``: ``is_src_obj_grasped``,
+    ``consecutive_grasp``, OR-ed over the episode, ``src_on_target`` at this step), one dict per env."""
+    import torch
+
+    out: List[Dict[str, Any]] = [{} for _ in range(n)]
+    for k, v in info.items():
+        if k in ("success", "elapsed_steps") or not isinstance(v, torch.Tensor) or v.numel() != n:
+            continue
+        vals = v.reshape(n).cpu().tolist()
+        for i in range(n):
+            out[i][k] = vals[i]
+    return out
+
+
 class BridgeTaskEnv(_LastImageEnv):
     """``num_envs`` copies of a ManiSkill3 Bridge digital twin behind the task contract (see the module docstring)."""
 
@@ -330,8 +393,15 @@ class BridgeTaskEnv(_LastImageEnv):
         import gymnasium as gym
         import torch
 
+        import mani_skill
         import mani_skill.envs  # noqa: F401
         from mani_skill.envs.tasks.digital_twins import bridge_dataset_eval  # noqa: F401  (registers the twins)
+
+        if os.path.realpath(mani_skill.ASSET_DIR) != os.path.realpath(maniskill_data_dir()):
+            raise TaskUnavailableError(
+                f"ManiSkill3 reads its assets from {mani_skill.ASSET_DIR} (MS_ASSET_DIR when mani_skill was first "
+                f"imported), but MS_ASSET_DIR is now {maniskill_asset_dir()}: set MS_ASSET_DIR before anything "
+                "imports mani_skill")
         from vla_forget.envs.maniskill import _NO_LIMIT, _quiet_maniskill_logs, resolve_sim_backend
 
         self.info = info
@@ -374,7 +444,8 @@ class BridgeTaskEnv(_LastImageEnv):
         n = self.num_envs
         success = torch.as_tensor(info["success"]).bool().reshape(n).cpu()
         truncated = torch.full((n,), self._t >= self.info.max_episode_steps, dtype=torch.bool)
-        out = {"is_success": success, "dense_reward": torch.zeros(n), "elapsed_steps": self._t}
+        out = {"is_success": success, "dense_reward": torch.zeros(n), "elapsed_steps": self._t,
+               "episode_stats": _bridge_stats(info, n)}
         return self._observation(obs), success.float(), torch.zeros(n, dtype=torch.bool), truncated, out
 
     def _observation(self, obs):
@@ -385,7 +456,7 @@ class BridgeTaskEnv(_LastImageEnv):
 
         self._image = _resize(obs["sensor_data"][self.camera]["rgb"], self.image_size).cpu()
         tcp = self._ee.pose.raw_pose
-        state = _state(tcp, self._u.agent.robot.get_qpos(), self.num_envs)
+        state = _state(tcp, self._u.agent.robot.get_qpos()[..., -2:], self.num_envs)  # WidowX: ..., left, right finger
         priv: Dict[str, torch.Tensor] = {}
         if self.privileged:
             priv = {"task_kind": torch.full((self.num_envs,), EXPERT_KINDS.index("none"), dtype=torch.long),
@@ -405,10 +476,23 @@ class SimplerWorker:
     """A ``simpler_worker.py`` process (see that file for the protocol)."""
 
     def __init__(self, python: Optional[str] = None, data_dir: Optional[str] = None):
-        env = dict(os.environ, MS2_ASSET_DIR=data_dir or simpler_data_dir(), PYTHONUNBUFFERED="1")
+        # SimplerEnv (mani_skill2_real2sim/__init__.py) takes MS2_REAL2SIM_ASSET_DIR first, then the data/ folder
+        # next to its package, and only then MS2_ASSET_DIR: set the one it reads first to the folder checked here
+        self.data_dir = data_dir or simpler_data_dir()
+        env = dict(os.environ, MS2_REAL2SIM_ASSET_DIR=self.data_dir, PYTHONUNBUFFERED="1")
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "simpler_worker.py")
         self.proc = subprocess.Popen([python or simpler_python(), path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      env=env)
+
+    def check_asset_dir(self) -> None:
+        """SimplerEnv's asset folder must be the folder checked (:func:`unavailable_reason`), else raise."""
+        reply = self.request(cmd="check")
+        used = str(reply.get("asset_dir"))
+        if os.path.realpath(used) != os.path.realpath(self.data_dir):
+            raise TaskUnavailableError(
+                f"SimplerEnv reads its assets from {used}, not from the staged folder {self.data_dir} "
+                f"({SIMPLER_DATA_ENV}): MS2_REAL2SIM_ASSET_DIR did not reach it; check that nothing in SimplerEnv's "
+                "interpreter (sitecustomize, a .pth file) sets it")
 
     def request(self, **req: Any) -> Dict[str, Any]:
         data = pickle.dumps(req, protocol=4)
@@ -456,12 +540,18 @@ class SimplerGoogleTaskEnv(_LastImageEnv):
             if why:
                 raise TaskUnavailableError(why)
             worker = SimplerWorker()
+            try:
+                worker.check_asset_dir()
+            except BaseException:
+                worker.close()
+                raise
         self.info = info
         self.task = simpler_task
         self.num_envs, self.image_size = 1, int(image_size)
         self.privileged = bool(privileged)
         self._worker = worker
         self._sticky = StickyGripper(1)
+        self._ever: Dict[str, bool] = {}
         self._t = 0
         self._image = None
         self._instructions: List[str] = []
@@ -474,6 +564,7 @@ class SimplerGoogleTaskEnv(_LastImageEnv):
         reply = self._worker.request(cmd="reset", **cfg)
         self._t = 0
         self._sticky.reset()
+        self._ever = {}
         self._instructions = [str(reply["instruction"])]
         return self._observation(reply)
 
@@ -489,8 +580,20 @@ class SimplerGoogleTaskEnv(_LastImageEnv):
         self._instructions = [str(reply["instruction"])]
         success = torch.tensor([bool(reply["success"])])
         truncated = torch.tensor([self._t >= self.info.max_episode_steps])
-        info = {"is_success": success, "dense_reward": torch.zeros(1), "elapsed_steps": self._t}
+        info = {"is_success": success, "dense_reward": torch.zeros(1), "elapsed_steps": self._t,
+                "episode_stats": [self._episode_stats(reply)]}
         return self._observation(reply), success.float(), torch.zeros(1, dtype=torch.bool), truncated, info
+
+    def _episode_stats(self, reply: Dict[str, Any]) -> Dict[str, Any]:
+        """SimplerEnv's ``episode_stats`` at this step (what its evaluator reports at the end of an episode), plus
+        ``ever_<flag>``: each boolean flag of the step's info (``is_grasped``, ``lifted_object``, ...) OR-ed over the
+        episode so far."""
+        stats = dict(reply.get("episode_stats") or {})
+        for k, v in (reply.get("step_stats") or {}).items():
+            if isinstance(v, bool):
+                self._ever[k] = self._ever.get(k, False) or v
+        stats.update({f"ever_{k}": v for k, v in self._ever.items()})
+        return stats
 
     def _observation(self, reply: Dict[str, Any]):
         import torch
@@ -502,9 +605,11 @@ class SimplerGoogleTaskEnv(_LastImageEnv):
         self._image = _resize(image, self.image_size)
         tcp = reply.get("tcp_pose")
         tcp = np.zeros(7, np.float32) if tcp is None else tcp
-        qpos = reply.get("qpos")
-        qpos = np.zeros(2, np.float32) if qpos is None else qpos
-        state = _state(tcp, qpos, 1)
+        fingers = reply.get("finger_qpos")  # found by joint name in the worker
+        if fingers is None:
+            qpos = reply.get("qpos")
+            fingers = np.zeros(2, np.float32) if qpos is None else google_finger_qpos(qpos)
+        state = _state(tcp, fingers, 1)
         priv: Dict[str, torch.Tensor] = {}
         if self.privileged:
             priv = {"task_kind": torch.tensor([EXPERT_KINDS.index("none")]), "tcp_pose": state[:, :7].clone()}

@@ -13,14 +13,28 @@ of a dict. Requests ``{"cmd": ...}``:
 * ``check`` -> ``{"ok": True, "versions": {...}, "asset_dir": ...}``
 * ``reset`` with ``env``, ``build`` (gym.make kwargs), ``reset`` (options),
   ``overlay`` (path relative to the asset folder or None), ``camera``, ``seed``
-  -> an observation; the env is (re)built only when env/build/overlay change
+  -> an observation; the env is (re)built only when env/build/overlay change.
+  After each reset the files the env loads (scene ``.glb``, object models,
+  overlay image, URDFs and the meshes they name) must exist: SAPIEN 2 only
+  logs a missing mesh and runs on without it, so a missing file is an error
+  naming it (``missing_files``)
 * ``step`` with ``action`` (7 floats: world vector, axis-angle, gripper)
-  -> an observation plus ``reward``, ``success``, ``terminated``
+  -> an observation plus ``reward``, ``success``, ``terminated``,
+  ``episode_stats`` (SimplerEnv's ``info["episode_stats"]``: its per-episode
+  stats, e.g. ``grasped``, ``consec_grasp``, ``n_lift_significant``, or the
+  drawer's ``qpos``) and ``step_stats`` (the step's other scalar ``info``
+  entries, e.g. ``is_grasped``, ``lifted_object``, ``moved_correct_obj``)
+* ``renderer`` -> ``{"ok": bool, "error": ...}``: whether SAPIEN 2 can create
+  its Vulkan renderer here (the preflight's last resort)
 * ``close`` -> the worker exits
 
 An observation: ``image`` uint8 [H, W, 3] from the task's camera,
-``instruction``, ``tcp_pose`` (7: position, quaternion wxyz), ``qpos``.
-Errors come back as ``{"error": "Type: message", "traceback": ...}``.
+``instruction``, ``tcp_pose`` (7: position, quaternion wxyz), ``qpos``,
+``finger_qpos`` (the gripper's finger joints, found by name; None when the
+env does not say). Errors come back as ``{"error": "Type: message", "traceback": ...}``.
+
+SimplerEnv's asset folder is ``mani_skill2_real2sim.ASSET_DIR``: the
+``MS2_REAL2SIM_ASSET_DIR`` variable, which the parent sets to the staged folder.
 """
 
 import os
@@ -49,6 +63,9 @@ class Worker:
         self.env = None
         self.key = None
         self.camera = None
+        self.env_id = None
+        self.fingers = None  # indices of the finger joints in qpos
+        self.checked = set()  # files already found
 
     def check(self, _req):
         import importlib.metadata as md
@@ -64,6 +81,83 @@ class Worker:
                 versions[name] = None
         return {"ok": True, "versions": versions, "asset_dir": str(mani_skill2_real2sim.ASSET_DIR)}
 
+    def renderer(self, _req):
+        try:
+            import sapien.core as sapien
+
+            sapien.SapienRenderer(offscreen_only=True)
+        except Exception as e:  # ErrorExtensionNotPresent, no device, ...
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        return {"ok": True}
+
+    def _finger_indices(self):
+        try:
+            names = [j.get_name() for j in self.env.unwrapped.agent.robot.get_active_joints()]
+        except Exception:  # an env without a SAPIEN robot
+            return None
+        idx = [i for i, n in enumerate(names) if "finger" in n]
+        return idx or None
+
+    def _referenced_files(self):
+        """The asset files the env loads, from its own attributes (ManiSkill2_real2sim's CustomSceneEnv)."""
+        import re
+        from pathlib import Path
+
+        import mani_skill2_real2sim
+
+        u = self.env.unwrapped
+        files = []
+        scene_root, scene = getattr(u, "scene_root", None), getattr(u, "scene_name", None)
+        if scene_root is not None:
+            if scene is None:  # SimplerEnv's default scenes
+                robot = str(getattr(u, "robot_uid", ""))
+                scene = "google_pick_coke_can_1_v4" if "google_robot" in robot else "bridge_table_1_v1"
+            if "dummy" not in scene:
+                files.append(Path(scene_root) / "stages" / f"{scene}.glb")
+        overlay = getattr(u, "rgb_overlay_path", None)
+        if isinstance(overlay, (str, Path)):
+            files.append(Path(overlay))
+        asset_root = getattr(u, "asset_root", None)
+        if asset_root is not None:
+            ids = getattr(u, "model_ids", None) or []
+            for model_id in [ids] if isinstance(ids, str) else ids:
+                d = Path(asset_root) / "models" / model_id
+                files.append(d / "collision.obj")
+                visuals = [d / f"textured.{ext}" for ext in ("obj", "dae", "glb")]
+                files.append(next((v for v in visuals if v.exists()), d / "textured.{obj,dae,glb}"))
+            if getattr(u, "station_name", None):
+                files.append(Path(asset_root) / f"{u.station_name}.urdf")
+        cfg = getattr(u, "_agent_cfg", None)
+        if getattr(cfg, "urdf_path", None):
+            files.append(Path(mani_skill2_real2sim.format_path(cfg.urdf_path)))
+        for urdf in [f for f in files if f.suffix == ".urdf" and f.exists()]:
+            text = urdf.read_text(errors="replace")
+            for name in sorted(set(re.findall(r'filename\s*=\s*"([^"]+)"', text))):
+                if "://" not in name:
+                    files.append(urdf.parent / name)
+        return files
+
+    def _check_files(self):
+        import mani_skill2_real2sim
+
+        missing = []
+        for f in self._referenced_files():
+            key = str(f)
+            if key in self.checked:
+                continue
+            if os.path.exists(key):
+                self.checked.add(key)
+            else:
+                missing.append(key)
+        if missing:
+            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise FileNotFoundError(
+                f"SimplerEnv's {self.env_id} loads files that are not there (SAPIEN 2 would only log "
+                f"this and run without them): {', '.join(missing[:5])}{more}. SimplerEnv's asset folder is "
+                f"{mani_skill2_real2sim.ASSET_DIR} (MS2_REAL2SIM_ASSET_DIR): stage a complete copy of SimplerEnv's "
+                "ManiSkill2_real2sim/data with `vla-forget assets --from SimplerEnv/ManiSkill2_real2sim/data` "
+                "(a clone with git clone --recurse-submodules holds every file)")
+
     def _observation(self, obs):
         import numpy as np
 
@@ -71,9 +165,11 @@ class Worker:
         image = obs["image"][self.camera]["rgb"]
         tcp = obs.get("extra", {}).get("tcp_pose")
         qpos = obs.get("agent", {}).get("qpos")
+        qpos = None if qpos is None else np.asarray(qpos, dtype=np.float32)
+        fingers = None if qpos is None or self.fingers is None else qpos[self.fingers]
         return {"image": np.ascontiguousarray(image, dtype=np.uint8), "instruction": u.get_language_instruction(),
-                "tcp_pose": None if tcp is None else np.asarray(tcp, dtype=np.float32),
-                "qpos": None if qpos is None else np.asarray(qpos, dtype=np.float32)}
+                "tcp_pose": None if tcp is None else np.asarray(tcp, dtype=np.float32), "qpos": qpos,
+                "finger_qpos": fingers}
 
     def reset(self, req):
         import gymnasium as gym
@@ -90,8 +186,10 @@ class Worker:
                 self.env.close()
             self.env = gym.make(req["env"], obs_mode="rgbd", **build)
             self.key = key
-        self.camera = req["camera"]
+        self.camera, self.env_id = req["camera"], req["env"]
         obs, _ = self.env.reset(seed=req.get("seed"), options=req["reset"])
+        self._check_files()
+        self.fingers = self._finger_indices()
         return self._observation(obs)
 
     def step(self, req):
@@ -100,8 +198,38 @@ class Worker:
         obs, reward, terminated, truncated, info = self.env.step(np.asarray(req["action"], dtype=np.float64))
         out = self._observation(obs)
         success = bool(info.get("success", terminated))
-        out.update(reward=float(reward), success=success, terminated=bool(terminated), truncated=bool(truncated))
+        out.update(reward=float(reward), success=success, terminated=bool(terminated), truncated=bool(truncated),
+                   episode_stats={str(k): _plain(v) for k, v in dict(info.get("episode_stats") or {}).items()},
+                   step_stats={str(k): _plain(v) for k, v in info.items()
+                               if k not in ("episode_stats", "success", "elapsed_steps") and _is_scalar(v)})
         return out
+
+
+def _is_scalar(v):
+    import numpy as np
+
+    return isinstance(v, (bool, int, float, np.bool_, np.integer, np.floating)) or (
+        isinstance(v, np.ndarray) and v.size == 1 and v.dtype.kind in "biuf")
+
+
+def _plain(v):
+    """A JSON-friendly value: numpy scalars as Python's, numbers written as text (the drawer's qpos) as floats."""
+    import numpy as np
+
+    if isinstance(v, np.ndarray) and v.size == 1:
+        v = v.reshape(()).item()
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    if isinstance(v, (bool, int, float)) or v is None:
+        return v
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
 
 
 def main():

@@ -271,7 +271,8 @@ def fake_simpler(tmp_path, monkeypatch):
     (pkg / "mani_skill2_real2sim" / "envs").mkdir(parents=True)
     (pkg / "simpler_env").mkdir()
     (pkg / "mani_skill2_real2sim" / "__init__.py").write_text(
-        "import os\nfrom pathlib import Path\nASSET_DIR = Path(os.getenv('MS2_ASSET_DIR', 'data'))\n")
+        "import os\nfrom pathlib import Path\nASSET_DIR = Path(os.getenv('MS2_REAL2SIM_ASSET_DIR', 'data'))\n"
+        "def format_path(p):\n    return p.format(ASSET_DIR=ASSET_DIR)\n")  # SimplerEnv reads MS2_REAL2SIM_ASSET_DIR first
     (pkg / "mani_skill2_real2sim" / "envs" / "__init__.py").write_text(textwrap.dedent(FAKE_ENVS))
     (pkg / "simpler_env" / "__init__.py").write_text("")
     data = tmp_path / "simpler-data"

@@ -2,14 +2,19 @@
 
 Three groups (paths from :func:`vla_forget.envs.simpler.asset_groups`):
 
-=========  ==================================================  ==============================================
-group      where it goes                                        what needs it
-=========  ==================================================  ==============================================
-bridge     ``$MS_ASSET_DIR/tasks/bridge_v2_real2sim_dataset``   the four Bridge (WidowX) tasks (ManiSkill3)
-widowx     ``$MS_ASSET_DIR/robots/widowx``                      the same tasks (the WidowX 250 S robot)
-simpler    ``$VLA_FORGET_SIMPLER_DATA`` (default                the Google-robot tasks (SimplerEnv)
+=========  =======================================================  ==============================================
+group      where it goes                                             what needs it
+=========  =======================================================  ==============================================
+bridge     ``$MS_ASSET_DIR/data/tasks/bridge_v2_real2sim_dataset``   the four Bridge (WidowX) tasks (ManiSkill3)
+widowx     ``$MS_ASSET_DIR/data/robots/widowx``                      the same tasks (the WidowX 250 S robot)
+simpler    ``$VLA_FORGET_SIMPLER_DATA`` (default                     the Google-robot tasks (SimplerEnv)
            ``$VLA_FORGET_CACHE/simpler/data``)
-=========  ==================================================  ==============================================
+=========  =======================================================  ==============================================
+
+ManiSkill3 reads its downloads from ``$MS_ASSET_DIR/data`` (``mani_skill.ASSET_DIR``).
+Groups found where earlier versions of this command put them
+(``$MS_ASSET_DIR/tasks/...``, ``$MS_ASSET_DIR/robots/...``) are moved into place
+by ``vla-forget assets`` (:func:`move_old_layout`), which says so.
 
 Sources: ``--download`` fetches with ManiSkill3's own downloader (ids
 ``bridge_v2_real2sim`` and ``widowx250s``, checksummed) or, for ``simpler``, a
@@ -57,10 +62,12 @@ def detect(folder: str) -> Dict[str, str]:
         return all(os.path.exists(os.path.join(root, f)) for f in files[:2])
 
     found: Dict[str, str] = {}
-    candidates = {
-        "bridge": [folder, os.path.join(folder, "tasks", "bridge_v2_real2sim_dataset"),
+    candidates = {  # a ManiSkill asset folder ($MS_ASSET_DIR: data/tasks/...), its data/ folder, the group itself
+        "bridge": [folder, os.path.join(folder, "data", "tasks", "bridge_v2_real2sim_dataset"),
+                   os.path.join(folder, "tasks", "bridge_v2_real2sim_dataset"),
                    os.path.join(folder, "bridge_v2_real2sim_dataset")],
-        "widowx": [folder, os.path.join(folder, "robots", "widowx"), os.path.join(folder, "widowx")],
+        "widowx": [folder, os.path.join(folder, "data", "robots", "widowx"), os.path.join(folder, "robots", "widowx"),
+                   os.path.join(folder, "widowx")],
         "simpler": [folder, os.path.join(folder, "data"), os.path.join(folder, "ManiSkill2_real2sim", "data")],
     }
     files = {"bridge": BRIDGE_FILES, "widowx": WIDOWX_FILES, "simpler": SIMPLER_FILES}
@@ -114,7 +121,7 @@ def stage_from(path: str, *, link: bool = False, groups: Tuple[str, ...] = GROUP
         found = {g: src for g, src in detect(folder).items() if g in groups}
         if not found:
             raise AssetError(f"--from {path}: holds none of the asset groups ({', '.join(groups)}). Expected a ManiSkill "
-                             "asset folder (tasks/bridge_v2_real2sim_dataset, robots/widowx), one of those folders, "
+                             "asset folder (data/tasks/bridge_v2_real2sim_dataset, data/robots/widowx), one of those folders, "
                              "SimplerEnv's ManiSkill2_real2sim/data, or ManiSkill's downloaded .zip files")
         roots = asset_groups()
         for group, src in found.items():
@@ -125,9 +132,28 @@ def stage_from(path: str, *, link: bool = False, groups: Tuple[str, ...] = GROUP
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def move_old_layout() -> List[str]:
+    """Move groups found in the old layout (``$MS_ASSET_DIR/tasks/...``, ``$MS_ASSET_DIR/robots/...``) to where
+    ManiSkill3 reads them (``$MS_ASSET_DIR/data/...``); returns one line per group moved."""
+    from vla_forget.envs.simpler import asset_groups, misplaced_assets
+
+    moved = []
+    for group, g in asset_groups().items():
+        old = misplaced_assets(group)
+        if old is None:
+            continue
+        os.makedirs(os.path.dirname(g["root"]), exist_ok=True)
+        os.rename(old, g["root"])  # same file system: both under $MS_ASSET_DIR; a symlink moves as a symlink
+        moved.append(f"moved {group} from {old} to {g['root']} (ManiSkill3 reads $MS_ASSET_DIR/{g['layout']})")
+    return moved
+
+
 def download(groups: Tuple[str, ...]) -> List[str]:
     """Fetch groups from the internet (ManiSkill3's downloader; git for SimplerEnv's data)."""
-    from vla_forget.envs.simpler import asset_groups
+    import dataclasses
+    from pathlib import Path
+
+    from vla_forget.envs.simpler import asset_groups, maniskill_data_dir
 
     done = []
     for group in groups:
@@ -138,6 +164,8 @@ def download(groups: Tuple[str, ...]) -> List[str]:
             except ImportError as e:  # pragma: no cover - mani-skill is a core dependency
                 raise AssetError(f"ManiSkill3 is not importable ({e})") from None
             source = assets.DATA_SOURCES[MANISKILL_IDS[group]]  # filled when mani_skill.utils.assets is imported
+            # into the folder checked here: ManiSkill's own default is fixed when mani_skill is first imported
+            source = dataclasses.replace(source, output_dir=Path(maniskill_data_dir()))
             try:
                 dl.download(source, verbose=True, non_interactive=True)
             except Exception as e:
