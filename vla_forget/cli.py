@@ -18,9 +18,9 @@ examples:
   vla-forget bench --policy ckpt/ --base base/ --battery my_battery.yaml --target none --out runs/x
   vla-forget bench --policy runs/ppo/checkpoints/update-000100 \\
       --base "openvla:openvla/openvla-7b#unnorm_key=fractal20220817_data" --trust-remote-code \\
-      --battery simpler-google-v1 --device cuda --out runs/openvla    # 224 px, greedy: the battery's protocol
+      --battery simpler-google-v2 --device cuda --out runs/openvla    # 224 px, greedy: the battery's protocol
   vla-forget bench --policy runs/ppo/checkpoints/update-000100 --base openvla:DIR#unnorm_key=fractal20220817_data \
-      --trust-remote-code --battery simpler-google-v1 --prompt bare --temperature 0.6 --out runs/openvla-t06
+      --trust-remote-code --battery simpler-google-v2 --prompt bare --temperature 0.6 --out runs/openvla-t06
   vla-forget bench --checkpoints runs/sweeps/forgetting --episodes 20 --out runs/bench-forgetting
   vla-forget bench --checkpoints runs/adapt/ppo --checkpoint-stride 2 --out runs/bench-ppo --resume
   vla-forget bench --out runs/bench-ppo --resume --checkpoints runs/adapt/ppo-seed1
