@@ -240,3 +240,13 @@ def test_feature_dim_is_read_without_loading_the_weights(tmp_path):
     json.dump(cfg, open(dst / "config.json", "w"))
     p = load_policy(f"openvla:{dst}")
     assert p.feature_dim == embedding_width(str(dst)) == 64 and not p.loaded
+
+
+def test_a_policy_decoding_in_other_units_than_the_task_is_named(tmp_path):
+    plan = make_plan(BenchConfig(policies=["openvla-tiny-v1"], base="openvla-tiny-v1", out=str(tmp_path / "u"),
+                                 battery="simpler-google-v2", workers=0, progress=False))
+    key = plan.base.unnorm_key
+    assert key and key != "fractal20220817_data"
+    notes = [n for n in plan.notes if "units" in n]
+    assert notes and all("#unnorm_key=fractal20220817_data" in n for n in notes)
+    assert plan.config.image_size == 64 and plan.decoding("SimplerOpenDrawer-v1")[0].greedy

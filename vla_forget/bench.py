@@ -132,9 +132,10 @@ class PolicyRef:
     wrist_camera: bool = False  # reads the wrist camera too
     input_image_size: Optional[int] = None  # the camera size the policy declares
     prompt_style: Optional[str] = None  # the prompt style in use (policies that have styles)
+    unnorm_key: Optional[str] = None  # the action statistics it decodes with
 
 #: PolicyRef fields left out of config.json (older runs' config.json lack them; each follows from the hash)
-REF_DERIVED = ("wrist_camera", "input_image_size", "prompt_style")
+REF_DERIVED = ("wrist_camera", "input_image_size", "prompt_style", "unnorm_key")
 
 
 def with_prompt(spec: str, style: Optional[str]) -> str:
@@ -158,7 +159,8 @@ def _policy_ref(spec: str, role: str, key: Optional[str] = None, prompt: Optiona
     return PolicyRef(key=key, spec=spec, hash=p.checkpoint_hash(), kind=type(p).__name__, role=role,
                      has_distribution=isinstance(p, TokenPolicy), needs_image=bool(getattr(p, "needs_image", True)),
                      wrist_camera=bool(getattr(p, "wrist_camera", False)),
-                     input_image_size=int(size) if size else None, prompt_style=getattr(p, "prompt_style", None))
+                     input_image_size=int(size) if size else None, prompt_style=getattr(p, "prompt_style", None),
+                     unnorm_key=getattr(p, "unnorm_key", None))
 
 
 # --------------------------------------------------------------------------
@@ -294,8 +296,24 @@ def make_plan(config: BenchConfig) -> Plan:
         refs.insert(0, base)
     plan = Plan(config, battery, target, refs, base, _add_checkpoints(config, refs))
     _resolve_image_size(plan)
+    _check_action_units(plan)
     return plan
 
+
+def _check_action_units(plan: Plan) -> None:
+    """A note for each policy that decodes its actions with other statistics than a task's actions are in (the
+    SimplerEnv tasks name OpenVLA's ``unnorm_key`` of their robot): its actions would be in the wrong units."""
+    from vla_forget.envs import TASKS
+
+    for task, _, _ in plan.tasks():
+        want = (TASKS.get(task).metadata or {}).get("unnorm_key")
+        if not want:
+            continue
+        for r in plan.refs:
+            if r.has_distribution and r.unnorm_key and r.unnorm_key != want:
+                plan.notes.append(f"warning: {r.key} decodes actions with the {r.unnorm_key!r} statistics, but {task} "
+                                  f"takes actions in {want!r}'s units (give the policy #unnorm_key={want} unless its "
+                                  "own statistics are of that robot)")
 
 def _resolve_image_size(plan: Plan) -> None:
     """``image_size`` None -> the base's declared input size (else the first policy's, else 128); a note for
