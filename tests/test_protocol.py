@@ -250,3 +250,12 @@ def test_a_policy_decoding_in_other_units_than_the_task_is_named(tmp_path):
     notes = [n for n in plan.notes if "units" in n]
     assert notes and all("#unnorm_key=fractal20220817_data" in n for n in notes)
     assert plan.config.image_size == 64 and plan.decoding("SimplerOpenDrawer-v1")[0].greedy
+
+
+def test_report_states_the_protocol(world):
+    tmp, battery, target, _ = world
+    run_bench(cfg(tmp, battery, target, out="rep"), log=lambda *_: None)
+    text = open(tmp / "rep" / "report.md").read()
+    assert "Protocol: cameras at 128 px (the input size of small-vla-random-v1)" in text
+    assert "greedy (battery fake-v1): FakeA-v1" in text
+    assert "sampling at temperature 0.6 (target fake-target-v1): FakeTarget-v1" in text

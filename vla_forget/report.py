@@ -50,6 +50,20 @@ def success_table(success: Dict[str, Dict[str, Any]], tasks: List[str], policies
     return lines
 
 
+def protocol_lines(protocol: Dict[str, Any] | None) -> List[str]:
+    """One paragraph: camera size and what set it, decoding per task (grouped), prompt styles."""
+    if not protocol:
+        return []
+    groups: Dict[str, List[str]] = {}
+    for task, d in (protocol.get("decoding") or {}).items():
+        how = "greedy" if d.get("greedy") else f"sampling at temperature {d.get('temperature', 1.0):g}"
+        groups.setdefault(f"{how} ({d.get('source', '?')})", []).append(task)
+    decoding = "; ".join(f"{how}: {', '.join(tasks)}" for how, tasks in groups.items())
+    prompts = ", ".join(f"`{p}` {s}" for p, s in (protocol.get("prompt") or {}).items())
+    return ["", f"Protocol: cameras at {protocol.get('image_size')} px ({protocol.get('image_size_source', '?')}). "
+                f"Decoding: {decoding or '-'}." + (f" Prompt: {prompts}." if prompts else "")]
+
+
 def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
     policies = [p["id"] for p in results["policies"]]
     battery = results["battery"]
@@ -63,6 +77,7 @@ def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
         f"Base: `{results['base']}`. Target: `{target['id'] + ' (' + target['task'] + ')' if target else '-'}`. "
         f"Episodes: {results['episodes']}. Software: torch {results['software'].get('torch', '?')}, "
         f"mani-skill {results['software'].get('mani-skill', '?')}.",
+        *protocol_lines(results.get("protocol")),
         "",
         "## Success at the end of the episode, % [Wilson 95% CI]",
         "",
