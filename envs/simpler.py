@@ -55,7 +55,10 @@ Where they run
   interpreter (``VLA_FORGET_SIMPLER_PYTHON``, default this interpreter) with
   SimplerEnv's data folder (``VLA_FORGET_SIMPLER_DATA``, default
   ``$VLA_FORGET_CACHE/simpler/data``, staged by ``vla-forget assets``).
-Missing pieces raise :class:`TaskUnavailableError` saying what to do.
+Missing pieces raise :class:`TaskUnavailableError` saying what to do; so does
+what SimplerEnv's interpreter would get wrong (:mod:`vla_forget.preflight`:
+Vulkan extensions SAPIEN 2 needs, the drawers' ray tracing on a CPU renderer,
+numpy 2), checked once per interpreter before the first episode.
 """
 
 from __future__ import annotations
@@ -307,7 +310,9 @@ def unavailable_reason(task_id: str) -> Optional[str]:
     why = probe_simpler_python()
     if why:
         return f"{task_id} needs SimplerEnv (simpler_env) in {simpler_python()}: {why}. To {INSTALL_SIMPLER}"
-    return None
+    from vla_forget.preflight import preflight_error  # Vulkan extensions, ray tracing on a CPU, numpy 2
+
+    return preflight_error(task_id)
 
 
 def _resize(images, size: int):

@@ -24,8 +24,6 @@ of a dict. Requests ``{"cmd": ...}``:
   stats, e.g. ``grasped``, ``consec_grasp``, ``n_lift_significant``, or the
   drawer's ``qpos``) and ``step_stats`` (the step's other scalar ``info``
   entries, e.g. ``is_grasped``, ``lifted_object``, ``moved_correct_obj``)
-* ``renderer`` -> ``{"ok": bool, "error": ...}``: whether SAPIEN 2 can create
-  its Vulkan renderer here (the preflight's last resort)
 * ``close`` -> the worker exits
 
 An observation: ``image`` uint8 [H, W, 3] from the task's camera,
@@ -80,15 +78,6 @@ class Worker:
             except md.PackageNotFoundError:
                 versions[name] = None
         return {"ok": True, "versions": versions, "asset_dir": str(mani_skill2_real2sim.ASSET_DIR)}
-
-    def renderer(self, _req):
-        try:
-            import sapien.core as sapien
-
-            sapien.SapienRenderer(offscreen_only=True)
-        except Exception as e:  # ErrorExtensionNotPresent, no device, ...
-            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
-        return {"ok": True}
 
     def _finger_indices(self):
         try:

@@ -280,10 +280,17 @@ def fake_simpler(tmp_path, monkeypatch):
     monkeypatch.setenv("VLA_FORGET_SIMPLER_DATA", str(data))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(pkg), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("VLA_FORGET_SIMPLER_PYTHON", sys.executable)
+    from vla_forget import preflight
     from vla_forget.envs import simpler
 
     monkeypatch.setattr(simpler, "_PROBES", {})
+    # SimplerEnv's interpreter as a GPU machine would report it (the preflight is tested in test_simpler_runtime.py)
+    monkeypatch.setattr(preflight, "_PROBES", {os.path.realpath(sys.executable): dict(HEALTHY_PREFLIGHT)})
     return tmp_path
+
+
+HEALTHY_PREFLIGHT = {"numpy": "1.24.4", "sapien": "2.2.2", "vulkan": {"devices": [
+    {"name": "stand-in GPU", "type": 2, "extensions": ["VK_KHR_external_semaphore_fd", "VK_KHR_external_fence_fd"]}]}}
 
 
 def test_google_env_through_the_worker_process(fake_simpler):

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from vla_forget.envs import make_task_env, task_unavailable_reason
-from vla_forget.envs.simpler import BRIDGE_FILES, SIMPLER_FILES, WIDOWX_FILES, TaskUnavailableError
+from vla_forget.envs.simpler import BRIDGE_FILES, WIDOWX_FILES, TaskUnavailableError
 
 from tests.test_simpler import _touch, fake_simpler  # noqa: F401  (the stand-in SimplerEnv fixture)
 
@@ -296,3 +296,138 @@ def test_google_state_fingers_by_joint_name(scene_simpler):
         assert obs.state[0, 7:9].tolist() == [7.0, 8.0] and obs.state[0, 9:].abs().sum().item() == 0
     finally:
         env.close()
+
+
+# --- 3. the preflight of SimplerEnv's interpreter, and `vla-forget doctor` -----------------------------------------
+EXTS = ["VK_KHR_external_semaphore_fd", "VK_KHR_external_fence_fd"]
+LAVAPIPE = {"name": "llvmpipe (LLVM 15.0.6, 256 bits)", "type": 4,
+            "extensions": ["VK_KHR_external_semaphore", "VK_KHR_external_fence", "VK_KHR_external_memory_fd"]}
+GPU = {"name": "NVIDIA H100", "type": 2, "extensions": EXTS + ["VK_KHR_ray_tracing_pipeline"]}
+
+
+@pytest.fixture()
+def probes(fake_simpler, monkeypatch):
+    """Fake probe results: ``probes.set(report, renderer=...)``; counts the probe runs."""
+    from vla_forget import preflight
+
+    class Probes:
+        calls: list = []
+        report: dict = {}
+        renderer: dict = {"ok": False, "error": "RuntimeError: vk::PhysicalDevice::createDeviceUnique: "
+                                                   "ErrorExtensionNotPresent"}
+
+        def set(self, report, renderer=None):
+            self.report = report
+            if renderer is not None:
+                self.renderer = renderer
+            preflight._PROBES.clear()
+
+    p = Probes()
+    p.calls = []
+
+    def fake_run(python, renderer=False, timeout=180.0):
+        p.calls.append((python, renderer))
+        return {"renderer": p.renderer} if renderer else json.loads(json.dumps(p.report))
+
+    monkeypatch.setattr(preflight, "run_probe", fake_run)
+    monkeypatch.setattr(preflight, "_PROBES", {})
+    return p
+
+
+def _report(*devices, numpy="1.24.4"):
+    return {"numpy": numpy, "sapien": "2.2.2", "vulkan": {"devices": list(devices)}}
+
+
+def test_missing_vulkan_extensions_are_refused_before_the_first_episode(probes):
+    probes.set(_report(LAVAPIPE))
+    why = task_unavailable_reason("SimplerPickCokeCan-v1")
+    assert "VK_KHR_external_semaphore_fd" in why and "VK_KHR_external_fence_fd" in why and "llvmpipe" in why
+    assert "ErrorExtensionNotPresent" in why and "Vulkan layer" in why and "GPU" in why
+    with pytest.raises(TaskUnavailableError, match="VK_KHR_external_semaphore_fd"):
+        make_task_env("SimplerPickCokeCan-v1", image_size=32)
+    assert probes.calls == [(sys.executable, False), (sys.executable, True)]  # SAPIEN's renderer asked once
+    task_unavailable_reason("SimplerMoveNear-v1")
+    assert len(probes.calls) == 2, "cached per interpreter"
+
+
+def test_a_renderer_that_starts_anyway_passes(probes):
+    probes.set(_report(LAVAPIPE), renderer={"ok": True})  # e.g. a layer strips the extensions from the request
+    assert task_unavailable_reason("SimplerPickCokeCan-v1") is None
+
+
+def test_ray_traced_drawers_are_refused_on_a_cpu_renderer(probes):
+    lavapipe_with = dict(LAVAPIPE, extensions=EXTS)  # a software device that has the extensions
+    probes.set(_report(lavapipe_with))
+    assert task_unavailable_reason("SimplerPickCokeCan-v1") is None  # rasterised: fine on a CPU
+    for task in ("SimplerOpenDrawer-v1", "SimplerCloseDrawer-v1"):
+        why = task_unavailable_reason(task)
+        assert why and "shader_dir=rt" in why and "CPU" in why and "never returns a frame" in why
+    with pytest.raises(TaskUnavailableError, match="ray-traced"):
+        make_task_env("SimplerOpenDrawer-v1", image_size=32)
+    probes.set(_report(lavapipe_with, GPU))  # a GPU next to the software device: SAPIEN's device is the GPU
+    assert task_unavailable_reason("SimplerOpenDrawer-v1") is None
+
+
+def test_numpy_2_is_refused(probes):
+    probes.set(_report(GPU, numpy="2.1.3"))
+    why = task_unavailable_reason("SimplerPickCokeCan-v1")
+    assert "numpy 2.1.3" in why and "numpy<2" in why and "falls through the table" in why
+    with pytest.raises(TaskUnavailableError, match="numpy 2.1.3"):
+        make_task_env("SimplerPickCokeCan-v1", image_size=32)
+
+
+def test_a_fake_interpreter_with_numpy_2(fake_simpler, tmp_path, monkeypatch):
+    """The real probe, run in an interpreter whose numpy says 2.0.1 (a stand-in numpy first on its path)."""
+    from vla_forget import preflight
+
+    fake_np = tmp_path / "fake-numpy" / "numpy"
+    fake_np.mkdir(parents=True)
+    (fake_np / "__init__.py").write_text("__version__ = '2.0.1'\n")
+    python = tmp_path / "simpler-python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={fake_np.parent} exec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(preflight, "_PROBES", {})
+    report = preflight.run_probe(str(python))
+    assert report["numpy"] == "2.0.1" and ("devices" in report["vulkan"] or "error" in report["vulkan"])
+    why = preflight.preflight_error("SimplerPickCokeCan-v1", python=str(python))
+    assert why and "numpy 2.0.1" in why
+
+
+def test_the_real_probe_lists_this_machines_vulkan_devices():
+    from vla_forget import preflight
+
+    report = preflight.run_probe(sys.executable)
+    assert "error" not in report and report["numpy"]
+    vulkan = report["vulkan"]
+    if "error" in vulkan:
+        pytest.skip(f"no Vulkan loader here: {vulkan['error']}")
+    for d in vulkan["devices"]:
+        assert d["name"] and d["type"] in preflight.DEVICE_TYPES and all(isinstance(e, str) for e in d["extensions"])
+        assert any(e.startswith("VK_") for e in d["extensions"])
+
+
+def test_doctor_reports_the_three_checks(probes, monkeypatch, capsys):
+    from vla_forget.cli import main
+
+    monkeypatch.setattr("vla_forget.envs.vulkan.check_vulkan", lambda *a, **k: "stand-in")
+    probes.set(_report(LAVAPIPE, numpy="2.0.0"))
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "simpler vulkan: FAILED" in out and "VK_KHR_external_fence_fd" in out
+    assert "simpler drawers (rt): UNAVAILABLE" in out and "simpler numpy: FAILED: numpy 2.0.0" in out
+    probes.set(_report(GPU))
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "simpler vulkan: ok" in out and "simpler drawers (rt): ok: renders on NVIDIA H100" in out
+    assert "simpler numpy: ok" in out
+
+
+def test_doctor_without_simplerenv_is_not_a_failure(tmp_path, monkeypatch, capsys):
+    from vla_forget.cli import main
+    from vla_forget.envs import simpler
+
+    monkeypatch.setattr("vla_forget.envs.vulkan.check_vulkan", lambda *a, **k: "stand-in")
+    monkeypatch.setattr(simpler, "_PROBES", {})
+    monkeypatch.setenv("VLA_FORGET_SIMPLER_PYTHON", str(tmp_path / "no-such-python"))
+    assert main(["doctor"]) == 0
+    assert "simpler_env: not installed" in capsys.readouterr().out

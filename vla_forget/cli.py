@@ -529,11 +529,15 @@ def cmd_doctor(args) -> int:
 
     for k, v in software_versions().items():
         print(f"{k:>20}: {v}")
+    from vla_forget.preflight import doctor_report
+
+    simpler_lines, simpler_ok = doctor_report()  # SimplerEnv's interpreter: Vulkan extensions, rt drawers, numpy
     try:
         info = check_vulkan()
         print(f"{'vulkan':>20}: ok {info if isinstance(info, str) else ''}")
     except VulkanUnavailableError as e:
         print(f"{'vulkan':>20}: FAILED\n{e}", file=sys.stderr)
+        print("\n".join(simpler_lines))
         return 1
     import torch
 
@@ -543,7 +547,8 @@ def cmd_doctor(args) -> int:
         path, url = physx_gpu_library()
         state = "ok" if os.path.exists(path) else f"missing: fetched on first use from {url} (offline: unzip it into {os.path.dirname(path)})"
         print(f"{'physx gpu':>20}: {state}")
-    return 0
+    print("\n".join(simpler_lines))
+    return 0 if simpler_ok else 1
 
 
 EPILOG_ASSETS = """\
@@ -611,7 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     _pretrain_parser(sub)
     _sweep_parser(sub)
     _adapt_parser(sub)
-    sub.add_parser("doctor", help="print versions and check that a Vulkan device works for the simulator")
+    sub.add_parser("doctor", help="print versions and check that a Vulkan device works for the simulator "
+                   "(and SimplerEnv's interpreter, where it is installed)")
     _assets_parser(sub)
     return parser
 
