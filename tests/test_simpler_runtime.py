@@ -97,6 +97,19 @@ def test_old_layout_is_a_clear_error_and_assets_moves_it(ms_dir, capsys):
     assert task_unavailable_reason("BridgeCarrotOnPlate-v1") is None
 
 
+def test_a_linked_old_layout_moves_as_a_link(ms_dir, tmp_path, capsys):
+    from vla_forget.cli import main
+
+    real = tmp_path / "elsewhere" / "bridge_v2_real2sim_dataset"
+    _touch(str(real), BRIDGE_FILES)
+    (ms_dir / "tasks").mkdir(parents=True)
+    os.symlink(real, ms_dir / "tasks" / "bridge_v2_real2sim_dataset")  # what `--from ... --link` made before
+    main(["assets"])
+    assert "moved bridge" in capsys.readouterr().out
+    new = ms_dir / "data" / "tasks" / "bridge_v2_real2sim_dataset"
+    assert new.is_symlink() and os.path.realpath(new) == os.path.realpath(real) and (real / BRIDGE_FILES[0]).exists()
+
+
 def test_staging_from_a_maniskill_folder_of_either_layout(ms_dir, tmp_path, capsys):
     from vla_forget.cli import main
 

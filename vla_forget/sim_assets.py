@@ -143,7 +143,7 @@ def move_old_layout() -> List[str]:
         if old is None:
             continue
         os.makedirs(os.path.dirname(g["root"]), exist_ok=True)
-        os.rename(old, g["root"])  # same file system: both under $MS_ASSET_DIR; a symlink moves as a symlink
+        shutil.move(old, g["root"])  # a symlink (--link) moves as a symlink
         moved.append(f"moved {group} from {old} to {g['root']} (ManiSkill3 reads $MS_ASSET_DIR/{g['layout']})")
     return moved
 
