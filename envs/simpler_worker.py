@@ -108,8 +108,7 @@ class Worker:
             files.append(Path(overlay))
         asset_root = getattr(u, "asset_root", None)
         if asset_root is not None:
-            ids = getattr(u, "model_ids", None) or []
-            for model_id in [ids] if isinstance(ids, str) else ids:
+            for model_id in self._episode_models(u):
                 d = Path(asset_root) / "models" / model_id
                 files.append(d / "collision.obj")
                 visuals = [d / f"textured.{ext}" for ext in ("obj", "dae", "glb")]
@@ -125,6 +124,19 @@ class Worker:
                 if "://" not in name:
                     files.append(urdf.parent / name)
         return files
+
+    @staticmethod
+    def _episode_models(u):
+        """The object models this episode loads: move-near's ``episode_model_ids`` (its triplet), a single-object
+        task's ``model_id``; else every model the env may load (``model_ids``). Not the env's whole catalogue:
+        move-near's lists models that no triplet uses, and SimplerEnv runs without their files."""
+        for name in ("episode_model_ids", "model_id"):
+            ids = getattr(u, name, None)
+            ids = [ids] if isinstance(ids, str) else [i for i in (ids or []) if i]
+            if ids:
+                return ids
+        ids = getattr(u, "model_ids", None) or []
+        return [ids] if isinstance(ids, str) else list(ids)
 
     def _check_files(self):
         import mani_skill2_real2sim

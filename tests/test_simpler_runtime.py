@@ -242,6 +242,23 @@ def test_a_missing_mesh_is_an_error_naming_it(scene_simpler, gone, named):
         env.close()
 
 
+def test_only_the_episodes_own_models_must_be_there(scene_simpler):
+    """Move-near's env lists every model of its catalogue (``model_ids``), but an episode loads its triplet only
+    (``episode_model_ids``): SimplerEnv runs it without the others' files, so the check asks for those only."""
+    envs = scene_simpler / "fake-simpler" / "mani_skill2_real2sim" / "envs" / "__init__.py"
+    envs.write_text(envs.read_text() + '\n_scene_init = FakeSimplerEnv.__init__\n\n\n'
+                    'def _catalogue(self, obs_mode=None, **kwargs):\n'
+                    '    _scene_init(self, obs_mode=obs_mode, **kwargs)\n'
+                    '    self.model_ids = ["opened_coke_can", "eggplant"]  # eggplant: no files staged\n'
+                    '    self.episode_model_ids = ["opened_coke_can", None]\n\n\n'
+                    'FakeSimplerEnv.__init__ = _catalogue\n')
+    env = make_task_env("SimplerPickCokeCan-v1", image_size=32)
+    try:
+        env.reset([0])  # the catalogue's eggplant is not this episode's
+    finally:
+        env.close()
+
+
 # --- 4. per-episode stats: the step info and episodes.jsonl -------------------------------------------------------
 def test_episode_stats_in_the_step_info(scene_simpler):
     import torch
