@@ -134,6 +134,9 @@ class TokenPolicy(Policy, torch.nn.Module):
 
     action_dim: int = ACTION_DIM
     n_bins: int = N_BINS
+    #: greedy decoding breaks exact ties toward the highest bin (OpenVLA: its argmax runs over vocabulary ids,
+    #: and bin b is id vocab_size - 1 - b, so the lowest tied id is the highest bin); else the lowest bin
+    greedy_ties_to_high_bins: bool = False
 
     # --- the protocol ---------------------------------------------------
     def action_logits(self, obs: Observation, tokens: torch.Tensor) -> torch.Tensor:
@@ -179,7 +182,8 @@ class TokenPolicy(Policy, torch.nn.Module):
         for j in range(self.action_dim):
             logits = self.action_logits(obs, tokens)[:, j]
             rows.append(logits)
-            tokens[:, j] = pick_tokens(logits, temperature=temperature, greedy=greedy, generator=generator)
+            tokens[:, j] = pick_tokens(logits, temperature=temperature, greedy=greedy, generator=generator,
+                                       ties_to_high_bins=self.greedy_ties_to_high_bins)
         return tokens, torch.stack(rows, dim=1)
 
     @torch.no_grad()
@@ -194,10 +198,14 @@ class TokenPolicy(Policy, torch.nn.Module):
 
 
 def pick_tokens(
-    logits: torch.Tensor, *, temperature: float = 1.0, greedy: bool = False, generator: Optional[torch.Generator] = None
+    logits: torch.Tensor, *, temperature: float = 1.0, greedy: bool = False, generator: Optional[torch.Generator] = None,
+    ties_to_high_bins: bool = False,
 ) -> torch.Tensor:
-    """Greedy or temperature sampling from ``[B, K]`` logits."""
+    """Greedy or temperature sampling from ``[B, K]`` logits; a greedy tie goes to the lowest index, or with
+    ``ties_to_high_bins`` to the highest (exact ties are common in bfloat16)."""
     if greedy or temperature <= 0:
+        if ties_to_high_bins:
+            return logits.shape[-1] - 1 - logits.flip(-1).argmax(-1)
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

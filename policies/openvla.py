@@ -49,7 +49,8 @@ matrix): bin ``b`` is token ``vocab_size - 1 - b``. So
 * the distribution is the softmax over those 256 ids only (OpenVLA's ``generate``
   takes the argmax over the whole vocabulary; a trained OpenVLA puts nearly all
   its mass on action ids, and the greedy actions agree whenever that argmax is an
-  action id);
+  action id). An exact tie (common in bfloat16) goes, as in ``generate``, to the
+  lowest vocabulary id, i.e. the highest bin;
 * ``sample_tokens``: one pass over each group of equal-length prompts, then 6
   single-token steps with the key/value cache (the returned logits are the
   teacher-forced logits of the sample);
@@ -573,6 +574,7 @@ class OpenVLAPolicy(TokenPolicy):
         return policy
 
     prompt_styles = tuple(PROMPTS)
+    greedy_ties_to_high_bins = True  # as OpenVLA's generate: the argmax over ids takes the lowest tied id
 
     def set_prompt_style(self, style: str) -> None:
         """``openvla`` (its training template, default) or ``bare`` (the instruction alone, as SimplerEnv's
@@ -959,7 +961,8 @@ class OpenVLAPolicy(TokenPolicy):
             for j in range(A):
                 lg = self._action_slice(head(h)).float()
                 logits_out[idx, j] = lg
-                tok = pick_tokens(lg, temperature=temperature, greedy=greedy, generator=generator)
+                tok = pick_tokens(lg, temperature=temperature, greedy=greedy, generator=generator,
+                                  ties_to_high_bins=True)
                 tokens[idx, j] = tok
                 if j + 1 < A:
                     e = embed(self._token_ids(tok)).unsqueeze(1)

@@ -259,3 +259,14 @@ def test_report_states_the_protocol(world):
     assert "Protocol: cameras at 128 px (the input size of small-vla-random-v1)" in text
     assert "greedy (battery fake-v1): FakeA-v1" in text
     assert "sampling at temperature 0.6 (target fake-target-v1): FakeTarget-v1" in text
+
+
+def test_greedy_ties_go_to_the_highest_bin_for_openvla_as_its_generate():
+    from vla_forget.policies.base import pick_tokens
+
+    tied = torch.zeros(1, 256)
+    tied[0, 3] = tied[0, 200] = 5.0  # bins 3 and 200: ids vocab-4 and vocab-201; OpenVLA's argmax takes the lower id
+    assert int(pick_tokens(tied, greedy=True)) == 3
+    assert int(pick_tokens(tied, greedy=True, ties_to_high_bins=True)) == 200
+    policy = load_policy("openvla-tiny-v1")
+    assert policy.greedy_ties_to_high_bins and not load_policy("small-vla-random-v1").greedy_ties_to_high_bins
