@@ -64,3 +64,13 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) .cache
+
+# Reference tests against OpenVLA's and SimplerEnv's own code (docs/openvla.md#reference-tests-against-openvlas-and-simplerenvs-own-code):
+# each skips, saying why, unless given the code: VLA_FORGET_OPENVLA_CODE=DIR (a checkout of openvla/openvla,
+# run in OPENVLA_PY, an interpreter with the openvla extra) and VLA_FORGET_SIMPLER_PYTHON (SimplerEnv's interpreter).
+OPENVLA_PY ?= .venv-openvla/bin/python
+.PHONY: test-reference
+test-reference: $(INSTALL_STAMP)
+	$(PY) -m pytest -q -rs tests/test_simpler_reference.py
+	if [ -x "$(OPENVLA_PY)" ]; then $(OPENVLA_PY) -m pytest -q -rs tests/test_openvla_reference.py; \
+	else echo "test-reference: no $(OPENVLA_PY) (the openvla extra in its own virtualenv): OpenVLA's reference test not run"; fi
