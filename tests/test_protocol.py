@@ -270,3 +270,16 @@ def test_greedy_ties_go_to_the_highest_bin_for_openvla_as_its_generate():
     assert int(pick_tokens(tied, greedy=True, ties_to_high_bins=True)) == 200
     policy = load_policy("openvla-tiny-v1")
     assert policy.greedy_ties_to_high_bins and not load_policy("small-vla-random-v1").greedy_ties_to_high_bins
+
+
+def test_tasks_that_cannot_run_here_are_refused_before_any_episode(world, monkeypatch):
+    from vla_forget.envs import TASKS
+
+    tmp, battery, target, jobs = world
+    entry = TASKS.get("FakeTarget-v1")
+    monkeypatch.setattr(entry, "metadata", {**(entry.metadata or {}), "backend": "simpler"})
+    monkeypatch.setattr("vla_forget.envs.task_unavailable_reason",
+                        lambda t: f"{t} cannot run here: the drawers' ray tracing on a CPU renderer" if t == "FakeTarget-v1" else None)
+    with pytest.raises(BenchError, match="(?s)nothing was run.*FakeTarget-v1 cannot run here"):
+        run_bench(cfg(tmp, battery, target, out="refused"), log=lambda *_: None)
+    assert not jobs  # not even the battery's episodes, which could have run

@@ -305,15 +305,32 @@ def _check_action_units(plan: Plan) -> None:
     SimplerEnv tasks name OpenVLA's ``unnorm_key`` of their robot): its actions would be in the wrong units."""
     from vla_forget.envs import TASKS
 
+    wrong: Dict[Tuple[str, str], List[str]] = {}
     for task, _, _ in plan.tasks():
         want = (TASKS.get(task).metadata or {}).get("unnorm_key")
-        if not want:
-            continue
         for r in plan.refs:
-            if r.has_distribution and r.unnorm_key and r.unnorm_key != want:
-                plan.notes.append(f"warning: {r.key} decodes actions with the {r.unnorm_key!r} statistics, but {task} "
-                                  f"takes actions in {want!r}'s units (give the policy #unnorm_key={want} unless its "
-                                  "own statistics are of that robot)")
+            if want and r.has_distribution and r.unnorm_key and r.unnorm_key != want:
+                wrong.setdefault((r.key, want), []).append(task)
+    for (key, want), tasks in wrong.items():
+        have = next(r.unnorm_key for r in plan.refs if r.key == key)
+        plan.notes.append(f"warning: {key} decodes actions with the {have!r} statistics, but {', '.join(tasks)} "
+                          f"take{'s' if len(tasks) == 1 else ''} actions in {want!r}'s units (give the policy "
+                          f"#unnorm_key={want} unless its own statistics are of that robot)")
+
+
+def check_tasks_available(tasks: Iterable[str]) -> None:
+    """Every SimplerEnv / Bridge task of the run can run here (simulator, assets, SimplerEnv's interpreter and its
+    preflight), checked before the first episode: else one error listing each task's reason and fix."""
+    from vla_forget.envs import TASKS, task_unavailable_reason
+
+    reasons = []
+    for task in dict.fromkeys(tasks):
+        if (TASKS.get(task).metadata or {}).get("backend") in ("simpler", "bridge"):
+            why = task_unavailable_reason(task)
+            if why:
+                reasons.append(why)
+    if reasons:
+        raise BenchError("cannot run these tasks here (nothing was run):\n  - " + "\n  - ".join(reasons))
 
 def _resolve_image_size(plan: Plan) -> None:
     """``image_size`` None -> the base's declared input size (else the first policy's, else 128); a note for
@@ -971,6 +988,7 @@ def run_bench(config: BenchConfig, *, resume: bool = False, log=print) -> Dict[s
         from vla_forget.envs.vulkan import check_vulkan
 
         check_vulkan()
+        check_tasks_available(j.task for j in jobs)
         if plan.checkpoints:
             log(f"bench: {len(plan.checkpoints)} checkpoints in {', '.join(config.checkpoints)} "
                 f"({sum(c['key'] != c['policy'] for c in plan.checkpoints)} identical to another policy: not rolled out again)")
