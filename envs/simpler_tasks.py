@@ -96,29 +96,28 @@ DRAWER_ROBOT_Y = (-0.2, 0.0, 0.2)
 _GOOGLE = dict(robot="google_robot_static", control_freq=3, sim_freq=513, control_mode=GOOGLE_CONTROL_MODE,
                camera="overhead_camera", unnorm_key="fractal20220817_data")
 
+#: what the coke-can tasks share (SimplerEnv's visual-matching coke-can set-up); they differ in their seed maps
+_COKE_CAN = dict(backend="simpler", instruction="pick coke can", max_episode_steps=80, pick_and_place=True,
+                 sim=dict(_GOOGLE, env="GraspSingleOpenedCokeCanInScene-v0", scene_name="google_pick_coke_can_1_v4",
+                          rgb_overlay="real_inpainting/google_coke_can_real_eval_1.png"))
+
 #: task id -> static facts (registration metadata) and simulator settings
 SIMPLER_TASKS: Dict[str, Dict[str, Any]] = {
     "SimplerPickCokeCan-v1": dict(
-        backend="simpler", instruction="pick coke can", max_episode_steps=80, pick_and_place=True,
+        _COKE_CAN,
         description="SimplerEnv Google robot: pick the coke can (10 x 10 grid of positions, 3 can poses, visual "
                     "matching; every seed on the grid: superseded by SimplerPickCokeCan-v2)",
-        sim=dict(_GOOGLE, env="GraspSingleOpenedCokeCanInScene-v0", scene_name="google_pick_coke_can_1_v4",
-                 rgb_overlay="real_inpainting/google_coke_can_real_eval_1.png"),
     ),
     "SimplerPickCokeCan-v2": dict(
-        backend="simpler", instruction="pick coke can", max_episode_steps=80, pick_and_place=True,
+        _COKE_CAN,
         description="SimplerEnv Google robot: pick the coke can (visual matching, 3 can poses); training seeds "
                     "(< 100000) on RL's Razor's 10 x 10 grid, evaluation seeds (>= 100000) at held-out random "
                     "positions over the grid's area",
-        sim=dict(_GOOGLE, env="GraspSingleOpenedCokeCanInScene-v0", scene_name="google_pick_coke_can_1_v4",
-                 rgb_overlay="real_inpainting/google_coke_can_real_eval_1.png"),
     ),
     "SimplerPickCokeCanVM-v1": dict(
-        backend="simpler", instruction="pick coke can", max_episode_steps=80, pick_and_place=True,
+        _COKE_CAN,
         description="SimplerEnv's own visual-matching coke-can protocol (its pick_coke_can_visual_matching scripts): "
                     "4 robot URDF variants x 3 can poses x 5 x 5 positions = 300 episodes, seed mod 300",
-        sim=dict(_GOOGLE, env="GraspSingleOpenedCokeCanInScene-v0", scene_name="google_pick_coke_can_1_v4",
-                 rgb_overlay="real_inpainting/google_coke_can_real_eval_1.png"),
     ),
     "SimplerOpenDrawer-v1": dict(
         backend="simpler", instruction="open {drawer} drawer", max_episode_steps=113, pick_and_place=False,

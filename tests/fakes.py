@@ -60,3 +60,23 @@ class FakeEnv(TaskEnv):
 
     def close(self):
         self.closed = True
+
+
+def patch_fake_rollouts(monkeypatch, tmp_path, on_job=None) -> None:
+    """Bench rollouts on :class:`FakeEnv` (the fake tasks registered), no Vulkan check, the cache in ``tmp_path``;
+    ``on_job(job)`` sees every episode job before it runs (and may raise, e.g. KeyboardInterrupt)."""
+    from vla_forget import rollout
+
+    real_run_job = rollout.run_job
+
+    def run_job(job):
+        if on_job is not None:
+            on_job(job)
+        return real_run_job(job)
+
+    register_fake_tasks(monkeypatch)
+    monkeypatch.setattr(rollout, "_get_env", lambda task, **kw: FakeEnv(
+        task, num_envs=kw.get("num_envs", 1), max_episode_steps=kw.get("max_steps") or 6))
+    monkeypatch.setattr(rollout, "run_job", run_job)
+    monkeypatch.setattr("vla_forget.envs.vulkan.check_vulkan", lambda *a, **k: "fake")
+    monkeypatch.setenv("VLA_FORGET_CACHE", str(tmp_path / "cache"))

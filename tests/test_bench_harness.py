@@ -5,37 +5,26 @@ import os
 
 import pytest
 
-from tests.fakes import FakeEnv, register_fake_tasks
+from tests.fakes import patch_fake_rollouts
 from vla_forget import bench as bench_mod
-from vla_forget import rollout
 from vla_forget.bench import BenchConfig, BenchError, run_bench
 
 
 
 @pytest.fixture()
 def fake_world(tmp_path, monkeypatch):
-    register_fake_tasks(monkeypatch)
     battery = tmp_path / "fake-v1.yaml"
     battery.write_text("id: fake\nversion: 1\nepisodes: 5\nseed_start: 10\ntasks: [FakeA-v1, FakeB-v1]\n")
     target = tmp_path / "fake-target-v1.yaml"
     target.write_text("id: fake-target\nversion: 1\ntask: FakeTarget-v1\nepisodes: 4\nseed_start: 500\n")
     calls = {"episodes": 0, "interrupt_after": None}
 
-    def fake_get_env(task, **kw):
-        return FakeEnv(task, num_envs=kw.get("num_envs", 1), max_episode_steps=kw.get("max_steps") or 6)
-
-    real_run_job = rollout.run_job
-
-    def counting_run_job(job):
+    def count(job):
         if calls["interrupt_after"] is not None and calls["episodes"] >= calls["interrupt_after"]:
             raise KeyboardInterrupt
         calls["episodes"] += len(job.seeds)
-        return real_run_job(job)
 
-    monkeypatch.setattr(rollout, "_get_env", fake_get_env)
-    monkeypatch.setattr(rollout, "run_job", counting_run_job)
-    monkeypatch.setattr("vla_forget.envs.vulkan.check_vulkan", lambda *a, **k: "fake")
-    monkeypatch.setenv("VLA_FORGET_CACHE", str(tmp_path / "cache"))
+    patch_fake_rollouts(monkeypatch, tmp_path, on_job=count)
     return tmp_path, str(battery), str(target), calls
 
 

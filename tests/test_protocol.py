@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from tests.fakes import FakeEnv, register_fake_tasks
+from tests.fakes import patch_fake_rollouts
 from vla_forget import rollout
 from vla_forget.bench import BenchConfig, BenchError, make_plan, run_bench
 from vla_forget.cli import main
@@ -22,27 +22,13 @@ from vla_forget.spec import SpecError, load_battery
 @pytest.fixture()
 def world(tmp_path, monkeypatch):
     """Fake tasks; a battery that acts greedily and a target that samples at 0.6; every job is captured."""
-    register_fake_tasks(monkeypatch)
     battery = tmp_path / "fake-v1.yaml"
     battery.write_text("id: fake\nversion: 1\nepisodes: 2\nseed_start: 10\ndecoding: greedy\ntasks: [FakeA-v1]\n")
     target = tmp_path / "fake-target-v1.yaml"
     target.write_text("id: fake-target\nversion: 1\ntask: FakeTarget-v1\nepisodes: 2\nseed_start: 500\n"
                       "decoding: {temperature: 0.6}\n")
     jobs = []
-
-    def fake_get_env(task, **kw):
-        return FakeEnv(task, num_envs=kw.get("num_envs", 1), max_episode_steps=kw.get("max_steps") or 6)
-
-    real_run_job = rollout.run_job
-
-    def capturing_run_job(job):
-        jobs.append(job)
-        return real_run_job(job)
-
-    monkeypatch.setattr(rollout, "_get_env", fake_get_env)
-    monkeypatch.setattr(rollout, "run_job", capturing_run_job)
-    monkeypatch.setattr("vla_forget.envs.vulkan.check_vulkan", lambda *a, **k: "fake")
-    monkeypatch.setenv("VLA_FORGET_CACHE", str(tmp_path / "cache"))
+    patch_fake_rollouts(monkeypatch, tmp_path, on_job=jobs.append)
     return tmp_path, str(battery), str(target), jobs
 
 

@@ -317,8 +317,9 @@ def test_google_env_through_the_worker_process(fake_simpler):
         env.close()
 
 
-def test_bench_runs_openvla_on_a_simpler_task(fake_simpler, tmp_path):
-    """The OpenVLA adapter benched on a SimplerEnv task: the whole pipeline, SimplerEnv stood in for."""
+def bench_tiny_openvla_on_simpler(tmp_path, *, target_episodes: int, extra=()):
+    """`vla-forget bench` of the tiny OpenVLA-format checkpoint (fractal20220817_data statistics) on one drawer
+    episode of 3 steps and the coke-can target, SimplerEnv stood in for; returns (exit code, run folder, policy key)."""
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
     from vla_forget.cli import main
@@ -330,11 +331,17 @@ def test_bench_runs_openvla_on_a_simpler_task(fake_simpler, tmp_path):
                        "tasks:\n  - task: SimplerOpenDrawer-v1\n    seeds: [0]\n")
     out = str(tmp_path / "bench")
     rc = main(["bench", "--policy", f"openvla:{tiny}", "--base", f"openvla:{tiny}", "--battery", str(battery),
-               "--episodes", "1", "--target", "SimplerPickCokeCan-v1", "--target-episodes", "1", "--workers", "0",
-               "--image-size", "32", "--kl-states-per-task", "2", "--videos-per-task", "1", "--no-progress", "--out", out])
+               "--episodes", "1", "--target", "SimplerPickCokeCan-v1", "--target-episodes", str(target_episodes),
+               "--workers", "0", "--image-size", "32", "--no-progress", "--out", out, *extra])
+    return rc, out, f"openvla:{tiny}"
+
+
+def test_bench_runs_openvla_on_a_simpler_task(fake_simpler, tmp_path):
+    """The OpenVLA adapter benched on a SimplerEnv task: the whole pipeline, SimplerEnv stood in for."""
+    rc, out, key = bench_tiny_openvla_on_simpler(tmp_path, target_episodes=1,
+                                                 extra=["--kl-states-per-task", "2", "--videos-per-task", "1"])
     assert rc == 0
     res = json.load(open(os.path.join(out, "results.json")))
-    key = f"openvla:{tiny}"
     assert set(res["success"][key]) == {"SimplerOpenDrawer-v1", "SimplerPickCokeCan-v1"}
     episodes = [json.loads(line) for line in open(os.path.join(out, "episodes.jsonl"))]
     assert {e["instruction"] for e in episodes} == {"open top drawer", "pick coke can"}

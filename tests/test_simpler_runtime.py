@@ -282,20 +282,10 @@ def test_episode_stats_in_the_step_info(scene_simpler):
 
 
 def test_episode_stats_are_recorded_in_episodes_jsonl(scene_simpler, tmp_path):
-    pytest.importorskip("transformers")
-    pytest.importorskip("peft")
-    from vla_forget.cli import main
-    from vla_forget.policies.openvla_tiny import build_tiny_openvla, identity_statistics
+    from tests.test_simpler import bench_tiny_openvla_on_simpler
 
-    tiny = build_tiny_openvla(str(tmp_path / "tiny"), statistics={"fractal20220817_data": identity_statistics()})
-    battery = tmp_path / "battery.yaml"
-    battery.write_text("id: simpler-stats\nversion: 1\nepisodes: 2\nseed_start: 0\nmax_episode_steps: 3\n"
-                       "tasks:\n  - task: SimplerOpenDrawer-v1\n    seeds: [0]\n")
-    out = str(tmp_path / "bench")
-    rc = main(["bench", "--policy", f"openvla:{tiny}", "--base", f"openvla:{tiny}", "--battery", str(battery),
-               "--target", "SimplerPickCokeCan-v1", "--target-episodes", "2", "--episodes", "1", "--workers", "0",
-               "--image-size", "32", "--kl-states-per-task", "0", "--videos-per-task", "0", "--no-progress",
-               "--out", out])
+    rc, out, _ = bench_tiny_openvla_on_simpler(tmp_path, target_episodes=2,
+                                               extra=["--kl-states-per-task", "0", "--videos-per-task", "0"])
     assert rc == 0
     episodes = [json.loads(line) for line in open(os.path.join(out, "episodes.jsonl"))]
     assert sorted(e["task"] for e in episodes) == ["SimplerOpenDrawer-v1"] + ["SimplerPickCokeCan-v1"] * 2
