@@ -145,11 +145,6 @@ def load_states(states_dir: str, task: str, seeds: List[int], cap: Optional[int]
 def expected_slots(rule: str, n_states: int, seeds: Sequence[int], stride: int) -> Dict[int, str]:
     """``{seed: slots key}`` for the episodes of a task that record states under ``rule`` (the others none)."""
     E = len(seeds)
-    out = {}
-    for i, s in enumerate(seeds):
-        if rule == SPREAD and i >= n_states:
-            continue
-        if rule == STRIDE and i * math.ceil(n_states / max(1, E)) >= n_states:
-            continue
-        out[int(s)] = slots_key(rule, n_states, E, i, stride)
-    return out
+    # an episode records states iff it has any step to record, whatever its length: ask episode_steps at length 1
+    return {int(s): slots_key(rule, n_states, E, i, stride) for i, s in enumerate(seeds)
+            if episode_steps(rule, n_states=n_states, n_episodes=E, index=i, length=1, stride=stride)}
