@@ -22,6 +22,10 @@ StackColorCube-v1        VLAF-StackColorCube-v1                 yes
 PlaceCubeOnTarget-v1     VLAF-PlaceCubeOnTarget-v1              yes
 =======================  ====================================  ==============
 
+Each has a ``-v2`` (PickCube-v2 ... PlaceCubeOnTarget-v2): the same task, seeds, instructions and
+expert, and bit-identical physics, with the arm drawn from low-poly meshes and a 20 m ground: a ninth of
+the triangles to render (:mod:`vla_forget.envs.lowpoly`, :mod:`vla_forget.envs.tasks.lowpoly`).
+
 SimplerEnv's tasks are registered too (:mod:`vla_forget.envs.simpler_tasks`):
 the Google robot's SimplerPickCokeCan-v1, SimplerOpenDrawer-v1,
 SimplerCloseDrawer-v1 and SimplerMoveNear-v1 (``simpler_env``, an optional
@@ -146,6 +150,10 @@ def _register_all() -> None:
         description="three coloured cubes and three coloured targets; put the named cube on the named target (9 instructions); the adaptation target",
     )
 
+    from vla_forget.envs.lowpoly import register_v2
+
+    register_v2(TASKS)  # PickCube-v2 ...: the same tasks with a low-poly arm (vla_forget.envs.lowpoly)
+
     from vla_forget.envs.simpler_tasks import register as register_simpler
 
     register_simpler(TASKS)
@@ -200,6 +208,10 @@ def task_instructions(task_id: str) -> List[str]:
 def task_unavailable_reason(task_id: str) -> Optional[str]:
     """None if ``task_id`` can run here; else what is missing (simulator, assets) and what to do."""
     info = task_info(task_id)
+    if "visual_assets" in TASKS.get(task_id).metadata:
+        from vla_forget.envs.lowpoly import unavailable_reason as lowpoly_unavailable
+
+        return lowpoly_unavailable(task_id)
     if info.backend in ("simpler", "bridge"):
         from vla_forget.envs.simpler import unavailable_reason
 

@@ -95,6 +95,7 @@ import numpy as np
 import torch
 
 from vla_forget.envs.base import TaskEnv, TaskInfo
+from vla_forget.envs.lowpoly import LOWPOLY_MS_IDS
 from vla_forget.policies.base import Observation
 
 STATE_DIM = 16
@@ -194,6 +195,8 @@ PRIVILEGED: Dict[str, Callable[[Any, Dict[str, Any]], Dict[str, torch.Tensor]]] 
     "VLAF-StackColorCube-v1": _priv_color_cubes,
     "VLAF-PlaceCubeOnTarget-v1": _priv_color_cubes,
 }
+# the low-poly (v2) envs read the same simulator state as the v1 envs they copy
+PRIVILEGED.update({_v2: PRIVILEGED[_v1] for _v1, _v2 in LOWPOLY_MS_IDS.items()})
 
 
 def _wrist_camera_pose():

@@ -320,12 +320,13 @@ def _check_action_units(plan: Plan) -> None:
 
 def check_tasks_available(tasks: Iterable[str]) -> None:
     """Every SimplerEnv / Bridge task of the run can run here (simulator, assets, SimplerEnv's interpreter and its
-    preflight), checked before the first episode: else one error listing each task's reason and fix."""
+    preflight), and every v2 tabletop task's low-poly mesh set is the recorded one, checked before the first episode: else one error listing each task's reason and fix."""
     from vla_forget.envs import TASKS, task_unavailable_reason
 
     reasons = []
     for task in dict.fromkeys(tasks):
-        if (TASKS.get(task).metadata or {}).get("backend") in ("simpler", "bridge"):
+        meta = TASKS.get(task).metadata or {}
+        if meta.get("backend") in ("simpler", "bridge") or "visual_assets" in meta:  # v2: the low-poly meshes
             why = task_unavailable_reason(task)
             if why:
                 reasons.append(why)
@@ -754,6 +755,7 @@ def compute_divergences(plan: Plan, out: str, cache=None, batch_size: int = 64) 
 
 def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, Any], wall_s: float) -> Dict[str, Any]:
     from vla_forget.versions import software_versions
+    from vla_forget.envs.lowpoly import task_visual_assets
 
     wanted = {(r.key, t, s) for r in plan.refs for t, seeds, _ in plan.tasks() for s in seeds}
     recs = [r for r in records if (r["policy"], r["task"], r["seed"]) in wanted]
@@ -798,6 +800,8 @@ def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, 
         "battery": {"id": plan.battery.full_id, "name": plan.battery.id, "version": plan.battery.version,
                     "tasks": battery_tasks, "hash": plan.battery.content_hash()},
         "target": {"id": plan.target.full_id, "task": target_task, "version": plan.target.version} if plan.target else None,
+        # the v2 tasks' low-poly mesh set (name, hash, ground): the pixels a policy saw depend on it
+        "visual_assets": task_visual_assets([*battery_tasks, *([target_task] if target_task else [])]),
         "base": base,
         "policies": [{"id": r.key, "checkpoint_hash": r.hash, "kind": r.kind, "role": r.role} for r in plan.refs],
         "seeds": {t: seeds for t, seeds, _ in plan.tasks()},
