@@ -11,7 +11,7 @@ Two simulators, two backends:
   these envs run in a worker process of SimplerEnv's own interpreter
   (``VLA_FORGET_SIMPLER_PYTHON``; default: this one, if it imports
   ``simpler_env``). Settings are SimplerEnv's published OpenVLA scripts
-  (``scripts/openvla_*.sh``): ``google_robot_static``, 3 Hz control, 513 Hz
+  (``scripts/*.sh`` with ``--policy-model openvla``, from the pull request that adds OpenVLA, #10): ``google_robot_static``, 3 Hz control, 513 Hz
   simulation, ``arm_pd_ee_delta_pose_align_interpolate_by_planner_gripper_pd_joint_target_delta_pos_interpolate_by_planner``.
 * **WidowX / Bridge** (``backend: bridge``): ManiSkill3's Bridge digital twins
   (``mani_skill.envs.tasks.digital_twins.bridge_dataset_eval``), 5 Hz control,
@@ -39,7 +39,7 @@ Seeds pick the episode deterministically:
   included, so its target (``simpler-pick-coke-can-v1``) evaluates on the
   training configurations; kept so that earlier results stay reproducible;
 * ``SimplerPickCokeCanVM-v1``: SimplerEnv's own visual-matching coke-can
-  protocol (``scripts/openvla_pick_coke_can_visual_matching.sh``, the same as
+  protocol (``scripts/pick_coke_can_visual_matching.sh`` of the pull request that adds OpenVLA, #10, the same as
   its RT-1 and Octo scripts): 4 robot URDF variants x 3 can poses x 5 x 5 can
   positions (``np.linspace(-0.35, -0.12, 5)`` x ``np.linspace(-0.02, 0.42, 5)``)
   = 300 episodes. Seed ``s`` -> episode ``e = s mod 300`` in the scripts' loop

@@ -82,7 +82,7 @@ def test_held_out_positions_are_deterministic_uniform_and_never_on_the_grid():
 
 
 # --- SimplerEnv's visual-matching coke-can protocol -------------------------------------------------------
-#: scripts/openvla_pick_coke_can_visual_matching.sh (and its rt1_/octo_ twins), verbatim where it matters
+#: scripts/pick_coke_can_visual_matching.sh (in the pull request that adds OpenVLA, #10) (and its rt1_/octo_ twins), verbatim where it matters
 SCRIPT_COKE_CAN_OPTIONS = ("lr_switch=True", "upright=True", "laid_vertically=True")
 SCRIPT_URDF_VERSIONS = ("None", "recolor_tabletop_visual_matching_1", "recolor_tabletop_visual_matching_2",
                         "recolor_cabinet_visual_matching_1")  # the bare word None: DictAction keeps the string
