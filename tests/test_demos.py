@@ -82,6 +82,7 @@ def test_refusals_before_simulation(tmp_path, demo_run):
         collect_demos(DemoConfig(task=TASK, episodes=5, out=str(tmp_path / "x"), seed_start=99_990, progress=False))
     assert demo_source("PickCube-v1") == "expert-v2" and demo_source("PickCube-v1", "expert-v1") == "expert-v1"
     assert demo_source("LiftPegUpright-v1", "expert-v1") == MOTION_PLANNING
+    assert demo_source("LiftPegUpright-v2", "expert-v1") == MOTION_PLANNING  # the low-poly twin, same planner
     with pytest.raises(DemoError, match="expert-v2, expert-v1"):
         demo_source("PickCube-v1", "expert-v9")
     with pytest.raises(DemoError, match="expert: 'expert-v2' -> 'expert-v1'"):

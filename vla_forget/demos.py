@@ -66,6 +66,8 @@ MOTION_PLANNING = "maniskill-motionplanning"
 #: ManiSkill's shipped planner solutions for tasks the scripted expert does not solve.
 PLANNER_SOLUTIONS = {
     "LiftPegUpright-v1": "mani_skill.examples.motionplanning.panda.solutions.lift_peg_upright:solve",
+    # the low-poly v2 task: the same physics (vla_forget.envs.lowpoly), so the same planner
+    "LiftPegUpright-v2": "mani_skill.examples.motionplanning.panda.solutions.lift_peg_upright:solve",
 }
 #: After a converted plan ends, hold the last gripper command (no motion) at most this many steps for success to settle.
 PLANNER_SETTLE_STEPS = 30
