@@ -64,8 +64,9 @@ not on the whole sequence (OpenVLA-7B's full logits are B x ~290 x 32064
 floats); checkpoints without these parts go through ``model(...)`` instead.
 
 Adaptation: LoRA through peft (:meth:`OpenVLAPolicy.enable_lora`, or the first
-:meth:`trainable_parameters` call): rank 32 on every linear layer (the LM head
-included, as peft 0.11.1 did for OpenVLA's own fine-tuning), alpha
+:meth:`trainable_parameters` call): rank 32 on the modules peft 0.11.1 adapts for
+OpenVLA's own fine-tuning (``target_modules="all-linear"``: every linear layer, the LM head
+included, and the vision towers' ``patch_embed.proj`` convolutions; :func:`all_linear_targets`), alpha
 min(rank, 16), Gaussian init (the adapted policy starts equal to the base), as
 OpenVLA's fine-tuning script. ``save(dir)``
 writes the adapter (peft's files plus a ``config.json`` naming the base and the
@@ -766,7 +767,7 @@ class OpenVLAPolicy(TokenPolicy):
     # --- LoRA -------------------------------------------------------------------
     def enable_lora(self, settings: Optional[LoRASettings] = None, *, rank: Optional[int] = None,
                     alpha: Optional[float] = None, dropout: Optional[float] = None) -> None:
-        """Wrap the model with peft LoRA adapters (default: rank 32 on every linear layer); idempotent.
+        """Wrap the model with peft LoRA adapters (default: rank 32 on :func:`all_linear_targets`); idempotent.
 
         ``rank``/``alpha``/``dropout`` override the policy's settings (``vla-forget adapt --lora-rank``);
         asking for other settings once LoRA is on is an error."""
