@@ -50,6 +50,9 @@ from typing import List, Optional
 from vla_forget.envs.base import TaskEnv, TaskInfo
 from vla_forget.registry import Registry, UnknownIdError
 
+#: the camera size (square, pixels) where nothing says otherwise: no policy declares an input size
+DEFAULT_IMAGE_SIZE = 128
+
 __all__ = ["TASKS", "EXPERT_KINDS", "TaskInfo", "TaskEnv", "task_info", "make_task_env", "task_unavailable_reason",
            "UnknownIdError"]
 
@@ -223,7 +226,7 @@ def make_task_env(
     task_id: str,
     *,
     num_envs: int = 1,
-    image_size: int = 128,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     render_images: bool = True,
     privileged: bool = False,
     sim_backend: str = "auto",

@@ -134,10 +134,7 @@ def load_policy(spec: str, *, device: Optional[str] = None, trust_remote_code: O
         # options after '#' on an id or a folder: prompt=STYLE for any policy; the OpenVLA options for its folders
         options = _spec_options(opts, spec)
         prompt = options.pop("prompt", None)
-        if options:
-            policy = load_policy(source, device=device, trust_remote_code=trust_remote_code, **options, **overrides)
-        else:
-            policy = load_policy(source, device=device, trust_remote_code=trust_remote_code, **overrides)
+        policy = load_policy(source, device=device, trust_remote_code=trust_remote_code, **options, **overrides)
         if prompt is not None:
             policy.set_prompt_style(prompt)
         return policy

@@ -44,8 +44,6 @@ from vla_forget.video import slug
 
 RESULTS_FORMAT = 1
 SHARE_RENDER_ENV_EPISODES = 4
-#: the camera size when no policy declares one (scripted and zero policies)
-DEFAULT_IMAGE_SIZE = 128
 
 
 class BenchError(RuntimeError):
@@ -343,6 +341,8 @@ def _resolve_image_size(plan: Plan) -> None:
             cfg.image_size = int(declared[0].input_image_size)
             plan.image_size_source = f"the input size of {declared[0].key}"
         else:
+            from vla_forget.envs import DEFAULT_IMAGE_SIZE
+
             cfg.image_size = DEFAULT_IMAGE_SIZE
             plan.image_size_source = "default (no policy declares an input size)"
         if cfg.image_size > 1024:

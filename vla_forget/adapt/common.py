@@ -42,9 +42,6 @@ import numpy as np
 from vla_forget.jsonio import append_jsonl, write_json
 from vla_forget.adapt import CHECKPOINTS_DIR, META, METHODS, checkpoint_name, list_checkpoints
 
-#: the camera size when the base declares none
-DEFAULT_IMAGE_SIZE = 128
-
 RUN_JSON = "run.json"
 LOG = "log.jsonl"
 EVENTS = "events.jsonl"
@@ -544,6 +541,7 @@ class Run:
     def __init__(self, cfg: AdaptConfig, *, resume: bool = False):
         import torch
 
+        from vla_forget.envs import DEFAULT_IMAGE_SIZE
         from vla_forget.policies import load_policy
 
         self.cfg = cfg = resolve(cfg)
