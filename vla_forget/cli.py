@@ -13,7 +13,7 @@ EPILOG_BENCH = """\
 examples:
   vla-forget bench --preset smoke --out runs/smoke
   vla-forget bench --preset default --out runs/default --resume
-  vla-forget bench --policy expert-v1 --policy runs/adapt/ckpt-000100 \\
+  vla-forget bench --policy expert-v1 --policy runs/adapt/ppo/checkpoints/update-000010 \\
       --base small-vla-random-v1 --battery tabletop-v1 --episodes 50 --out runs/mine
   vla-forget bench --policy ckpt/ --base base/ --battery my_battery.yaml --target none --out runs/x
   vla-forget bench --policy runs/ppo/checkpoints/update-000100 \\
