@@ -132,7 +132,7 @@ def load_policy(spec: str, *, device: Optional[str] = None, trust_remote_code: O
     source, sep, opts = spec.partition("#")
     if sep and not spec.startswith(OPENVLA_PREFIX):
         # options after '#' on an id or a folder: prompt=STYLE for any policy; the OpenVLA options for its folders
-        options = _spec_options(opts, spec)
+        options = parse_spec_options(opts, spec)
         prompt = options.pop("prompt", None)
         policy = load_policy(source, device=device, trust_remote_code=trust_remote_code, **options, **overrides)
         if prompt is not None:
@@ -175,14 +175,16 @@ def load_policy(spec: str, *, device: Optional[str] = None, trust_remote_code: O
     return policy
 
 
-def _spec_options(opts: str, spec: str) -> dict:
+def parse_spec_options(opts: str, spec: str, *, allowed=None, error=None,
+                       hint: str = "options are key=value after '#' (e.g. FOLDER#prompt=bare)") -> dict:
+    """The ``k=v,k=v`` options after ``#`` in a policy spec; ``error`` (default :class:`CheckpointError`) for an
+    item that is not ``key=value`` or whose key is not in ``allowed`` (None: any key)."""
     out = {}
     for item in filter(None, (o.strip() for o in opts.split(","))):
         key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise CheckpointError(f"bad option {item!r} in policy spec {spec!r}: options are key=value after '#' "
-                                  "(e.g. FOLDER#prompt=bare)")
-        out[key.strip()] = value.strip()
+        if not eq or not key or (allowed is not None and key not in allowed):
+            raise (error or CheckpointError)(f"bad option {item!r} in policy spec {spec!r}: {hint}")
+        out[key] = value
     return out
 
 

@@ -92,7 +92,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from vla_forget.policies import CheckpointError
+from vla_forget.policies import CheckpointError, parse_spec_options
 from vla_forget.policies.base import ACTION_DIM, N_BINS, Observation, TokenPolicy, pick_tokens
 from vla_forget.tokenizer import (
     STATS_FILENAME,
@@ -176,13 +176,9 @@ def parse_spec(spec: str) -> Tuple[str, Dict[str, str]]:
     """``openvla:SOURCE#k=v,k=v`` (prefix optional) -> (SOURCE, options)."""
     s = spec[len(SPEC_PREFIX):] if spec.startswith(SPEC_PREFIX) else spec
     source, _, opts = s.partition("#")
-    options: Dict[str, str] = {}
-    for item in filter(None, (o.strip() for o in opts.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or key not in SPEC_OPTIONS:
-            raise OpenVLAError(f"bad option {item!r} in policy spec {spec!r}: options are key=value with key in "
-                               f"{', '.join(SPEC_OPTIONS)} (e.g. openvla:openvla/openvla-7b#unnorm_key=bridge_orig)")
-        options[key] = value
+    options = parse_spec_options(opts, spec, allowed=SPEC_OPTIONS, error=OpenVLAError,
+                                 hint=f"options are key=value with key in {', '.join(SPEC_OPTIONS)} "
+                                      "(e.g. openvla:openvla/openvla-7b#unnorm_key=bridge_orig)")
     if not source:
         raise OpenVLAError(f"policy spec {spec!r} names no checkpoint: use openvla:FOLDER or openvla:HUB_ID")
     return source, options
