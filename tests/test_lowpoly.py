@@ -35,27 +35,30 @@ def _actions() -> np.ndarray:
 
 
 def _rollout(task_id: str):
+    """States (qpos, qvel, TCP pose, every actor's pose, the observed state) and images of the fixed pattern."""
     from vla_forget.envs import make_task_env
 
     env = make_task_env(task_id, image_size=128, wrist_camera=True, privileged=True)
     try:
         obs = env.reset([SEED])
         u = env.unwrapped
+        actors = sorted(u.scene.actors)
         states, images = [], [obs.image[0].numpy().copy()]
         for a in _actions():
             obs, *_ = env.step(torch.as_tensor(a)[None])
+            poses = [u.scene.actors[k].pose.raw_pose[0].numpy() for k in actors]
             states.append(np.concatenate([u.agent.robot.get_qpos()[0].numpy(), u.agent.robot.get_qvel()[0].numpy(),
-                                          u.agent.tcp.pose.raw_pose[0].numpy(), u.cube.pose.raw_pose[0].numpy(),
-                                          obs.state[0].numpy()]))
+                                          u.agent.tcp.pose.raw_pose[0].numpy(), *poses, obs.state[0].numpy()]))
             images.append(obs.image[0].numpy().copy())
-        return np.stack(states), np.stack(images), obs.instruction
+        return np.stack(states), np.stack(images), obs.instruction, actors
     finally:
         env.close()
 
 
-@pytest.fixture(scope="module")
-def rollouts():
-    return _rollout("PickCube-v1"), _rollout("PickCube-v2")
+#: PickCube (one cube, the plain table scene) and the target task (three cubes, three discs, drawn instructions)
+@pytest.fixture(scope="module", params=["PickCube", "PlaceCubeOnTarget"])
+def rollouts(request):
+    return _rollout(f"{request.param}-v1"), _rollout(f"{request.param}-v2")
 
 
 def test_v2_tasks_are_registered_beside_v1_with_the_same_facts():
@@ -71,15 +74,16 @@ def test_v2_tasks_are_registered_beside_v1_with_the_same_facts():
 
 
 def test_physics_is_bit_identical_to_v1(rollouts):
-    (s1, _, instr1), (s2, _, instr2) = rollouts
-    assert s1.shape == s2.shape == (STEPS, 9 + 9 + 7 + 7 + 16)
-    assert np.array_equal(s1, s2)  # qpos, qvel, TCP pose, cube pose, observed state: every step, bit for bit
+    (s1, _, instr1, actors1), (s2, _, instr2, actors2) = rollouts
+    assert actors1 == actors2 and len(actors1) >= 2  # the table, the ground and the task's objects
+    assert s1.shape == s2.shape == (STEPS, 9 + 9 + 7 + 7 * len(actors1) + 16)
+    assert np.array_equal(s1, s2)  # qpos, qvel, TCP pose, every actor's pose, observed state: every step, bit for bit
     assert instr1 == instr2
     assert np.abs(s1[-1, :9] - s1[0, :9]).max() > 0.1  # the arm did move
 
 
 def test_images_are_within_the_stated_bound(rollouts):
-    (_, i1, _), (_, i2, _) = rollouts
+    (_, i1, _, _), (_, i2, _, _) = rollouts
     assert i1.shape == i2.shape == (STEPS + 1, 128, 256, 3)
     front = np.abs(i1[:, :, :128].astype(int) - i2[:, :, :128].astype(int))
     wrist = np.abs(i1[:, :, 128:].astype(int) - i2[:, :, 128:].astype(int))

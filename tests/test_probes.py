@@ -45,3 +45,39 @@ def test_each_ending_falls_in_its_class(classify, end, max_z, success, expected)
     out = classify(START, end, np.array(max_z, dtype=float), DISCS, named=0, disc=0, success=success, half=HALF, tol=TOL)
     assert out["class"] == expected
     assert out["named_to_named_disc_m"] == pytest.approx(np.linalg.norm(end[0, :2] - DISCS[0, :2]), abs=1e-4)
+
+
+def _load_probe(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", "probes", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _bench_folder(path, outcomes):
+    import json
+
+    os.makedirs(path)
+    with open(os.path.join(path, "episodes.jsonl"), "w") as f:
+        for (policy, task, seed), ok in outcomes.items():
+            f.write(json.dumps({"policy": policy, "task": task, "seed": seed, "success_at_end": ok}) + "\n")
+
+
+def test_compare_versions_pairs_tasks_across_versions_by_seed(tmp_path):
+    mod = _load_probe("compare_versions")
+    seeds = range(40)
+    # PickCube: the same outcomes on both versions; PushCube: 30/40 on v1, 5/40 on v2 (worse); one seed only on v1
+    v1 = {("p", "PickCube-v1", s): s % 2 == 0 for s in seeds}
+    v1.update({("p", "PushCube-v1", s): s < 30 for s in seeds})
+    v1[("p", "PickCube-v1", 999)] = True
+    v2 = {("p", "PickCube-v2", s): s % 2 == 0 for s in seeds}
+    v2.update({("p", "PushCube-v2", s): s < 5 for s in seeds})
+    _bench_folder(tmp_path / "a", v1)
+    _bench_folder(tmp_path / "b", v2)
+    res = mod.compare(str(tmp_path / "a"), str(tmp_path / "b"))
+    rows = {r["task"]: r for r in res["rows"]}
+    assert rows["PickCube"]["n"] == 40 and rows["PickCube"]["diff"] == 0 and rows["PickCube"]["verdict"] == "same"
+    assert (rows["PushCube"]["first"], rows["PushCube"]["second"]) == (30, 5)
+    assert rows["PushCube"]["diff"] == pytest.approx(-25 / 40) and rows["PushCube"]["ci_high"] < 0
+    assert rows["PushCube"]["verdict"] == "worse" and res["holds"] == {"p": False}
+    assert "does NOT hold" in mod.markdown(res, ("v1", "v2"))
