@@ -24,7 +24,8 @@ from vla_forget.jsonio import write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = ["small_vla_latency.py", "divergence_speed.py", "harness_throughput.py", "demos_throughput.py", "pretrain_throughput.py",
-              "adapt_throughput.py", "openvla_divergence.py", "kl_states.py", "lowpoly_throughput.py"]
+              "adapt_throughput.py", "openvla_divergence.py", "kl_states.py", "lowpoly_throughput.py",
+              "step_breakdown.py"]
 #: the benchmarks that take --device, and the extra arguments of their GPU run
 GPU_BENCHMARKS = {"divergence_speed.py": ["--states", "2048", "--batch", "256"],
                   "pretrain_throughput.py": ["--threads", "1", "--steps", "60", "--batch-size", "64",
