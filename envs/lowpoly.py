@@ -165,8 +165,38 @@ def check_meshes(directory: Optional[str] = None, expected: Optional[str] = None
         raise LowPolyAssetsError(f"the low-poly Panda mesh set in {directory} hashes to {got[:12]}, not the recorded "
                                  f"{expected[:12]} ({os.path.join(directory, MANIFEST)} lists other files than "
                                  f"vla_forget.envs.lowpoly.MESH_SET_SHA256 was made from); {_fix(directory)}")
+    check_source(manifest)
     _CHECKED[directory] = expected
     return got
+
+
+def check_source(manifest: Dict[str, Any], src_dir: Optional[str] = None) -> None:
+    """Verify that the installed ManiSkill's Panda is the one the set was made from (each source file's hash in
+    the manifest). A v2 task is v1's task with v1's robot drawn from simplified copies of these files: if the
+    installed robot changed (another ManiSkill version), v1 would load the new robot and v2 the old copy, and
+    their physics and looks would no longer match."""
+    src = manifest.get("source") or {}
+    made_from = f"{src.get('package', 'mani-skill')}=={src.get('version', '?')}"
+    try:
+        src_dir = src_dir or source_dir()
+    except LowPolyAssetsError as e:
+        raise LowPolyAssetsError(f"the v2 tasks need ManiSkill's Panda to check their meshes against ({e}); "
+                                 f"install {made_from} (pip install -c constraints.txt -e .)") from None
+    bad: List[str] = []
+    for rel, want in (src.get("files") or {}).items():
+        path = os.path.join(src_dir, rel)
+        if not os.path.isfile(path):
+            bad.append(f"{rel} is missing")
+        elif _sha256(path) != want:
+            bad.append(f"{rel} differs")
+    if bad:
+        raise LowPolyAssetsError(
+            f"the low-poly Panda ({MESH_SET}) was made from {made_from}'s Panda, and the installed ManiSkill's "
+            f"({_version('mani-skill')}, {src_dir}) is another: {'; '.join(bad[:3])}"
+            f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}. The v2 tasks would no longer have v1's physics "
+            f"and looks on this version: install {made_from} (as constraints.txt pins it), or run the v1 tasks; "
+            f"a mesh set regenerated from this version (`{GENERATOR_CMD} --out DIR`) is a new mesh set and needs "
+            f"new task versions")
 
 
 def unavailable_reason(task_id: str) -> Optional[str]:

@@ -175,3 +175,19 @@ def test_a_changed_mesh_or_manifest_is_refused(broken):
     (broken / lowpoly.MANIFEST).unlink()
     with pytest.raises(lowpoly.LowPolyAssetsError, match="manifest.json not found"):
         lowpoly.check_meshes()
+
+
+def test_another_maniskill_panda_is_refused_with_what_to_install(tmp_path, monkeypatch):
+    """The v2 tasks copy the installed ManiSkill's Panda: a different one (another ManiSkill version) is refused."""
+    src = tmp_path / "panda"
+    shutil.copytree(lowpoly.source_dir(), src)
+    monkeypatch.setattr(lowpoly, "source_dir", lambda: str(src))
+    monkeypatch.setattr(lowpoly, "_CHECKED", {})
+    assert lowpoly.check_meshes() == lowpoly.MESH_SET_SHA256  # the same files: accepted
+    monkeypatch.setattr(lowpoly, "_CHECKED", {})
+    urdf = src / lowpoly.SOURCE_URDF
+    urdf.write_text(urdf.read_text().replace('effort="87"', 'effort="88"', 1))
+    with pytest.raises(lowpoly.LowPolyAssetsError, match=r"panda_v2\.urdf differs.*install mani-skill==3\.0\.1"):
+        lowpoly.check_meshes()
+    assert "panda_v2.urdf differs" in task_unavailable_reason("PickCube-v2")
+    assert task_unavailable_reason("PickCube-v1") is None
