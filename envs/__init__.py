@@ -233,6 +233,7 @@ def make_task_env(
     device: Optional[str] = None,
     max_episode_steps: Optional[int] = None,
     wrist_camera: bool = False,
+    dense_reward: bool = True,
 ) -> TaskEnv:
     """Make ``num_envs`` copies of a task (see :class:`vla_forget.envs.base.TaskEnv`).
 
@@ -241,7 +242,9 @@ def make_task_env(
     the simulator state the scripted expert reads. ``max_episode_steps``
     overrides the task's episode length. ``wrist_camera=True`` adds a camera on the
     robot's hand: images are then the front and wrist views side by side, ``[N, S, 2S, 3]``
-    (ManiSkill tasks only).
+    (ManiSkill tasks only). ``dense_reward=False`` skips the shaped reward a learner reads
+    (``info["dense_reward"]``, then absent) where the task computes it at every step: what an
+    evaluation needs is the success only (ManiSkill tasks; the others ignore it).
     """
     entry = TASKS.get(task_id)
     info = task_info(task_id)
@@ -262,6 +265,11 @@ def make_task_env(
         if not (isinstance(cls, type) and issubclass(cls, ManiSkillTaskEnv)):
             raise ValueError(f"task {task_id!r} has no wrist camera: it is offered on the ManiSkill tabletop tasks only")
         entry_kwargs["wrist_camera"] = True
+    if not dense_reward:
+        from vla_forget.envs.maniskill import ManiSkillTaskEnv
+
+        if isinstance(cls, type) and issubclass(cls, ManiSkillTaskEnv):
+            entry_kwargs["dense_reward"] = False
     return cls(
         info,
         num_envs=num_envs,

@@ -168,3 +168,28 @@ def test_the_maniskill_env_underneath_is_public_for_probes(env):
     u = env.unwrapped
     assert u.num_envs == 1 and hasattr(u, "agent") and hasattr(u, "scene")
     assert u.agent.tcp.pose.p.shape == (1, 3)
+
+
+@pytest.mark.parametrize("task_id", ["PickCube-v1", "PlaceCubeOnTarget-v2"])
+def test_an_evaluation_env_skips_the_shaped_reward_and_runs_the_same_episode(task_id):
+    """Benches build their envs with ``dense_reward=False``: no shaped reward is computed or reported, and the
+    episode (states, success) is the one a learner's env runs."""
+    import torch
+
+    from vla_forget.envs import make_task_env
+
+    envs = [make_task_env(task_id, render_images=False, privileged=True, dense_reward=d) for d in (True, False)]
+    try:
+        obs = [e.reset([5]) for e in envs]
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            a = torch.rand(1, 7, generator=gen) * 2 - 1
+            out = [e.step(a) for e in envs]
+            assert torch.equal(out[0][0].state, out[1][0].state)
+            assert torch.equal(out[0][4]["is_success"], out[1][4]["is_success"])
+            assert torch.equal(out[0][1], out[1][1])  # the reward: success
+        assert "dense_reward" in out[0][4] and "dense_reward" not in out[1][4]
+        assert envs[1].unwrapped.reward_mode == "sparse"
+    finally:
+        for e in envs:
+            e.close()

@@ -110,16 +110,16 @@ def _get_policy(spec: str, device: str):
 
 
 def _get_env(task: str, *, image_size: int, render: bool, num_envs: int, max_steps: Optional[int], sim_backend: str, device: str,
-             wrist_camera: bool = False):
+             wrist_camera: bool = False, dense_reward: bool = True):
     wrist_camera = bool(wrist_camera and render)
-    key = (task, image_size, render, num_envs, max_steps, sim_backend, wrist_camera)
+    key = (task, image_size, render, num_envs, max_steps, sim_backend, wrist_camera, dense_reward)
     if key not in _ENVS:
         from vla_forget.envs import make_task_env
 
         while len(_ENVS) >= _MAX_ENVS:
             _ENVS.pop(next(iter(_ENVS))).close()
         kwargs: Dict[str, Any] = dict(num_envs=num_envs, image_size=image_size, render_images=render, privileged=True,
-                                      sim_backend=sim_backend, wrist_camera=wrist_camera)
+                                      sim_backend=sim_backend, wrist_camera=wrist_camera, dense_reward=dense_reward)
         if max_steps is not None:
             kwargs["max_episode_steps"] = max_steps
         _ENVS[key] = make_task_env(task, **kwargs)
@@ -203,7 +203,7 @@ def run_job(job: EpisodeJob) -> List[Dict[str, Any]]:
     wrist = job.wrist_camera if job.wrist_camera is not None else bool(getattr(policy, "wrist_camera", False))
     env = _get_env(job.task, image_size=job.image_size, render=render, num_envs=job.num_envs,
                    max_steps=job.max_episode_steps, sim_backend=job.sim_backend, device=job.device,
-                   wrist_camera=wrist)
+                   wrist_camera=wrist, dense_reward=False)  # an evaluation reads the success only
     return run_episodes(env, policy, job)
 
 
