@@ -88,7 +88,6 @@ the first state-only one (~5 s).
 from __future__ import annotations
 
 import importlib
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -412,27 +411,3 @@ class ManiSkillTaskEnv(TaskEnv):
             privileged["tcp_pose"] = self._u.agent.tcp.pose.raw_pose
             privileged["task_kind"] = torch.full((self.num_envs,), self._kind, dtype=torch.long, device=self._u.device)
         return Observation(image=image, state=self._proprio(), instruction=list(self._instructions), privileged=privileged)
-
-
-def _bench(task_id: str = "PickCube-v1", steps: int = 50) -> None:  # pragma: no cover - manual measurement
-    from vla_forget.envs import make_task_env
-
-    for size in (None, 64, 128, 224):
-        t0 = time.perf_counter()
-        env = make_task_env(task_id, image_size=size or 64, render_images=size is not None)
-        t1 = time.perf_counter()
-        env.reset([0])
-        a = torch.zeros(1, 7)
-        t2 = time.perf_counter()
-        for _ in range(steps):
-            env.step(a)
-        t3 = time.perf_counter()
-        env.close()
-        print(f"{task_id} image={size}: create {t1 - t0:.1f} s, {steps / (t3 - t2):.1f} steps/s", flush=True)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    if "--bench" in sys.argv:
-        _bench()
