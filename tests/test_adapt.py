@@ -576,3 +576,21 @@ def test_rollouts_render_at_the_bases_own_size_unless_told(fake, base_dir, capsy
     load_method("ppo")(config(fake, base_dir, "ppo", out="told", updates=1, image_size=48))
     assert json.load(open(fake / "told" / "run.json"))["config"]["image_size"] == 48
     assert f"takes {TINY['image_size']} px images but the rollouts render at --image-size 48" in capsys.readouterr().err
+
+
+def test_cli_resume_takes_the_options_not_given_from_the_run(fake, base_dir, monkeypatch, capsys):
+    """`adapt --out OUT --resume` continues with the run's own settings, even after a default changed (as the
+    default battery did when the low-poly suite became the default); an option given that differs is refused."""
+    out = str(fake / "cli-resume")
+    common_args = ["adapt", "--method", "ppo", "--base", base_dir, "--out", out, "--workers", "0", "--no-progress"]
+    assert main(common_args + ["--task", TARGET, "--updates", "1", "--save-every", "1", "--episodes-per-update", "2",
+                               "--max-episode-steps", "4", "--minibatch-size", "4", "--lr", "1e-3"]) == 0
+    monkeypatch.setattr(AdaptConfig.__dataclass_fields__["battery"], "default", "tabletop-v2")
+    monkeypatch.setattr(AdaptConfig.__dataclass_fields__["lr"], "default", 5e-5)
+    assert main(common_args + ["--resume", "--updates", "2"]) == 0
+    run = json.load(open(os.path.join(out, "run.json")))
+    assert run["config"]["battery"] == "tabletop-v1" and run["config"]["lr"] == 1e-3 and run["task"] == TARGET
+    assert [checkpoint_update(c) for c in list_checkpoints(out)] == [0, 1, 2]
+    capsys.readouterr()
+    assert main(common_args + ["--resume", "--updates", "3", "--lr", "0.5"]) == 2
+    assert "lr: 0.001 -> 0.5" in capsys.readouterr().err

@@ -448,11 +448,11 @@ def _adapt_parser(sub) -> None:
 
 def cmd_adapt(args) -> int:
     from vla_forget.adapt import load_method
-    from vla_forget.adapt.common import AdaptError, Diverged, config_from_args
+    from vla_forget.adapt.common import AdaptError, Diverged, config_from_args, saved_run_config
 
     apply_trust_remote_code(args)
-    cfg = config_from_args(args)
     try:
+        cfg = config_from_args(args, saved_run_config(args.out) if args.resume else None)
         s = load_method(cfg.method)(cfg, resume=args.resume)
     except Diverged as e:
         print(f"vla-forget adapt: {e}", file=sys.stderr)

@@ -264,7 +264,10 @@ def field_docs(cls=AdaptConfig) -> Dict[str, str]:
 
 
 def add_config_arguments(parser) -> None:
-    """One option per AdaptConfig field (``--kl-coef`` for ``kl_coef``), help from the field docs."""
+    """One option per AdaptConfig field (``--kl-coef`` for ``kl_coef``), help from the field docs.
+
+    Every option but the required ones parses to None when it is not given, so that :func:`config_from_args`
+    can tell a given option from a default: a resumed run takes the options not given from its run.json."""
     import argparse
 
     docs = field_docs()
@@ -277,11 +280,11 @@ def add_config_arguments(parser) -> None:
         if f.name == "method":
             parser.add_argument(flag, required=True, choices=list(METHODS), help=doc)
         elif f.name == "reward":
-            parser.add_argument(flag, choices=REWARDS, default=default, help=f"{doc} (default: {default})")
+            parser.add_argument(flag, choices=REWARDS, default=None, help=f"{doc} (default: {default})")
         elif f.name in required:
             parser.add_argument(flag, required=True, help=doc)
         elif kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{doc} (default: {'on' if default else 'off'})")
         elif kind.startswith("List"):
             parser.add_argument(flag, action="append", default=None, metavar="PATH", help=f"{doc} (repeatable)")
@@ -291,11 +294,34 @@ def add_config_arguments(parser) -> None:
                 shown = " (default: per method, " + ", ".join(f"{m} {d[f.name]}" for m, d in METHOD_DEFAULTS.items()) + ")"
             else:
                 shown = "" if default is None else f" (default: {default})"
-            parser.add_argument(flag, type=typ, default=default, help=doc + shown)
+            parser.add_argument(flag, type=typ, default=None, help=doc + shown)
 
 
-def config_from_args(args) -> AdaptConfig:
-    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(AdaptConfig)}
+def saved_run_config(out: str) -> Optional[Dict[str, Any]]:
+    """The configuration an adaptation run in ``out`` was started with (its run.json), or None without one."""
+    path = os.path.join(out, RUN_JSON)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return dict(json.load(f)["config"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AdaptError(f"--resume: cannot read {path} ({e}); pass every option of the run again, or choose "
+                         "another --out") from None
+
+
+def config_from_args(args, saved: Optional[Dict[str, Any]] = None) -> AdaptConfig:
+    """The config of parsed ``vla-forget adapt`` arguments: an option not given takes the run's saved value
+    (``saved``: the run.json config of the run being resumed) or else the field's default. So ``adapt --resume``
+    continues a run with its own settings, whatever the defaults of the installed version."""
+    kw: Dict[str, Any] = {}
+    for f in dataclasses.fields(AdaptConfig):
+        v = getattr(args, f.name, None)
+        if v is None and saved is not None and f.name in saved:
+            v = saved[f.name]
+        if v is None and f.default is not dataclasses.MISSING:
+            v = f.default
+        kw[f.name] = v
     kw["data"] = list(kw["data"] or [])
     return AdaptConfig(**kw)
 
