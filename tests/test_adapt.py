@@ -465,8 +465,8 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(fake, base_dir, monkeypatc
 
 def test_battery_task_is_refused(tmp_path, base_dir, capsys):
     cfg = AdaptConfig(method="ppo", base=base_dir, out=str(tmp_path / "r"), task="PickCube-v1", progress=False)
-    with pytest.raises(AdaptError, match="is in the battery tabletop-v1.*--allow-battery-task"):
-        load_method("ppo")(cfg)
+    with pytest.raises(AdaptError, match=r"PickCube-v1 \(as PickCube-v2\) is in the battery tabletop-v2.*--allow-battery-task"):
+        load_method("ppo")(cfg)  # the default battery is v2: the same task at another version is refused
     assert not os.path.exists(cfg.out)
     rc = main(["adapt", "--method", "sft", "--base", base_dir, "--task", "StackCube-v1", "--out", cfg.out, "--data", "x"])
     assert rc == 2 and "meaningless" in capsys.readouterr().err
@@ -475,7 +475,11 @@ def test_battery_task_is_refused(tmp_path, base_dir, capsys):
                                                   allow_battery_task=True))
     assert task == "PickCube-v1" and "MEANINGLESS" in capsys.readouterr().err
     task, target = common.resolve_task(AdaptConfig(method="ppo", base=base_dir, out="-"))
+    assert task == "PlaceCubeOnTarget-v2" and target.full_id == "place-cube-on-target-v2"
+    task, target = common.resolve_task(AdaptConfig(method="ppo", base=base_dir, out="-", battery="tabletop-v1"))
     assert task == "PlaceCubeOnTarget-v1" and target.full_id == "place-cube-on-target-v1"
+    with pytest.raises(AdaptError, match="StackCube-v2 is in the battery tabletop-v2"):
+        common.resolve_task(AdaptConfig(method="ppo", base=base_dir, out="-", task="StackCube-v2"))
 
 
 def test_demonstrations_of_another_task_are_refused(fake, base_dir):
@@ -585,11 +589,12 @@ def test_cli_resume_takes_the_options_not_given_from_the_run(fake, base_dir, mon
     common_args = ["adapt", "--method", "ppo", "--base", base_dir, "--out", out, "--workers", "0", "--no-progress"]
     assert main(common_args + ["--task", TARGET, "--updates", "1", "--save-every", "1", "--episodes-per-update", "2",
                                "--max-episode-steps", "4", "--minibatch-size", "4", "--lr", "1e-3"]) == 0
-    monkeypatch.setattr(AdaptConfig.__dataclass_fields__["battery"], "default", "tabletop-v2")
+    battery = AdaptConfig.battery
+    monkeypatch.setattr(AdaptConfig.__dataclass_fields__["battery"], "default", "some-other-battery-v9")
     monkeypatch.setattr(AdaptConfig.__dataclass_fields__["lr"], "default", 5e-5)
     assert main(common_args + ["--resume", "--updates", "2"]) == 0
     run = json.load(open(os.path.join(out, "run.json")))
-    assert run["config"]["battery"] == "tabletop-v1" and run["config"]["lr"] == 1e-3 and run["task"] == TARGET
+    assert run["config"]["battery"] == battery and run["config"]["lr"] == 1e-3 and run["task"] == TARGET
     assert [checkpoint_update(c) for c in list_checkpoints(out)] == [0, 1, 2]
     capsys.readouterr()
     assert main(common_args + ["--resume", "--updates", "3", "--lr", "0.5"]) == 2

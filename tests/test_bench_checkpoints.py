@@ -234,6 +234,26 @@ def test_cli_takes_base_and_target_from_the_runs(world, capsys):
     assert len(res["policies"]) == 3  # no preset policies added
 
 
+def test_cli_takes_the_battery_from_the_runs_when_not_given(world, capsys):
+    """Runs adapted against a battery (run.json's config) are benched on it, not on the installed default."""
+    tmp, battery, target, base, sweep, counts = world
+    for name in ("ppo_lr1e-4_b8_s0", "sft_lr1e-4_b8_s0"):
+        path = os.path.join(sweep, "runs", name, "run.json")
+        run = json.load(open(path))
+        run["config"]["battery"] = battery
+        json.dump(run, open(path, "w"))
+    out = str(tmp / "cli-battery")
+    rc = main(["bench", "--checkpoints", sweep, "--checkpoint-stride", "2", "--workers", "0", "--episodes", "1",
+               "--target-episodes", "1", "--image-size", "16", "--videos-per-task", "0", "--kl-states-per-task", "2",
+               "--kl-samples-per-state", "1", "--no-progress", "--out", out])
+    assert rc == 0, capsys.readouterr().err
+    assert json.load(open(os.path.join(out, "results.json")))["battery"]["id"] == "fake-v1"
+    run["config"]["battery"] = "tabletop-v2"  # one run against another battery: said, not guessed
+    json.dump(run, open(path, "w"))
+    assert main(["bench", "--checkpoints", sweep, "--workers", "0", "--no-progress", "--out", str(tmp / "x")]) == 2
+    assert "do not share one battery" in capsys.readouterr().err
+
+
 def test_across_seeds_groups_runs_that_differ_only_in_their_seed():
     def row(run, method, update, lr, seed, target, policy=None):
         return ({"run": run, "method": method, "update": update, "hparams": {"lr": lr, "seed": seed, "epochs": 2}},

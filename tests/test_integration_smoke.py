@@ -25,14 +25,15 @@ def smoke_run(tmp_path_factory):
 def test_smoke_results(smoke_run):
     out, proc = smoke_run
     res = json.loads((out / "results.json").read_text())
-    assert res["battery"]["id"] == "tabletop-v1"
+    assert res["battery"]["id"] == "tabletop-v2"  # the default: the low-poly suite
+    assert set(res["visual_assets"]) == set(res["battery"]["tasks"] + [res["target"]["task"]])
     tasks = res["battery"]["tasks"] + [res["target"]["task"]]
     for pol in ("expert-v1", "small-vla-random-v1"):
         assert set(res["success"][pol]) == set(tasks)
         assert all(v["n"] == 2 for v in res["success"][pol].values())
     # the scripted expert really succeeds in simulation, and success is detected
     exp = res["success"]["expert-v1"]
-    assert sum(v["successes"] for t, v in exp.items() if t in ("PickCube-v1", "StackCube-v1", "PlaceCubeOnTarget-v1")) >= 5
+    assert sum(v["successes"] for t, v in exp.items() if t in ("PickCube-v2", "StackCube-v2", "PlaceCubeOnTarget-v2")) >= 5
     assert res["forgetting"]["expert-v1"] < 0  # the expert is far better than a random base
     assert res["kl_to_base"]["expert-v1"] is None
     lines = (out / "episodes.jsonl").read_text().splitlines()

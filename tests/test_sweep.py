@@ -252,7 +252,8 @@ def test_cli_sweep_exit_status(tmp_path, monkeypatch, capsys):
     assert main(["sweep", "no-such-sweep-v1", "--out", out]) == 2
 
 
-@pytest.mark.parametrize("sweep", ["smoke-v1", "forgetting-v1", "forgetting-v2"])
+@pytest.mark.parametrize("sweep", ["smoke-v1", "smoke-v2", "forgetting-v1", "forgetting-v2", "forgetting-v3",
+                                   "forgetting-cpu-v4"])
 def test_shipped_sweep_commands_parse_as_adapt_commands(sweep):
     from vla_forget.adapt.common import config_from_args
     from vla_forget.cli import build_parser

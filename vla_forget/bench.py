@@ -60,7 +60,7 @@ class BenchConfig:
     """the base policy: forgetting, gain and divergences are relative to it"""
     out: str
     """run folder"""
-    battery: str = "tabletop-v1"
+    battery: str = "tabletop-v2"
     """battery id or YAML path"""
     target: Optional[str] = None
     """target spec id, YAML path or task id; None: the battery's default; 'none': no target"""

@@ -142,14 +142,17 @@ def find_checkpoints(folder: str, stride: Optional[int] = None) -> List[Checkpoi
 
 
 def common_field(folders: List[str], name: str) -> Optional[str]:
-    """The value of run.json's ``name`` ("base", "task") shared by every run in ``folders``; None if absent.
+    """The value of run.json's ``name`` ("base", "task", or a field of its config such as "battery") shared by
+    every run in ``folders``; None if absent.
 
     Raises :class:`CheckpointDiscoveryError` when the runs disagree.
     """
     values = {}
     for folder in folders:
         for r in find_runs(folder):
-            v = getattr(r, name)
+            v = getattr(r, name, None)
+            if v is None:
+                v = r.config.get(name)
             if v is not None:
                 values.setdefault(v, r.path)
     if len(values) > 1:

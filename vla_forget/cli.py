@@ -14,7 +14,7 @@ examples:
   vla-forget bench --preset smoke --out runs/smoke
   vla-forget bench --preset default --out runs/default --resume
   vla-forget bench --policy expert-v1 --policy runs/adapt/ppo/checkpoints/update-000010 \\
-      --base small-vla-random-v1 --battery tabletop-v1 --episodes 50 --out runs/mine
+      --base small-vla-random-v1 --battery tabletop-v2 --episodes 50 --out runs/mine
   vla-forget bench --policy ckpt/ --base base/ --battery my_battery.yaml --target none --out runs/x
   vla-forget bench --policy runs/ppo/checkpoints/update-000100 \\
       --base "openvla:openvla/openvla-7b#unnorm_key=fractal20220817_data" --trust-remote-code \\
@@ -75,7 +75,7 @@ def _bench_parser(sub) -> None:
                    help="with --checkpoints: every K-th checkpoint of each run (from update 0), plus its last")
     p.add_argument("--base", help="base policy id or checkpoint folder (reference for forgetting, gain, divergence; "
                                   "with --checkpoints: default the runs' base)")
-    p.add_argument("--battery", help="battery id or YAML path (default tabletop-v1)")
+    p.add_argument("--battery", help="battery id or YAML path (default tabletop-v2; tabletop-v1: the same tasks at v1)")
     p.add_argument("--target", help="target spec id, YAML path or task id; 'none' for no target (default: the battery's)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT, redoing nothing that finished")
@@ -174,6 +174,8 @@ def cmd_bench(args) -> int:
         try:
             base = args.base or common_field(checkpoints, "base")
             target = args.target or common_field(checkpoints, "task")
+            # the battery the runs were adapted against (their target is outside it, in its version)
+            args.battery = args.battery or common_field(checkpoints, "battery")
         except CheckpointDiscoveryError as e:
             print(f"vla-forget bench: {e}", file=sys.stderr)
             return 2
@@ -190,7 +192,7 @@ def cmd_bench(args) -> int:
     if workers is None:  # CPU: one env per process; GPU simulation: all envs in this process
         workers = 0 if num_envs > 1 else min(8, os.cpu_count() or 1)
     cfg = BenchConfig(
-        policies=list(policies), base=base, out=args.out, battery=pick("battery", "tabletop-v1"),
+        policies=list(policies), base=base, out=args.out, battery=pick("battery", "tabletop-v2"),
         target=pick("target"), episodes=pick("episodes"), target_episodes=pick("target_episodes"),
         workers=int(workers), num_envs=num_envs, device=pick("device", "cpu"),
         image_size=None if pick("image_size") is None else int(pick("image_size")),
@@ -211,11 +213,11 @@ def cmd_bench(args) -> int:
 
 EPILOG_DEMOS = """\
 examples:
-  vla-forget demos --task PickCube-v1 --episodes 200 --out data/pick_cube --workers 2
-  vla-forget demos --task PullCube-v1 --episodes 2 --out data/pull_small --image-size 64
-  vla-forget demos --task PickCube-v1 --episodes 200 --out data/pick_cube --resume
-  vla-forget demos --task PickCube-v1 --episodes 150 --out data/pick_cube_wrist --wrist-camera --workers 2
-  vla-forget demos --task PlaceCubeOnTarget-v1 --episodes 540 --all-instructions --out data/target_pairs --wrist-camera --workers 2
+  vla-forget demos --task PickCube-v2 --episodes 200 --out data/pick_cube --workers 2
+  vla-forget demos --task PullCube-v2 --episodes 2 --out data/pull_small --image-size 64
+  vla-forget demos --task PickCube-v2 --episodes 200 --out data/pick_cube --resume
+  vla-forget demos --task PickCube-v2 --episodes 150 --out data/pick_cube_wrist --wrist-camera --workers 2
+  vla-forget demos --task PlaceCubeOnTarget-v2 --episodes 540 --all-instructions --out data/target_pairs --wrist-camera --workers 2
 
 Seeds SEED_START, SEED_START+1, ... are tried until EPISODES of them succeed;
 failed episodes are dropped and the kept fraction is reported. Training seeds
@@ -415,11 +417,11 @@ def cmd_sweep(args) -> int:
 
 EPILOG_ADAPT = """\
 examples:
-  vla-forget adapt --method ppo --base small-vla-base-v5 --task place-cube-on-target-v1 --out runs/adapt/ppo
+  vla-forget adapt --method ppo --base small-vla-base-v5 --task place-cube-on-target-v2 --out runs/adapt/ppo
   vla-forget adapt --method ppo --base small-vla-base-v5 --out runs/adapt/ppo --resume
   vla-forget adapt --method grpo --base small-vla-base-v5 --group-size 4 --episodes-per-update 16 --out runs/adapt/grpo
   vla-forget adapt --method reinforce --base small-vla-base-v5 --kl-coef 0.1 --out runs/adapt/reinforce-kl
-  vla-forget adapt --method sft --base small-vla-base-v5 --data data/place-cube-on-target --out runs/adapt/sft
+  vla-forget adapt --method sft --base small-vla-base-v5 --data data/place-cube-on-target-v2 --out runs/adapt/sft
   vla-forget adapt --method sft --base small-vla-base-v5 --data data/pairs --transport-fraction 0.4 --lr 3e-4 --out runs/adapt/sft-tr
   vla-forget adapt --method iterative-sft --base small-vla-base-v5 --out runs/adapt/iterative-sft
   vla-forget adapt --method rl-trace-sft --base small-vla-base-v5 --traces runs/adapt/ppo --out runs/adapt/trace-sft
@@ -428,7 +430,7 @@ examples:
 Methods: ppo, reinforce, grpo (on-policy RL in the simulator), sft (demonstrations
 from `vla-forget demos`), iterative-sft (SFT on the policy's own successes, re-rolled
 every round), rl-trace-sft (SFT on the successful rollouts an RL run kept).
-The target (default: the battery's, place-cube-on-target-v1) must not be a battery
+The target (default: the battery's, place-cube-on-target-v2) must not be a battery
 task. OUT/checkpoints/update-NNNNNN/ are policy folders (update-000000 is the base)
 for `vla-forget bench --policy` or `bench --checkpoints OUT`; OUT/log.jsonl has one
 line per update. Ctrl-C keeps every checkpoint; --resume continues exactly. A NaN
@@ -601,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vla-forget",
         description="Measure what a vision-language-action policy gains and forgets when it is adapted.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  vla-forget ls\n  vla-forget validate benchmarks/batteries/tabletop-v1.yaml\n"
+        epilog="examples:\n  vla-forget ls\n  vla-forget validate benchmarks/batteries/tabletop-v2.yaml\n"
                "  vla-forget bench --preset smoke --out runs/smoke\n\n`vla-forget COMMAND --help` shows each command's options.",
     )
     parser.add_argument("--version", action="version", version=f"vla-forget {__version__}")
@@ -610,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ls", help="list tasks, batteries, targets, policies and presets")
     p.add_argument("what", nargs="?", choices=["tasks", "batteries", "policies", "presets", "sweeps"])
     p = sub.add_parser("validate", help="check battery or target specs and say exactly what is wrong",
-                       epilog="example: vla-forget validate tabletop-v1 my_battery.yaml")
+                       epilog="example: vla-forget validate tabletop-v2 my_battery.yaml")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="spec id or YAML path")
     _demos_parser(sub)
     _pretrain_parser(sub)

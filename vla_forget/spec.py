@@ -382,7 +382,7 @@ def validate(ref: str) -> str:
         raise UnknownIdError(f"{ref!r} is neither a spec file nor a registered id. {known[0].upper()}{known[1:]}")
     if kind == "preset":
         p = load_preset(ref)
-        return f"OK preset {ref}: battery {p.get('battery', 'tabletop-v1')}, policies {', '.join(p.get('policies', []))}"
+        return f"OK preset {ref}: battery {p.get('battery', 'tabletop-v2')}, policies {', '.join(p.get('policies', []))}"
     if kind == "sweep":
         from vla_forget.sweep import expand, load_sweep
 

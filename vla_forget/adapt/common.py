@@ -82,8 +82,8 @@ class AdaptConfig:
     out: str
     """run folder"""
     task: Optional[str] = None
-    """target: a target spec id (place-cube-on-target-v1), its YAML file or a task id (default: the battery's target)"""
-    battery: str = "tabletop-v1"
+    """target: a target spec id (place-cube-on-target-v2), its YAML file or a task id (default: the battery's target)"""
+    battery: str = "tabletop-v2"
     """held-out battery (id or YAML); a target task inside it is refused"""
     allow_battery_task: bool = False
     """adapt on a task of the battery anyway (its forgetting is then meaningless)"""
@@ -374,17 +374,28 @@ def resolve_task(cfg: AdaptConfig):
         raise AdaptError(f"--task: battery {battery.full_id} names no default target; give --task")
     target = load_target(ref)
     task = target.task.task
-    if task in battery.task_ids:
+    # the same task at another version (PickCube-v1 against a battery of PickCube-v2) is the same skill
+    same = [t for t in battery.task_ids if _unversioned(t) == _unversioned(task)]
+    if same:
+        if same != [task]:
+            task_desc = f"{task} (as {same[0]})"
+        else:
+            task_desc = task
         if not cfg.allow_battery_task:
             raise AdaptError(
-                f"target task {task} is in the battery {battery.full_id}: adapting on it makes its forgetting "
+                f"target task {task_desc} is in the battery {battery.full_id}: adapting on it makes its forgetting "
                 f"meaningless. Choose a task outside the battery (its target is {battery.target}), or pass "
                 "--allow-battery-task if you know why")
-        msg = (f"\n{'!' * 78}\n!! --allow-battery-task: {task} is in the battery {battery.full_id}; forgetting and "
+        msg = (f"\n{'!' * 78}\n!! --allow-battery-task: {task_desc} is in the battery {battery.full_id}; forgetting and "
                f"gain\n!! measured on {battery.full_id} after this adaptation are MEANINGLESS for {task}.\n{'!' * 78}")
         print(msg, file=sys.stderr)
         warnings.warn(f"adapting on battery task {task}: forgetting on {battery.full_id} is meaningless", stacklevel=2)
     return task, target
+
+
+def _unversioned(task_id: str) -> str:
+    """``PickCube-v2`` -> ``PickCube``: the task whatever its version."""
+    return re.sub(r"-v\d+$", "", task_id)
 
 
 # --------------------------------------------------------------------------
