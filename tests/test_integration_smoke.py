@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # two benches of the real CLI on the real simulator: minutes
+
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
