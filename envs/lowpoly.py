@@ -39,6 +39,8 @@ import struct
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
+from vla_forget.errors import VlaForgetError
+
 #: The mesh set's name and the SHA-256 of its files (see :func:`mesh_set_hash`).
 MESH_SET = "panda-lowpoly-v1"
 MESH_SET_SHA256 = "480b1aa6c4761926003f8e93c766b28dbd8ca1a8bf127431eadad1c68fd74a88"
@@ -74,7 +76,7 @@ V2_TASKS = ("PickCube", "PushCube", "PullCube", "StackCube", "PlaceSphere", "Lif
             "PlaceCubeOnTarget")
 
 
-class LowPolyAssetsError(RuntimeError):
+class LowPolyAssetsError(VlaForgetError, RuntimeError):
     """The low-poly mesh set is missing or differs from the recorded one."""
 
 

@@ -74,6 +74,7 @@ import numpy as np
 
 from vla_forget.envs.base import TaskEnv, TaskInfo
 from vla_forget.envs.simpler_tasks import BRIDGE_CONTROL_MODE, SIMPLER_TASKS, episode_config
+from vla_forget.errors import VlaForgetError
 
 STATE_DIM = 16
 GOOGLE_STICKY_REPEAT = 15
@@ -88,7 +89,7 @@ INSTALL_SIMPLER = (
 )
 
 
-class TaskUnavailableError(RuntimeError):
+class TaskUnavailableError(VlaForgetError, RuntimeError):
     """A registered task whose simulator or assets are not installed here; the message says what to do."""
 
 

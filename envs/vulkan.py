@@ -14,6 +14,8 @@ import subprocess
 import sys
 from typing import Optional
 
+from vla_forget.errors import VlaForgetError
+
 SKIP_ENV = "VLA_FORGET_SKIP_VULKAN_CHECK"
 
 _PROBE = r"""
@@ -36,7 +38,7 @@ ManiSkill3 (SAPIEN) needs a Vulkan device, even without cameras.
 Set {skip}=1 to skip this check."""
 
 
-class VulkanUnavailableError(RuntimeError):
+class VulkanUnavailableError(VlaForgetError, RuntimeError):
     """No Vulkan device SAPIEN can use; the message says how to install one."""
 
 
@@ -73,7 +75,7 @@ def check_vulkan(timeout: float = 60.0) -> str:
 PHYSX_URL = "https://github.com/sapien-sim/physx-precompiled/releases/download/{version}/linux-so.zip"
 
 
-class PhysxGpuUnavailableError(RuntimeError):
+class PhysxGpuUnavailableError(VlaForgetError, RuntimeError):
     """GPU physics was asked for, but SAPIEN's PhysX GPU library is missing and could not be fetched."""
 
 

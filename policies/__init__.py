@@ -18,6 +18,7 @@ import os
 from typing import Any, Optional
 
 from vla_forget.registry import Registry, UnknownIdError
+from vla_forget.errors import VlaForgetError
 
 POLICIES = Registry("policy")
 #: the scripted experts registered below (vla_forget.policies.expert): the default demonstrator and DAgger labeller first
@@ -108,7 +109,7 @@ REMOTE_CODE_CLASSES = ("OpenVLA",)
 OPENVLA_PREFIX = "openvla:"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(VlaForgetError, ValueError):
     """A checkpoint folder that cannot be loaded (missing files, wrong format or shape)."""
 
 

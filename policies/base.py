@@ -26,6 +26,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from vla_forget.errors import VlaForgetError
+
 ACTION_DIM = 7
 N_BINS = 256
 
@@ -89,7 +91,7 @@ def views_for(policy: Any, obs: Observation) -> Observation:
                        privileged=dict(obs.privileged))
 
 
-class PromptStyleError(ValueError):
+class PromptStyleError(VlaForgetError, ValueError):
     """A prompt style (``--prompt``) that the policy cannot take."""
 
 

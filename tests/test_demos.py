@@ -146,4 +146,4 @@ def test_cli_help_has_examples():
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert "vla-forget demos --task PickCube-v1" in sub.choices["demos"].format_help()
+    assert "vla-forget demos --task PickCube-v2" in sub.choices["demos"].format_help()

@@ -41,12 +41,13 @@ from vla_forget.jsonio import write_json
 from vla_forget.rollout import EpisodeJob
 from vla_forget.spec import DEFAULT_DECODING, Battery, Decoding, Target, load_battery, load_target
 from vla_forget.video import slug
+from vla_forget.errors import VlaForgetError
 
 RESULTS_FORMAT = 1
 SHARE_RENDER_ENV_EPISODES = 4
 
 
-class BenchError(RuntimeError):
+class BenchError(VlaForgetError, RuntimeError):
     """A bench run that cannot start or continue; the message says what to do."""
 
 

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from vla_forget.jsonio import read_json_object
+from vla_forget.errors import VlaForgetError
 
 
-class CheckpointDiscoveryError(ValueError):
+class CheckpointDiscoveryError(VlaForgetError, ValueError):
     """A folder that holds no adaptation run or sweep, or no finished checkpoint."""
 
 

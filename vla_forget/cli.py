@@ -638,36 +638,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    from vla_forget.bench import BenchError
-    from vla_forget.registry import UnknownIdError
-    from vla_forget.spec import SpecError
+    from vla_forget.errors import VlaForgetError
 
-    from vla_forget.checkpoints import CheckpointDiscoveryError
-    from vla_forget.sweep import SweepError
-
-    expected = [BenchError, UnknownIdError, SpecError, FileNotFoundError, SweepError, CheckpointDiscoveryError]
-    try:
-        from vla_forget.envs.vulkan import VulkanUnavailableError
-        from vla_forget.policies import CheckpointError
-        from vla_forget.tokenizer import StatisticsError
-
-        expected += [VulkanUnavailableError, CheckpointError, StatisticsError]
-        from vla_forget.datasets import DatasetError
-        from vla_forget.demos import DemoError
-
-        expected += [DatasetError, DemoError]
-        from vla_forget.pretrain import PretrainError
-
-        expected += [PretrainError]
-        from vla_forget.envs.simpler import TaskUnavailableError
-        from vla_forget.sim_assets import AssetError
-
-        expected += [TaskUnavailableError, AssetError]
-    except ImportError:  # pragma: no cover
-        pass
     try:
         return COMMANDS[args.command](args)
-    except tuple(expected) as e:
+    except (VlaForgetError, FileNotFoundError) as e:  # bad input or environment: said in one line
         print(f"vla-forget {args.command}: error: {e}", file=sys.stderr)
         return 2
 

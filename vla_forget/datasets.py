@@ -59,6 +59,7 @@ from vla_forget.tokenizer import (
     load_dataset_statistics,
     select_statistics,
 )
+from vla_forget.errors import VlaForgetError
 
 MANIFEST = "dataset.json"
 FORMAT = "vla-forget-rlds"
@@ -84,7 +85,7 @@ __all__ = [
 ]
 
 
-class DatasetError(ValueError):
+class DatasetError(VlaForgetError, ValueError):
     """A dataset that cannot be read or written as asked; the message names the file."""
 
 

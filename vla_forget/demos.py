@@ -59,7 +59,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from vla_forget.jsonio import append_jsonl, write_json
 from vla_forget.policies import SCRIPTED_EXPERTS
+from vla_forget.errors import VlaForgetError
 
 TRAIN_SEED_LIMIT = 100_000
 MOTION_PLANNING = "maniskill-motionplanning"
@@ -78,7 +80,7 @@ CONFIG = "config.json"
 VOLATILE = ("episodes", "out", "workers", "seed_start", "max_attempts", "progress", "name")
 
 
-class DemoError(RuntimeError):
+class DemoError(VlaForgetError, RuntimeError):
     """A demonstration run that cannot start or continue; the message says what to do."""
 
 
@@ -387,8 +389,7 @@ def _check_config(raw_dir: str, cfg: DemoConfig, source: str, resume: bool) -> N
                             f"or use another --out")
         return
     os.makedirs(raw_dir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(want, f, indent=1)
+    write_json(path, want)
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -440,8 +441,7 @@ def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
     ran: List[Dict[str, Any]] = []
 
     def finish(r: Dict[str, Any]) -> None:
-        with open(log_path, "a") as f:
-            f.write(json.dumps(r) + "\n")
+        append_jsonl(log_path, r)
         attempts[_key(r)] = r
         ran.append(r)
         if r["success"] and bar.n < bar.total:

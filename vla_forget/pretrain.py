@@ -60,7 +60,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from vla_forget.jsonio import append_jsonl, write_json
 from vla_forget.policies import SCRIPTED_EXPERTS
+from vla_forget.errors import VlaForgetError
 
 CKPT_PREFIX = "ckpt-"
 TRAIN_STATE_PT = "train_state.pt"
@@ -74,7 +76,7 @@ VOLATILE = ("steps", "out", "progress", "device", "threads", "save_every", "eval
             "dagger_workers", "keep_checkpoints", "dagger_rounds", "dagger_episodes", "dagger_tasks")
 
 
-class PretrainError(RuntimeError):
+class PretrainError(VlaForgetError, RuntimeError):
     """A pretraining run that cannot start or continue; the message says what to do."""
 
 
@@ -500,8 +502,7 @@ def save_checkpoint(path: str, model, opt, step: int, rng: np.random.Generator, 
     model.save(tmp)
     torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()}, os.path.join(tmp, TRAIN_STATE_PT))
     state = {"step": int(step), "numpy_rng": rng.bit_generator.state, **extra}
-    with open(os.path.join(tmp, TRAIN_STATE_JSON), "w") as f:
-        json.dump(state, f, indent=1)
+    write_json(os.path.join(tmp, TRAIN_STATE_JSON), state)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 
@@ -619,8 +620,7 @@ def _check_config(cfg: PretrainConfig, resume: bool) -> None:
         if diff:
             raise PretrainError(f"{cfg.out} was trained with other settings ({'; '.join(diff)}); use another --out")
     os.makedirs(cfg.out, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(want, f, indent=1)
+    write_json(path, want)
 
 
 def _state_statistics(datasets: Sequence[Any], train_episodes: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
@@ -661,8 +661,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
     metrics_path = os.path.join(cfg.out, METRICS)
 
     def log(rec: Dict[str, Any]) -> None:
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_jsonl(metrics_path, rec)
 
     # --- data: the mixture, its pooled statistics, an episode split ---------
     specs = [parse_data_spec(s) for s in cfg.data]

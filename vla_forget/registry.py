@@ -12,10 +12,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Optional
 
+from vla_forget.errors import VlaForgetError
+
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*-v\d+$")
 
 
-class UnknownIdError(KeyError):
+class UnknownIdError(VlaForgetError, KeyError):
     """An id that is not registered; the message lists the valid ones."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable

@@ -34,12 +34,14 @@ import tempfile
 import zipfile
 from typing import Dict, List, Optional, Tuple
 
+from vla_forget.errors import VlaForgetError
+
 GROUPS = ("bridge", "widowx", "simpler")
 MANISKILL_IDS = {"bridge": "bridge_v2_real2sim", "widowx": "widowx250s"}
 SIMPLER_REPO = "https://github.com/simpler-env/ManiSkill2_real2sim"
 
 
-class AssetError(RuntimeError):
+class AssetError(VlaForgetError, RuntimeError):
     """Assets that cannot be staged; the message says what to do."""
 
 

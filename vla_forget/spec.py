@@ -43,9 +43,10 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from vla_forget.registry import UnknownIdError
+from vla_forget.errors import VlaForgetError
 
 
-class SpecError(ValueError):
+class SpecError(VlaForgetError, ValueError):
     """A spec that does not validate; ``errors`` lists every problem with its location."""
 
     def __init__(self, source: str, errors: List[str]):

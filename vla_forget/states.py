@@ -36,6 +36,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from vla_forget.errors import VlaForgetError
+
 SPREAD = "spread-v1"
 STRIDE = "stride-v0"
 RULES = (SPREAD, STRIDE)
@@ -47,7 +49,7 @@ LEGACY_RULE = STRIDE
 N_PHASES = 4
 
 
-class StateRuleError(ValueError):
+class StateRuleError(VlaForgetError, ValueError):
     """An unknown rule or impossible counts."""
 
 

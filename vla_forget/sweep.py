@@ -60,6 +60,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from vla_forget.jsonio import write_json
 from vla_forget.spec import SpecError, _check_id_version, _check_keys, _int, _read
+from vla_forget.errors import VlaForgetError
 
 SWEEP_FORMAT = 1
 SWEEP_KEYS = {"id", "version", "description", "base", "task", "updates", "save_every", "grid", "options",
@@ -82,7 +83,7 @@ ADAPT_PROGRAM = (sys.executable, "-m", "vla_forget.cli")
 STATUSES = ("pending", "running", "done", "failed", "interrupted")
 
 
-class SweepError(RuntimeError):
+class SweepError(VlaForgetError, RuntimeError):
     """A sweep that cannot start or continue; the message says what to do."""
 
 

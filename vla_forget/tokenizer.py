@@ -27,6 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from vla_forget.errors import VlaForgetError
+
 N_BINS = 256
 ACTION_DIM = 7
 ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
@@ -35,7 +37,7 @@ STATS_FILENAME = "dataset_statistics.json"
 ArrayLike = Union[np.ndarray, Sequence[float]]
 
 
-class StatisticsError(ValueError):
+class StatisticsError(VlaForgetError, ValueError):
     """Dataset statistics that are missing, malformed or of the wrong shape."""
 
 

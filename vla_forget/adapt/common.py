@@ -41,6 +41,7 @@ import numpy as np
 
 from vla_forget.jsonio import append_jsonl, write_json
 from vla_forget.adapt import CHECKPOINTS_DIR, META, METHODS, checkpoint_name, list_checkpoints
+from vla_forget.errors import VlaForgetError
 
 RUN_JSON = "run.json"
 LOG = "log.jsonl"
@@ -52,7 +53,7 @@ TRAIN_SEED_LIMIT = 100_000
 REWARDS = ("success", "dense")
 
 
-class AdaptError(RuntimeError):
+class AdaptError(VlaForgetError, RuntimeError):
     """An adaptation run that cannot start or continue; the message says what to do."""
 
 
