@@ -61,30 +61,9 @@ POLICIES.register(
     seed=0,
 )
 POLICIES.register(
-    "small-vla-base-v2",
-    "vla_forget.policies:load_asset",
-    description="the small VLA behaviour-cloned on the tabletop-v1 tasks, front camera only (assets/small-vla-base-v2; "
-    "see its MODEL_CARD.md); the initialisation of small-vla-base-v3",
-    name="small-vla-base-v2",
-)
-POLICIES.register(
-    "small-vla-base-v3",
-    "vla_forget.policies:load_asset",
-    description="the small VLA with front and wrist cameras, behaviour-cloned on the tabletop-v1 tasks (assets/small-vla-base-v3; "
-    "see its MODEL_CARD.md); the initialisation of small-vla-base-v4",
-    name="small-vla-base-v3",
-)
-POLICIES.register(
-    "small-vla-base-v4",
-    "vla_forget.policies:load_asset",
-    description="small-vla-base-v3 trained further on expert-v2 demonstrations of the cube tasks, front and wrist cameras "
-    "(assets/small-vla-base-v4; see its MODEL_CARD.md); the initialisation of small-vla-base-v5",
-    name="small-vla-base-v4",
-)
-POLICIES.register(
     "small-vla-base-v5",
     "vla_forget.policies:load_asset",
-    description="small-vla-base-v4 trained further on expert-v2 demonstrations of every battery task and the target, "
+    description="the small VLA trained by behaviour cloning and DAgger on expert-v2 demonstrations of every battery task and the target, "
     "with eight full-length DAgger rounds, front and wrist cameras (assets/small-vla-base-v5; see its MODEL_CARD.md); "
     "the default base",
     name="small-vla-base-v5",

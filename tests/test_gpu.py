@@ -85,15 +85,15 @@ def test_small_vla_bench_runs_batched_on_gpu(tmp_path):
     battery.write_text(f"id: gpu-smoke\nversion: 1\nepisodes: {N_ENVS}\nseed_start: 100000\nmax_episode_steps: 20\n"
                        "tasks:\n  - task: PickCube-v1\n  - task: PushCube-v1\n")
     out = str(tmp_path / "bench")
-    rc = main(["bench", "--policy", "small-vla-base-v4", "--base", "small-vla-random-v1", "--battery", str(battery),
+    rc = main(["bench", "--policy", "small-vla-base-v5", "--base", "small-vla-random-v1", "--battery", str(battery),
                "--episodes", str(N_ENVS), "--target", "none", "--num-envs", str(N_ENVS), "--device", "cuda",
                "--workers", "0", "--kl-states-per-task", "32", "--videos-per-task", "1", "--no-progress", "--out", out])
     assert rc == 0
     res = json.load(open(os.path.join(out, "results.json")))
-    for policy in ("small-vla-base-v4", "small-vla-random-v1"):
+    for policy in ("small-vla-base-v5", "small-vla-random-v1"):
         for task in ("PickCube-v1", "PushCube-v1"):
             assert res["success"][policy][task]["n"] == N_ENVS
-    kl = res["kl_to_base"]["small-vla-base-v4"]
+    kl = res["kl_to_base"]["small-vla-base-v5"]
     assert kl["n_states"] > 0 and kl["forward"] >= 0
     episodes = [json.loads(line) for line in open(os.path.join(out, "episodes.jsonl"))]
     assert len(episodes) == 4 * N_ENVS and len({(e["policy"], e["task"], e["seed"]) for e in episodes}) == 4 * N_ENVS

@@ -62,12 +62,12 @@ def quiet(*_):
 
 
 def test_shipped_sweeps_validate():
-    assert {"forgetting-v1", "forgetting-v2", "forgetting-cpu-v1", "forgetting-cpu-v2", "forgetting-cpu-v3", "smoke-v1"} <= set(available("sweeps"))
-    assert load_sweep("forgetting-v1").base == "small-vla-base-v4"
+    assert {"forgetting-v2", "forgetting-v3", "forgetting-cpu-v1", "forgetting-cpu-v2", "forgetting-cpu-v3", "forgetting-cpu-v4",
+            "smoke-v2"} <= set(available("sweeps"))
     spec = load_sweep("forgetting-v2")
     assert set(spec.methods) == {"ppo", "sft", "iterative-sft"} and spec.base == "small-vla-base-v5"
     assert len(expand(spec)) == len(spec.methods) * len(spec.lrs) * len(spec.batch_sizes) * len(spec.seeds) >= 12
-    assert validate("smoke-v1").startswith("OK sweep smoke-v1: 2 runs")
+    assert validate("smoke-v2").startswith("OK sweep smoke-v2: 2 runs")
     cpu2_spec = load_sweep("forgetting-cpu-v2")
     cpu2 = {run.method: run for run in expand(cpu2_spec)}
     assert cpu2_spec.base == "small-vla-base-v6" and set(cpu2) == {"ppo", "sft", "iterative-sft"}
@@ -252,7 +252,7 @@ def test_cli_sweep_exit_status(tmp_path, monkeypatch, capsys):
     assert main(["sweep", "no-such-sweep-v1", "--out", out]) == 2
 
 
-@pytest.mark.parametrize("sweep", ["smoke-v1", "smoke-v2", "forgetting-v1", "forgetting-v2", "forgetting-v3",
+@pytest.mark.parametrize("sweep", ["smoke-v2", "forgetting-v2", "forgetting-v3",
                                    "forgetting-cpu-v4"])
 def test_shipped_sweep_commands_parse_as_adapt_commands(sweep):
     from vla_forget.adapt.common import config_from_args

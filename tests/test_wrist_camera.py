@@ -183,8 +183,7 @@ def test_shipped_bases_load_each_with_its_cameras_and_card():
 
     from vla_forget.policies import load_policy
 
-    for pid, wrist in (("small-vla-base-v2", False), ("small-vla-base-v3", True), ("small-vla-base-v4", True),
-                       ("small-vla-base-v5", True), ("small-vla-base-v6", True)):
+    for pid, wrist in (("small-vla-base-v5", True), ("small-vla-base-v6", True)):
         folder = files("vla_forget.assets").joinpath(pid)
         size = sum(f.stat().st_size for f in folder.iterdir())
         assert size < 20e6 and folder.joinpath("MODEL_CARD.md").is_file(), pid

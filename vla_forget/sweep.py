@@ -285,7 +285,7 @@ def parse_sweep(data: Dict[str, Any], source: str = "<sweep>") -> SweepSpec:
 
 
 def load_sweep(ref: str) -> SweepSpec:
-    """A sweep spec by registered id (``forgetting-v1``) or path to a YAML file."""
+    """A sweep spec by registered id (``forgetting-v3``) or path to a YAML file."""
     data, path = _read("sweeps", ref)
     spec = parse_sweep(data, path)
     if not os.path.exists(ref) and spec.full_id != ref:

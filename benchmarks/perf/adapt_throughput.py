@@ -1,7 +1,7 @@
 """Adaptation throughput: env steps per second during PPO against plain bench rollouts, and SFT samples per second.
 
 Measured side by side in one run (these machines are noisy), with the shipped
-base policy (small-vla-base-v4) on the adaptation target PlaceCubeOnTarget-v1:
+base policy (small-vla-base-v5, the configuration of the archived v4 its figures were first measured with) on the adaptation target PlaceCubeOnTarget-v1:
 
 1. *bench rollouts*: the bench executor (:func:`vla_forget.bench.execute`, the
    path of ``vla-forget bench``) runs ``updates x episodes`` episodes of the
@@ -36,7 +36,7 @@ import numpy as np
 from vla_forget.jsonio import write_json
 
 TASK = "PlaceCubeOnTarget-v1"
-BASE = "small-vla-base-v4"
+BASE = "small-vla-base-v5"
 
 
 def bench_rollouts(workers: int, episodes: int, steps: int, image_size: int) -> dict:
