@@ -125,3 +125,36 @@ def test_n_policies_cost_one_base_pass_and_cache_is_reused(fake_world, monkeypat
     assert counts["logits"] == 2  # one teacher-forced pass per (policy, state set), batch fits in one
     kl = res["policies"][str(tmp / "other")]["target"]
     assert kl["forward"] > 0 and kl["n_states"] > 0
+
+
+def test_analyze_rebuilds_a_finished_bench_without_rolling_out(fake_world, capsys):
+    from vla_forget.cli import main
+
+    tmp, battery, target, calls = fake_world
+    full = run_bench(config(tmp, battery, target, out="an"), log=lambda *_: None)
+    results = tmp / "an" / "results.json"
+    results.unlink()
+    (tmp / "an" / "report.md").unlink()
+    calls["episodes"] = 0
+    assert main(["analyze", str(tmp / "an")]) == 0, capsys.readouterr().err
+    assert calls["episodes"] == 0  # nothing rolled out
+    rebuilt = json.loads(results.read_text())
+    assert strip_volatile(rebuilt) == strip_volatile(json.loads(json.dumps(full)))
+    assert (tmp / "an" / "report.md").exists()
+
+
+def test_analyze_refuses_an_unfinished_bench_and_changes_nothing(fake_world, capsys):
+    from vla_forget.cli import main
+
+    tmp, battery, target, calls = fake_world
+    calls["interrupt_after"] = 5
+    with pytest.raises(BenchError, match="interrupted"):
+        run_bench(config(tmp, battery, target, out="half"), log=lambda *_: None)
+    before = sorted(os.listdir(tmp / "half"))
+    calls["interrupt_after"] = None
+    assert main(["analyze", str(tmp / "half")]) == 2
+    err = capsys.readouterr().err
+    assert "is not finished: 23 episodes to run" in err and f"vla-forget bench --out {tmp / 'half'} --resume" in err
+    assert calls["episodes"] == 5 and sorted(os.listdir(tmp / "half")) == before
+    assert main(["analyze", str(tmp / "nothing-here")]) == 2
+    assert "holds no bench" in capsys.readouterr().err

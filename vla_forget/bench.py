@@ -962,7 +962,10 @@ def _policy_row(p: str, at_end, battery_mean, forgetting, gain, kl, target_task)
 # --------------------------------------------------------------------------
 # entry point
 
-def run_bench(config: BenchConfig, *, resume: bool = False, log=print) -> Dict[str, Any]:
+def run_bench(config: BenchConfig, *, resume: bool = False, analyze_only: bool = False, log=print) -> Dict[str, Any]:
+    """Run (or continue, with ``resume``) a bench and write its results. ``analyze_only``: roll nothing out;
+    rebuild the results, report and plots of a finished bench from its episodes and recorded states, and
+    refuse (before writing anything) a bench that still has episodes to run or states to record."""
     from vla_forget.report import write_report
 
     out = config.out
@@ -979,6 +982,12 @@ def run_bench(config: BenchConfig, *, resume: bool = False, log=print) -> Dict[s
                              f"{r.get('policy_hash')} -> {hashes[r['policy']]}); use a new --out")
     jobs = plan_jobs(plan, out, done)
     n_states_only = sum(len(j.seeds) for j in jobs if not j.record)
+    if analyze_only and jobs:
+        n_run = sum(len(j.seeds) for j in jobs) - n_states_only
+        raise BenchError(f"{out} is not finished: {n_run} episodes to run"
+                         f"{f' and {n_states_only} to re-run for their states' if n_states_only else ''} under these "
+                         f"settings; nothing was changed. Continue it with `vla-forget bench --out {out} --resume` "
+                         f"(with the same divergence options), then analyze it")
     if changed:
         log(f"bench: --resume with settings that change only the divergences ({'; '.join(changed)}): the states are "
             f"recorded again where they differ ({n_states_only} finished episodes re-run for their states only; "

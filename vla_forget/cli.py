@@ -205,10 +205,51 @@ def cmd_bench(args) -> int:
         seed=int(pick("seed", 0)), progress=not args.no_progress, checkpoints=checkpoints,
         checkpoint_stride=args.checkpoint_stride,
     )
-    run_bench(cfg, resume=args.resume)
+    run_bench(cfg, resume=args.resume, analyze_only=getattr(args, "analyze_only", False))
     print(open(os.path.join(args.out, "report.md")).read())
     print(f"results: {os.path.join(args.out, 'results.json')}")
     return 0
+
+
+EPILOG_ANALYZE = """\
+examples:
+  vla-forget analyze runs/default
+  vla-forget analyze runs/bench-forgetting --kl-states both
+
+Rebuilds results.json, report.md and the plots of a finished bench from its
+episodes.jsonl and recorded states, with the settings in its config.json:
+nothing is rolled out. Divergences come from the cache where they were
+computed before. The divergence options (--kl-states-per-task,
+--kl-samples-per-state, --kl-states, --seed) may change only what the
+recorded states allow; a bench that still has episodes to run, or states to
+record, is refused with the command that continues it.
+"""
+
+
+def _analyze_parser(sub) -> None:
+    p = sub.add_parser("analyze", help="rebuild a finished bench's results, report and plots without rolling out",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_ANALYZE)
+    p.add_argument("out", metavar="OUT", help="the bench's run folder")
+    p.add_argument("--kl-states-per-task", type=int, help="as in bench (default: the run's)")
+    p.add_argument("--kl-samples-per-state", type=int, help="as in bench (default: the run's)")
+    p.add_argument("--kl-states", choices=["base", "policy", "both"], help="as in bench (default: the run's)")
+    p.add_argument("--seed", type=int, help="seed of the divergence prefix sampling (default: the run's)")
+    p.add_argument("--device", help="policy device for the divergences (default: the run's)")
+    p.add_argument("--trust-remote-code", action="store_true", help="as in bench")
+
+
+def cmd_analyze(args) -> int:
+    if not os.path.isfile(os.path.join(args.out, "config.json")):
+        print(f"vla-forget analyze: {args.out} holds no bench (no config.json); run `vla-forget bench --out "
+              f"{args.out}` first", file=sys.stderr)
+        return 2
+    bench_args = build_parser().parse_args(["bench", "--out", args.out, "--resume", "--no-progress", "--workers", "0"])
+    for name in ("kl_states_per_task", "kl_samples_per_state", "kl_states", "seed", "device"):
+        if getattr(args, name) is not None:
+            setattr(bench_args, name, getattr(args, name))
+    bench_args.trust_remote_code = args.trust_remote_code
+    bench_args.analyze_only = True
+    return cmd_bench(bench_args)
 
 
 EPILOG_DEMOS = """\
@@ -618,6 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pretrain_parser(sub)
     _sweep_parser(sub)
     _adapt_parser(sub)
+    _analyze_parser(sub)
     sub.add_parser("doctor", help="print versions and check that a Vulkan device works for the simulator "
                    "(and SimplerEnv's interpreter, where it is installed)")
     _assets_parser(sub)
@@ -630,6 +672,7 @@ COMMANDS["pretrain"] = cmd_pretrain
 COMMANDS["assets"] = cmd_assets
 COMMANDS["sweep"] = cmd_sweep
 COMMANDS["adapt"] = cmd_adapt
+COMMANDS["analyze"] = cmd_analyze
 
 
 def main(argv: Optional[List[str]] = None) -> int:
