@@ -110,15 +110,15 @@ def _get_policy(spec: str, device: str):
 
 
 def _get_env(task: str, *, image_size: int, render: bool, num_envs: int, max_steps: Optional[int], sim_backend: str, device: str,
-             wrist_camera: bool = False, dense_reward: bool = True):
+             wrist_camera: bool = False, dense_reward: bool = True, privileged: bool = True):
     wrist_camera = bool(wrist_camera and render)
-    key = (task, image_size, render, num_envs, max_steps, sim_backend, wrist_camera, dense_reward)
+    key = (task, image_size, render, num_envs, max_steps, sim_backend, wrist_camera, dense_reward, privileged)
     if key not in _ENVS:
         from vla_forget.envs import make_task_env
 
         while len(_ENVS) >= _MAX_ENVS:
             _ENVS.pop(next(iter(_ENVS))).close()
-        kwargs: Dict[str, Any] = dict(num_envs=num_envs, image_size=image_size, render_images=render, privileged=True,
+        kwargs: Dict[str, Any] = dict(num_envs=num_envs, image_size=image_size, render_images=render, privileged=privileged,
                                       sim_backend=sim_backend, wrist_camera=wrist_camera, dense_reward=dense_reward)
         if max_steps is not None:
             kwargs["max_episode_steps"] = max_steps
@@ -203,7 +203,10 @@ def run_job(job: EpisodeJob) -> List[Dict[str, Any]]:
     wrist = job.wrist_camera if job.wrist_camera is not None else bool(getattr(policy, "wrist_camera", False))
     env = _get_env(job.task, image_size=job.image_size, render=render, num_envs=job.num_envs,
                    max_steps=job.max_episode_steps, sim_backend=job.sim_backend, device=job.device,
-                   wrist_camera=wrist, dense_reward=False)  # an evaluation reads the success only
+                   wrist_camera=wrist, dense_reward=False,  # an evaluation reads the success only
+                   # the simulator state only scripted experts read (~0.8 ms a step); an env shared by every
+                   # policy of a task (job.render) keeps it for them
+                   privileged=bool(getattr(policy, "needs_privileged", False) or job.render))
     return run_episodes(env, policy, job)
 
 

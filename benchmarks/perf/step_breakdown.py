@@ -1,7 +1,7 @@
 """Where a bench episode's time goes, v1 against v2 tasks, in one process: the rest of the step.
 
 For each task version, one env as the bench's workers build it (front + wrist cameras at the base's 128 px, CPU
-physics, privileged state, no shaped reward) and the small VLA the default preset benches; per control step:
+physics, no privileged state or shaped reward) and the small VLA the default preset benches; per control step:
 
 - ``policy``: the policy's views and ``act`` (encode, seven decoding steps, de-tokenisation);
 - ``env step``: ``TaskEnv.step`` with images (physics, the camera frames, the wrapper's observation);
@@ -67,13 +67,13 @@ def main() -> None:
         task = f"{args.task}-{v}"
         t0 = time.perf_counter()
         envs[v] = make_task_env(task, image_size=args.image_size, render_images=True, wrist_camera=wrist,
-                                privileged=True, dense_reward=False)
+                                privileged=False, dense_reward=False)
         once[f"make_env_{v}_s"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
         envs[v].reset([0])
         once[f"first_reset_{v}_s"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
-        bare[v] = make_task_env(task, render_images=False, privileged=True, dense_reward=False)
+        bare[v] = make_task_env(task, render_images=False, privileged=False, dense_reward=False)
         once[f"make_env_{v}_no_cameras_s"] = round(time.perf_counter() - t0, 2)
     gen = torch.Generator().manual_seed(0)
     times = {v: {"policy": [], "env step": [], "physics only": []} for v in envs}
