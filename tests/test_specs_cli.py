@@ -24,6 +24,7 @@ def write(tmp_path, text):
 
 def test_battery_errors_say_exactly_what_is_wrong(tmp_path):
     path = write(tmp_path, """
+kind: battery
 id: mine
 episodes: -3
 tasks:
@@ -58,9 +59,18 @@ def test_unknown_ids_list_the_valid_ones():
 def test_cli_validate_and_ls(tmp_path, capsys):
     assert main(["validate", "tabletop-v1", "place-cube-on-target-v1"]) == 0
     assert "OK battery tabletop-v1" in capsys.readouterr().out
-    bad = write(tmp_path, "id: x\nversion: 1\ntasks: []\n")
+    bad = write(tmp_path, "kind: battery\nid: x\nversion: 1\ntasks: []\n")
     assert main(["validate", bad]) == 1
     assert "tasks: must be a non-empty list" in capsys.readouterr().err
+    # a file names its kind: none is guessed from the keys
+    unnamed = write(tmp_path, "id: x\nversion: 1\nepisodes: 2\ntasks: [PickCube-v2]\n")
+    assert main(["validate", unnamed]) == 1
+    assert "kind: missing; name the spec's kind on its first line: `kind: battery | target | sweep | preset`" in \
+        capsys.readouterr().err
+    load_battery(unnamed)  # where the kind is known, a file without it still loads
+    # a spec of one kind given where another is expected
+    with pytest.raises(SpecError, match="kind: 'battery': this is not a target spec"):
+        load_target(write(tmp_path, "kind: battery\nid: x\nversion: 1\nepisodes: 2\ntasks: [PickCube-v2]\n"))
     assert main(["ls"]) == 0
     out = capsys.readouterr().out
     for word in ("PickCube-v1", "tabletop-v1", "expert-v1", "small-vla-random-v1", "smoke"):

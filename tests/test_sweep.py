@@ -24,6 +24,7 @@ from vla_forget.sweep import (
 FAKE_ADAPT = os.path.join(os.path.dirname(__file__), "fake_adapt.py")
 
 SPEC = """
+kind: sweep
 id: tiny
 version: 1
 base: small-vla-random-v1
@@ -79,6 +80,7 @@ def test_shipped_sweeps_validate():
 
 def test_sweep_errors_say_exactly_what_is_wrong(tmp_path):
     path = write(tmp_path, """
+kind: sweep
 id: bad
 base: no-such-policy-v9
 task: NoSuchTask-v1

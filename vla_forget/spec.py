@@ -3,6 +3,7 @@
 A **battery** (``benchmarks/batteries/NAME-vN.yaml``) is a versioned list of
 held-out tasks with episode counts and seeds::
 
+    kind: battery           # every spec names its kind: battery, target, sweep or preset
     id: tabletop            # the registered id is "{id}-v{version}"
     version: 1
     description: ...
@@ -20,6 +21,7 @@ held-out tasks with episode counts and seeds::
 
 A **target** spec (``benchmarks/targets/NAME-vN.yaml``) names the adaptation task::
 
+    kind: target
     id: place-cube-on-target
     version: 1
     task: PlaceCubeOnTarget-v1
@@ -28,7 +30,9 @@ A **target** spec (``benchmarks/targets/NAME-vN.yaml``) names the adaptation tas
     train_seed_start: 0
     decoding: greedy        # optional, as in a battery
 
-A task, its seeds, its success test or its decoding changing means a new version.
+A task, its seeds, its success test or its decoding changing means a new version. ``vla-forget validate FILE``
+reads the kind a file names (:data:`KINDS`); the loaders (``load_battery``, ...) also take a file without one,
+and refuse a file that names another kind.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -190,7 +194,23 @@ def _read(kind: str, ref: str) -> tuple[Dict[str, Any], str]:
         raise SpecError(path, [f"not valid YAML: {e}"]) from None
     if not isinstance(data, dict):
         raise SpecError(path, ["expected a mapping at the top level"])
+    want = KIND_OF_FOLDER[kind]
+    if "kind" in data and data["kind"] != want:
+        raise SpecError(path, [f"kind: {data['kind']!r}: this is not a {want} spec; give it where a {data['kind']} is "
+                               f"expected (`vla-forget validate {ref}` says what it is)"])
     return data, path
+
+
+#: Each spec kind: the folder of its registered YAMLs, and the function that validates one and sums it up in a line
+#: (``module:function``, imported when used: the sweep's loader needs the adaptation config). Every YAML names its
+#: kind on its first line (``kind: battery``); loaders also take files without it, where the kind is known.
+KINDS: Dict[str, Tuple[str, str]] = {
+    "battery": ("batteries", "vla_forget.spec:_summary_battery"),
+    "target": ("targets", "vla_forget.spec:_summary_target"),
+    "sweep": ("sweeps", "vla_forget.sweep:summary"),
+    "preset": ("presets", "vla_forget.spec:_summary_preset"),
+}
+KIND_OF_FOLDER = {folder: kind for kind, (folder, _) in KINDS.items()}
 
 
 # --------------------------------------------------------------------------
@@ -251,9 +271,9 @@ def _check_id_version(d: Dict[str, Any], errors: List[str]) -> tuple[str, int]:
     return id_, version
 
 
-BATTERY_KEYS = {"id", "version", "description", "episodes", "seed_start", "target", "tasks", "max_episode_steps", "decoding"}
+BATTERY_KEYS = {"kind", "id", "version", "description", "episodes", "seed_start", "target", "tasks", "max_episode_steps", "decoding"}
 TASK_KEYS = {"task", "episodes", "seeds", "seed_start", "max_episode_steps"}
-TARGET_KEYS = {"id", "version", "description", "task", "episodes", "seeds", "seed_start", "train_seed_start", "max_episode_steps",
+TARGET_KEYS = {"kind", "id", "version", "description", "task", "episodes", "seeds", "seed_start", "train_seed_start", "max_episode_steps",
                "decoding"}
 
 
@@ -345,7 +365,7 @@ def load_target(ref: str) -> Target:
     return t
 
 
-PRESET_KEYS = {"description", "battery", "target", "policies", "base", "episodes", "target_episodes", "workers",
+PRESET_KEYS = {"kind", "description", "battery", "target", "policies", "base", "episodes", "target_episodes", "workers",
                "image_size", "videos_per_task", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_states",
                "greedy", "temperature", "prompt"}
 
@@ -359,10 +379,29 @@ def load_preset(ref: str) -> Dict[str, Any]:
     return data
 
 
+def _summary_battery(ref: str) -> str:
+    b = load_battery(ref)
+    n = sum(t.episodes for t in b.tasks)
+    return f"OK battery {b.full_id}: {len(b.tasks)} tasks, {n} episodes, target {b.target or '-'}"
+
+
+def _summary_target(ref: str) -> str:
+    t = load_target(ref)
+    return f"OK target {t.full_id}: task {t.task.task}, {t.task.episodes} evaluation episodes"
+
+
+def _summary_preset(ref: str) -> str:
+    p = load_preset(ref)
+    return f"OK preset {ref}: battery {p.get('battery', 'tabletop-v2')}, policies {', '.join(p.get('policies', []))}"
+
+
 def validate(ref: str) -> str:
-    """Validate a battery, target, sweep or preset spec file or id; returns a one-line summary or raises SpecError."""
-    kinds = (("battery", "batteries"), ("target", "targets"), ("sweep", "sweeps"), ("preset", "presets"))
-    ids = {kind: available(folder) for kind, folder in kinds}
+    """Validate a battery, target, sweep or preset spec file or id; returns a one-line summary or raises SpecError.
+
+    A file says its kind (``kind: battery``); a registered id is looked up in each kind's folder."""
+    import importlib
+
+    ids = {kind: available(folder) for kind, (folder, _) in KINDS.items()}
     registered = next((kind for kind, known in ids.items() if ref in known), None)
     if os.path.isfile(ref):
         with open(ref) as f:
@@ -372,26 +411,16 @@ def validate(ref: str) -> str:
                 raise SpecError(ref, [f"not valid YAML: {e}"]) from None
         if not isinstance(data, dict):
             raise SpecError(ref, ["expected a mapping at the top level"])
-        kind = "battery" if "tasks" in data else "sweep" if "grid" in data else \
-            "preset" if "policies" in data and "task" not in data else "target"
+        kind = data.get("kind")
+        if kind not in KINDS:
+            raise SpecError(ref, [f"kind: {'missing' if kind is None else repr(kind)}; name the spec's kind on its "
+                                  f"first line: `kind: {' | '.join(KINDS)}`"])
     elif registered is not None:
         kind = registered
     elif os.path.isdir(ref):
         raise SpecError(ref, ["is a folder, not a YAML spec file"])
     else:
-        known = "; ".join(f"{folder}: {', '.join(ids[kind])}" for kind, folder in kinds)
+        known = "; ".join(f"{folder}: {', '.join(ids[kind])}" for kind, (folder, _) in KINDS.items())
         raise UnknownIdError(f"{ref!r} is neither a spec file nor a registered id. {known[0].upper()}{known[1:]}")
-    if kind == "preset":
-        p = load_preset(ref)
-        return f"OK preset {ref}: battery {p.get('battery', 'tabletop-v2')}, policies {', '.join(p.get('policies', []))}"
-    if kind == "sweep":
-        from vla_forget.sweep import expand, load_sweep
-
-        s = load_sweep(ref)
-        return f"OK sweep {s.full_id}: {len(expand(s))} runs ({', '.join(s.methods)}) on {s.task} from {s.base}"
-    if kind == "battery":
-        b = load_battery(ref)
-        n = sum(t.episodes for t in b.tasks)
-        return f"OK battery {b.full_id}: {len(b.tasks)} tasks, {n} episodes, target {b.target or '-'}"
-    t = load_target(ref)
-    return f"OK target {t.full_id}: task {t.task.task}, {t.task.episodes} evaluation episodes"
+    module, _, fn = KINDS[kind][1].partition(":")
+    return getattr(importlib.import_module(module), fn)(ref)

@@ -63,7 +63,7 @@ from vla_forget.spec import SpecError, _check_id_version, _check_keys, _int, _re
 from vla_forget.errors import VlaForgetError
 
 SWEEP_FORMAT = 1
-SWEEP_KEYS = {"id", "version", "description", "base", "task", "updates", "save_every", "grid", "options",
+SWEEP_KEYS = {"kind", "id", "version", "description", "base", "task", "updates", "save_every", "grid", "options",
               "method_options"}
 GRID_KEYS = ("method", "lr", "batch_size", "seed")
 #: the adapt option that the grid's batch_size sets, per method (default batch_size)
@@ -325,6 +325,12 @@ def option_args(options: Dict[str, Any]) -> List[str]:
         else:
             out += [flag, str(v)]
     return out
+
+
+def summary(ref: str) -> str:
+    """``vla-forget validate``'s line for a sweep spec (raises SpecError)."""
+    s = load_sweep(ref)
+    return f"OK sweep {s.full_id}: {len(expand(s))} runs ({', '.join(s.methods)}) on {s.task} from {s.base}"
 
 
 def expand(spec: SweepSpec) -> List[RunPlan]:
