@@ -75,7 +75,7 @@ def patch_fake_rollouts(monkeypatch, tmp_path, on_job=None) -> None:
         return real_run_job(job)
 
     register_fake_tasks(monkeypatch)
-    monkeypatch.setattr(rollout, "_get_env", lambda task, **kw: FakeEnv(
+    monkeypatch.setattr(rollout, "ENVS", lambda task, **kw: FakeEnv(
         task, num_envs=kw.get("num_envs", 1), max_episode_steps=kw.get("max_steps") or 6))
     monkeypatch.setattr(rollout, "run_job", run_job)
     monkeypatch.setattr("vla_forget.envs.vulkan.check_vulkan", lambda *a, **k: "fake")

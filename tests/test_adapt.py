@@ -52,7 +52,7 @@ def fake(monkeypatch, tmp_path):
     for t in ("FakeA-v1", TARGET):
         monkeypatch.setitem(TASKS._entries, t, Entry(t, "tests.fakes:FakeEnv", {}, "fake", dict(
             instruction=f"do {t} {{k}}", max_episode_steps=6, pick_and_place=True)))
-    monkeypatch.setattr(rollout, "_get_env", lambda task, **kw: FakeEnv(
+    monkeypatch.setattr(rollout, "ENVS", lambda task, **kw: FakeEnv(
         task, num_envs=kw.get("num_envs", 1), max_episode_steps=kw.get("max_steps") or 6))
     monkeypatch.setattr("vla_forget.envs.vulkan.check_vulkan", lambda *a, **k: "fake")
     return tmp_path

@@ -53,7 +53,7 @@ def world(tmp_path, monkeypatch):
         counts["episodes"] += len(job.seeds)
         return real_run_job(job)
 
-    monkeypatch.setattr(rollout, "_get_env", lambda task, **kw: FakeEnv(task, num_envs=kw.get("num_envs", 1),
+    monkeypatch.setattr(rollout, "ENVS", lambda task, **kw: FakeEnv(task, num_envs=kw.get("num_envs", 1),
                                                                         max_episode_steps=kw.get("max_steps") or 4))
     monkeypatch.setattr(rollout, "run_job", counting_run_job)
     monkeypatch.setattr("vla_forget.envs.vulkan.check_vulkan", lambda *a, **k: "fake")

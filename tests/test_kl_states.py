@@ -45,7 +45,7 @@ def world(tmp_path, monkeypatch):
         runs["jobs"].append(job)
         return real_run_job(job)
 
-    monkeypatch.setattr(rollout, "_get_env", get_env)
+    monkeypatch.setattr(rollout, "ENVS", get_env)
     monkeypatch.setattr(rollout, "run_job", run_job)
     monkeypatch.setattr("vla_forget.envs.vulkan.check_vulkan", lambda *a, **k: "fake")
     monkeypatch.setenv("VLA_FORGET_CACHE", str(tmp_path / "cache"))

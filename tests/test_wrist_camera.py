@@ -138,7 +138,8 @@ def test_demos_with_wrist_camera_then_pretrain_then_roll_out(tmp_path):
     pytest.importorskip("tensorflow_datasets", reason="needs the rlds extra: pip install 'vla-forget[rlds]'")
     from vla_forget.datasets import open_dataset
     from vla_forget.pretrain import PretrainConfig, pretrain
-    from vla_forget.rollout import EpisodeJob, _ENVS, close_all, run_job
+    from vla_forget import rollout
+    from vla_forget.rollout import EpisodeJob, close_all, run_job
 
     out = tmp_path / "pull"
     env = dict(os.environ, VLA_FORGET_CACHE=str(tmp_path / "cache"))
@@ -158,7 +159,7 @@ def test_demos_with_wrist_camera_then_pretrain_then_roll_out(tmp_path):
     try:
         records = run_job(EpisodeJob(policy_key="p", policy_spec=s["checkpoint"], policy_hash="h", task=TASK, seeds=[3],
                                      max_episode_steps=2, image_size=32))
-        assert len(records) == 1 and any(env.wrist_camera for env in _ENVS.values())
+        assert len(records) == 1 and any(env.wrist_camera for env in rollout.ENVS.envs())
     finally:
         close_all()
 

@@ -309,10 +309,10 @@ def _parse_episode_name(name: str, prefix: str) -> Optional[Key]:
 
 def collect_episode(job: DemoJob) -> Dict[str, Any]:
     """Demonstrate one seed in this process (cached env); a success is saved to ``raw_dir``; returns the record."""
-    from vla_forget.rollout import _get_env
+    from vla_forget.rollout import get_env
 
     t0 = time.perf_counter()
-    env = _get_env(job.task, image_size=job.image_size, render=True, num_envs=1, max_steps=None, sim_backend="cpu",
+    env = get_env(job.task, image_size=job.image_size, render=True, num_envs=1, max_steps=None, sim_backend="cpu",
                    device="cpu", wrist_camera=job.wrist_camera)
     rec = _Recorder()
     if job.source in SCRIPTED_EXPERTS:

@@ -536,11 +536,11 @@ def dagger_episode(job: DaggerJob) -> Dict[str, Any]:
     """Roll out the policy (sampling, as bench does) and record the expert's action at every visited state."""
     import torch
 
-    from vla_forget.rollout import _get_env, _get_policy, episode_generator_seed
+    from vla_forget.rollout import _get_policy, episode_generator_seed, get_env
 
     policy = _get_policy(job.policy, "cpu")
     expert = _get_policy_uncached_expert(job.expert)
-    env = _get_env(job.task, image_size=job.image_size, render=True, num_envs=1, max_steps=None, sim_backend="cpu",
+    env = get_env(job.task, image_size=job.image_size, render=True, num_envs=1, max_steps=None, sim_backend="cpu",
                    device="cpu", wrist_camera=policy.wrist_camera)
     gen = torch.Generator().manual_seed(episode_generator_seed(policy.checkpoint_hash(), job.task, job.seed))
     obs = env.reset([job.seed])

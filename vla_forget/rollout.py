@@ -54,9 +54,7 @@ class EpisodeJob:
 
 
 # --- per-process caches (worker processes live for the whole run) ----------
-_ENVS: Dict[tuple, Any] = {}
 _POLICIES: Dict[str, Any] = {}
-_MAX_ENVS = 2
 
 
 def die_with_parent() -> None:
@@ -109,26 +107,56 @@ def _get_policy(spec: str, device: str):
     return _POLICIES[key]
 
 
-def _get_env(task: str, *, image_size: int, render: bool, num_envs: int, max_steps: Optional[int], sim_backend: str, device: str,
-             wrist_camera: bool = False, dense_reward: bool = True, privileged: bool = True):
-    wrist_camera = bool(wrist_camera and render)
-    key = (task, image_size, render, num_envs, max_steps, sim_backend, wrist_camera, dense_reward, privileged)
-    if key not in _ENVS:
-        from vla_forget.envs import make_task_env
+class EnvCache:
+    """The task envs a process keeps warm between jobs: at most ``max_envs``, keyed by how they were made (the
+    oldest is closed first). Called as ``ENVS(task, image_size=..., render=..., ...)``: the env for those settings,
+    made on first use with ``make_task_env``."""
 
-        while len(_ENVS) >= _MAX_ENVS:
-            _ENVS.pop(next(iter(_ENVS))).close()
-        kwargs: Dict[str, Any] = dict(num_envs=num_envs, image_size=image_size, render_images=render, privileged=privileged,
-                                      sim_backend=sim_backend, wrist_camera=wrist_camera, dense_reward=dense_reward)
-        if max_steps is not None:
-            kwargs["max_episode_steps"] = max_steps
-        _ENVS[key] = make_task_env(task, **kwargs)
-    return _ENVS[key]
+    def __init__(self, max_envs: int = 2):
+        self.max_envs = int(max_envs)
+        self._envs: Dict[tuple, Any] = {}
+
+    def __call__(self, task: str, *, image_size: int, render: bool, num_envs: int, max_steps: Optional[int],
+                 sim_backend: str, device: str, wrist_camera: bool = False, dense_reward: bool = True,
+                 privileged: bool = True):
+        wrist_camera = bool(wrist_camera and render)
+        key = (task, image_size, render, num_envs, max_steps, sim_backend, wrist_camera, dense_reward, privileged)
+        if key not in self._envs:
+            from vla_forget.envs import make_task_env
+
+            while len(self._envs) >= self.max_envs:
+                self._envs.pop(next(iter(self._envs))).close()
+            kwargs: Dict[str, Any] = dict(num_envs=num_envs, image_size=image_size, render_images=render,
+                                          privileged=privileged, sim_backend=sim_backend, wrist_camera=wrist_camera,
+                                          dense_reward=dense_reward)
+            if max_steps is not None:
+                kwargs["max_episode_steps"] = max_steps
+            self._envs[key] = make_task_env(task, **kwargs)
+        return self._envs[key]
+
+    def envs(self) -> List[Any]:
+        """The envs held now (oldest first)."""
+        return list(self._envs.values())
+
+    def close(self) -> None:
+        while self._envs:
+            self._envs.popitem()[1].close()
+
+
+#: This process's env source, the one seam every episode loop gets its envs through (bench, adaptation
+#: rollouts, DAgger, demos). Any callable with :class:`EnvCache`'s call signature can replace it (tests put
+#: a fake task's env there; another executor may put its own).
+ENVS: Any = EnvCache()
+
+
+def get_env(task: str, **kwargs: Any):
+    """The env of ``task`` with ``kwargs`` (see :class:`EnvCache`) from this process's :data:`ENVS`."""
+    return ENVS(task, **kwargs)
 
 
 def close_all() -> None:
-    while _ENVS:
-        _ENVS.popitem()[1].close()
+    if hasattr(ENVS, "close"):
+        ENVS.close()
     _POLICIES.clear()
 
 
@@ -201,7 +229,7 @@ def run_job(job: EpisodeJob) -> List[Dict[str, Any]]:
     want_frames = bool(job.video_seeds) and job.video_dir is not None
     render = bool(job.render or getattr(policy, "needs_image", True) or want_frames or job.state_index)
     wrist = job.wrist_camera if job.wrist_camera is not None else bool(getattr(policy, "wrist_camera", False))
-    env = _get_env(job.task, image_size=job.image_size, render=render, num_envs=job.num_envs,
+    env = get_env(job.task, image_size=job.image_size, render=render, num_envs=job.num_envs,
                    max_steps=job.max_episode_steps, sim_backend=job.sim_backend, device=job.device,
                    wrist_camera=wrist, dense_reward=False,  # an evaluation reads the success only
                    # the simulator state only scripted experts read (~0.8 ms a step); an env shared by every

@@ -208,7 +208,7 @@ def collect_job(job: RolloutJob) -> Dict[str, Any]:
     from vla_forget import rollout
 
     policy = _trainee(job)
-    env = rollout._get_env(job.task, image_size=job.image_size, render=True, num_envs=len(job.seeds),
+    env = rollout.get_env(job.task, image_size=job.image_size, render=True, num_envs=len(job.seeds),
                            max_steps=job.max_episode_steps, sim_backend="cpu", device=job.device,
                            wrist_camera=bool(getattr(policy, "wrist_camera", False)))
     return run_episodes(env, policy, job.seeds, job.gen_seed, job.device)
@@ -251,7 +251,7 @@ class Collector:
         from vla_forget import rollout
 
         N = self.num_envs
-        env = rollout._get_env(self.task, image_size=self.image_size, render=True, num_envs=N,
+        env = rollout.get_env(self.task, image_size=self.image_size, render=True, num_envs=N,
                                max_steps=self.max_episode_steps, sim_backend="gpu" if N > 1 else "cpu",
                                device=self.device, wrist_camera=bool(getattr(policy, "wrist_camera", False)))
         parts = []
