@@ -39,7 +39,7 @@ from vla_forget import law, metrics
 from vla_forget.divergences import TV_MIN_ESS
 from vla_forget.jsonio import write_json
 from vla_forget.rollout import EpisodeJob
-from vla_forget.spec import DEFAULT_DECODING, Battery, Decoding, Target, load_battery, load_target
+from vla_forget.spec import DEFAULT_BATTERY, DEFAULT_DECODING, Battery, Decoding, Target, load_battery, load_target
 from vla_forget.video import slug
 from vla_forget.errors import VlaForgetError
 
@@ -61,7 +61,7 @@ class BenchConfig:
     """the base policy: forgetting, gain and divergences are relative to it"""
     out: str
     """run folder"""
-    battery: str = "tabletop-v2"
+    battery: str = DEFAULT_BATTERY
     """battery id or YAML path"""
     target: Optional[str] = None
     """target spec id, YAML path or task id; None: the battery's default; 'none': no target"""

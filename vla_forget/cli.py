@@ -63,6 +63,8 @@ episode record changes.
 
 
 def _bench_parser(sub) -> None:
+    from vla_forget.spec import DEFAULT_BATTERY
+
     p = sub.add_parser("bench", help="roll out policies on a battery and measure success, forgetting and divergence",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_BENCH)
     p.add_argument("--preset", help="a named preset filling the options not given (see `vla-forget ls presets`): smoke, default; "
@@ -75,7 +77,7 @@ def _bench_parser(sub) -> None:
                    help="with --checkpoints: every K-th checkpoint of each run (from update 0), plus its last")
     p.add_argument("--base", help="base policy id or checkpoint folder (reference for forgetting, gain, divergence; "
                                   "with --checkpoints: default the runs' base)")
-    p.add_argument("--battery", help="battery id or YAML path (default tabletop-v2; tabletop-v1: the same tasks at v1)")
+    p.add_argument("--battery", help=f"battery id or YAML path (default {DEFAULT_BATTERY}; tabletop-v1: the same tasks at v1)")
     p.add_argument("--target", help="target spec id, YAML path or task id; 'none' for no target (default: the battery's)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT, redoing nothing that finished")
@@ -192,7 +194,7 @@ def cmd_bench(args) -> int:
     if workers is None:  # CPU: one env per process; GPU simulation: all envs in this process
         workers = 0 if num_envs > 1 else min(8, os.cpu_count() or 1)
     cfg = BenchConfig(
-        policies=list(policies), base=base, out=args.out, battery=pick("battery", "tabletop-v2"),
+        policies=list(policies), base=base, out=args.out, battery=pick("battery", BenchConfig.battery),
         target=pick("target"), episodes=pick("episodes"), target_episodes=pick("target_episodes"),
         workers=int(workers), num_envs=num_envs, device=pick("device", "cpu"),
         image_size=None if pick("image_size") is None else int(pick("image_size")),
@@ -214,15 +216,15 @@ def cmd_bench(args) -> int:
 EPILOG_ANALYZE = """\
 examples:
   vla-forget analyze runs/default
-  vla-forget analyze runs/bench-forgetting --kl-states both
+  vla-forget analyze runs/bench-forgetting --kl-samples-per-state 4
 
 Rebuilds results.json, report.md and the plots of a finished bench from its
 episodes.jsonl and recorded states, with the settings in its config.json:
 nothing is rolled out. Divergences come from the cache where they were
-computed before. The divergence options (--kl-states-per-task,
---kl-samples-per-state, --kl-states, --seed) may change only what the
-recorded states allow; a bench that still has episodes to run, or states to
-record, is refused with the command that continues it.
+computed before. --kl-samples-per-state and --seed change the divergences
+alone; --kl-states-per-task and --kl-states need states the bench may not
+have recorded. A bench that still has episodes to run, or states to record,
+is refused with the command that continues it.
 """
 
 

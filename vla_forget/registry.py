@@ -14,7 +14,13 @@ from typing import Any, Callable, Dict, Iterable, Optional
 
 from vla_forget.errors import VlaForgetError
 
+_VERSION_RE = re.compile(r"-v\d+$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*-v\d+$")
+
+
+def unversioned(id: str) -> str:
+    """``PickCube-v2`` -> ``PickCube``: an id without its version suffix (the same task, spec or policy at any version)."""
+    return _VERSION_RE.sub("", id)
 
 
 class UnknownIdError(VlaForgetError, KeyError):

@@ -50,6 +50,10 @@ from vla_forget.registry import UnknownIdError
 from vla_forget.errors import VlaForgetError
 
 
+#: the battery of bench, adapt and the presets where none is given
+DEFAULT_BATTERY = "tabletop-v2"
+
+
 class SpecError(VlaForgetError, ValueError):
     """A spec that does not validate; ``errors`` lists every problem with its location."""
 
@@ -392,7 +396,7 @@ def _summary_target(ref: str) -> str:
 
 def _summary_preset(ref: str) -> str:
     p = load_preset(ref)
-    return f"OK preset {ref}: battery {p.get('battery', 'tabletop-v2')}, policies {', '.join(p.get('policies', []))}"
+    return f"OK preset {ref}: battery {p.get('battery', DEFAULT_BATTERY)}, policies {', '.join(p.get('policies', []))}"
 
 
 def validate(ref: str) -> str:

@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections import defaultdict
 from typing import Any, Dict, List, Tuple
 
 from vla_forget.jsonio import write_json
 from vla_forget.metrics import newcombe_paired_difference
-
-_VERSION = re.compile(r"-v\d+$")
-
+from vla_forget.registry import unversioned
 
 def _episodes(folder: str) -> Dict[Tuple[str, str], Dict[int, bool]]:
     path = os.path.join(folder, "episodes.jsonl")
@@ -36,7 +33,7 @@ def _episodes(folder: str) -> Dict[Tuple[str, str], Dict[int, bool]]:
             if not line:
                 continue
             r = json.loads(line)
-            out[(r["policy"], _VERSION.sub("", r["task"]))][int(r["seed"])] = bool(r["success_at_end"])
+            out[(r["policy"], unversioned(r["task"]))][int(r["seed"])] = bool(r["success_at_end"])
     return out
 
 

@@ -42,6 +42,8 @@ import numpy as np
 from vla_forget.jsonio import append_jsonl, write_json
 from vla_forget.adapt import CHECKPOINTS_DIR, META, METHODS, checkpoint_name, list_checkpoints
 from vla_forget.errors import VlaForgetError
+from vla_forget.registry import unversioned
+from vla_forget.spec import DEFAULT_BATTERY
 
 RUN_JSON = "run.json"
 LOG = "log.jsonl"
@@ -84,7 +86,7 @@ class AdaptConfig:
     """run folder"""
     task: Optional[str] = None
     """target: a target spec id (place-cube-on-target-v2), its YAML file or a task id (default: the battery's target)"""
-    battery: str = "tabletop-v2"
+    battery: str = DEFAULT_BATTERY
     """held-out battery (id or YAML); a target task inside it is refused"""
     allow_battery_task: bool = False
     """adapt on a task of the battery anyway (its forgetting is then meaningless)"""
@@ -376,12 +378,9 @@ def resolve_task(cfg: AdaptConfig):
     target = load_target(ref)
     task = target.task.task
     # the same task at another version (PickCube-v1 against a battery of PickCube-v2) is the same skill
-    same = [t for t in battery.task_ids if _unversioned(t) == _unversioned(task)]
+    same = [t for t in battery.task_ids if unversioned(t) == unversioned(task)]
     if same:
-        if same != [task]:
-            task_desc = f"{task} (as {same[0]})"
-        else:
-            task_desc = task
+        task_desc = task if same == [task] else f"{task} (as {same[0]})"
         if not cfg.allow_battery_task:
             raise AdaptError(
                 f"target task {task_desc} is in the battery {battery.full_id}: adapting on it makes its forgetting "
@@ -392,11 +391,6 @@ def resolve_task(cfg: AdaptConfig):
         print(msg, file=sys.stderr)
         warnings.warn(f"adapting on battery task {task}: forgetting on {battery.full_id} is meaningless", stacklevel=2)
     return task, target
-
-
-def _unversioned(task_id: str) -> str:
-    """``PickCube-v2`` -> ``PickCube``: the task whatever its version."""
-    return re.sub(r"-v\d+$", "", task_id)
 
 
 # --------------------------------------------------------------------------
