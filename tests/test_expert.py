@@ -108,3 +108,28 @@ def test_no_task_starts_grasped_after_an_episode_that_ended_grasping():
         obs = env.reset([3])
         assert not bool(obs.privileged["is_grasped"][0])
         assert expert.act(obs)[0, 6] == 1.0  # approach with the gripper open
+
+
+@pytest.mark.parametrize("task_id", ["StackColorCube-v2", "PlaceCubeOnTarget-v2"])
+def test_colour_cube_tasks_report_the_named_cubes_grasp(task_id):
+    """The colour-cube tasks query contacts for the named cube only; at every step of an episode that grasps it,
+    ``is_grasped`` equals the agent's grasp test on that cube, and is true while the expert carries it."""
+    import torch
+
+    from vla_forget.envs import make_task_env
+    from vla_forget.policies import load_policy
+
+    expert = load_policy("expert-v2")
+    with make_task_env(task_id, render_images=False, privileged=True) as env:
+        u = env.unwrapped
+        held = 0
+        obs = env.reset([11])
+        for _ in range(60):
+            obs, *_ = env.step(expert.act(obs))
+            info = u.evaluate()
+            named = u.cubes[int(u.cube_idx[0])]
+            assert torch.equal(info["is_grasped"].cpu(), u.agent.is_grasping(named).cpu())
+            others = [c for k, c in enumerate(u.cubes) if k != int(u.cube_idx[0])]
+            assert not any(bool(u.agent.is_grasping(c)[0]) for c in others)
+            held += int(info["is_grasped"][0])
+    assert held >= 5, held

@@ -179,8 +179,11 @@ class _ColorCubesEnv(BaseEnv):
         lin = self._pick(torch.stack([c.linear_velocity for c in self.cubes], 1), self.cube_idx)
         ang = self._pick(torch.stack([c.angular_velocity for c in self.cubes], 1), self.cube_idx)
         static = (torch.linalg.norm(lin, dim=1) <= 1e-2) & (torch.linalg.norm(ang, dim=1) <= 0.5)
-        grasped = torch.stack([self.agent.is_grasping(c) for c in self.cubes], 1)
-        grasped = self._pick(grasped, self.cube_idx)
+        # contact queries cost ~0.7 ms per cube on the CPU simulator: ask only for the cubes some env names
+        grasped = torch.zeros_like(static)
+        for k in torch.unique(self.cube_idx).tolist():
+            rows = self.cube_idx == k
+            grasped[rows] = self.agent.is_grasping(self.cubes[k])[rows]
         return static, grasped
 
     def goal_pos(self) -> torch.Tensor:
