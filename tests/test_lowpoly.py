@@ -191,3 +191,26 @@ def test_another_maniskill_panda_is_refused_with_what_to_install(tmp_path, monke
         lowpoly.check_meshes()
     assert "panda_v2.urdf differs" in task_unavailable_reason("PickCube-v2")
     assert task_unavailable_reason("PickCube-v1") is None
+
+
+def test_a_v1_bench_is_not_continued_on_the_v2_battery(tmp_path, monkeypatch):
+    """Results recorded on tabletop-v1 never mix with v2 episodes: resuming a v1 bench with the v2 battery (and
+    target) is refused, naming both versions, before any episode runs."""
+    import json
+
+    from vla_forget import rollout
+    from vla_forget.bench import BenchConfig, BenchError, make_plan, run_bench
+
+    out = str(tmp_path / "b")
+    v1 = BenchConfig(["expert-v2"], "expert-v2", out, battery="tabletop-v1", target="place-cube-on-target-v1",
+                     episodes=1, target_episodes=1, workers=0)
+    os.makedirs(out)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(make_plan(v1).resolved(), f)
+    ran = []
+    monkeypatch.setattr(rollout, "run_parallel", lambda *a, **k: ran.append(a))
+    v2 = BenchConfig(["expert-v2"], "expert-v2", out, battery="tabletop-v2", target="place-cube-on-target-v2",
+                     episodes=1, target_episodes=1, workers=0)
+    with pytest.raises(BenchError, match=r"different configuration.*tabletop-v1' -> 'tabletop-v2"):
+        run_bench(v2, resume=True, log=lambda *_: None)
+    assert not ran and not os.path.exists(os.path.join(out, "episodes.jsonl"))
