@@ -38,6 +38,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from vla_forget import law, metrics
 from vla_forget.divergences import TV_MIN_ESS
 from vla_forget.jsonio import write_json
+from vla_forget.runfolder import RunFolder, RunKind
 from vla_forget.rollout import EpisodeJob
 from vla_forget.spec import DEFAULT_BATTERY, DEFAULT_DECODING, Battery, Decoding, Target, load_battery, load_target
 from vla_forget.video import slug
@@ -113,6 +114,12 @@ class BenchConfig:
     DIVERGENCE_ONLY = ("kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_state_rule", "kl_states", "seed")
     # the value of a field for a config.json written before the field existed, where that is not its default
     LEGACY = {"kl_state_rule": "stride-v0"}
+
+
+#: bench folders: their settings in ``config.json`` (format :data:`RESULTS_FORMAT`); a resume may change the
+#: divergence options (they are said) and, silently, where and how it runs
+RUN_KIND = RunKind("bench", "a run", "config.json", changeable=BenchConfig.DIVERGENCE_ONLY, ignored=BenchConfig.VOLATILE,
+                   added=BenchConfig.LEGACY, error=BenchError, format=RESULTS_FORMAT)
 
 KL_STATE_SETS = ("base", "policy", "both")
 
@@ -420,23 +427,17 @@ def _add_checkpoints(config: BenchConfig, refs: List[PolicyRef]) -> List[Dict[st
 def _check_resume(out: str, plan: Plan, resume: bool) -> List[str]:
     """Refuse to overwrite a run without ``resume``, and a resumption whose configuration changed. Changes of
     :attr:`BenchConfig.DIVERGENCE_ONLY` fields are allowed: they are returned, one line each, to be said."""
-    cfg_path = os.path.join(out, "config.json")
-    has_run = os.path.exists(cfg_path) or os.path.exists(os.path.join(out, "episodes.jsonl"))
-    if has_run and not resume:
-        raise BenchError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    if not (resume and os.path.exists(cfg_path)):
+    folder = RunFolder(out, RUN_KIND)
+    folder.refuse_unless_resume(resume, started=folder.has_config() or os.path.exists(folder.file("episodes.jsonl")))
+    if not (resume and folder.has_config()):
         return []
-    with open(cfg_path) as f:
-        old = json.load(f)
+    old = folder.read_config()
     new = json.loads(json.dumps(plan.resolved()))
     defaults = json.loads(json.dumps({k: v for k, v in asdict(BenchConfig([], "", "")).items()}))
-    saved = old.get("config", {})
-    # fields added later: what runs saved before them did
-    old_cfg = {c: saved.get(c, BenchConfig.LEGACY.get(c, defaults.get(c))) for c in new["config"]}
-    changed = [c for c in new["config"] if old_cfg[c] != new["config"][c]
-               and not (c == "checkpoints" and _extends(old_cfg[c], new["config"][c]))]
-    said = [f"config.{c}: {old_cfg[c]!r} -> {new['config'][c]!r}" for c in changed if c in BenchConfig.DIVERGENCE_ONLY]
-    detail = [f"config.{c}: {old_cfg[c]!r} -> {new['config'][c]!r}" for c in changed if c not in BenchConfig.DIVERGENCE_ONLY]
+    saved = dict(old.get("config", {}))
+    if _extends(saved.get("checkpoints"), new["config"].get("checkpoints")):
+        saved["checkpoints"] = new["config"]["checkpoints"]  # more runs or seeds in the same folders: add them
+    said, detail = folder.resume_changes(new["config"], saved, defaults=defaults, prefix="config.")
     old["policies"] = [{"checkpoint": None, **o} for o in old.get("policies") or []]  # older runs lack the field
     for k in new:
         if k == "config" or old.get(k) == new[k]:
@@ -994,7 +995,7 @@ def run_bench(config: BenchConfig, *, resume: bool = False, analyze_only: bool =
             "no episode record changes) and every divergence is recomputed")
     for note in plan.notes:
         log(f"bench: {note}")
-    _write_json(os.path.join(out, "config.json"), plan.resolved())
+    RunFolder(out, RUN_KIND).write_config(plan.resolved(), indent=2, sort_keys=True)
     total = sum(len(seeds) for _, seeds, _ in plan.tasks()) * len(plan.refs) + n_states_only
     initial = total - sum(len(j.seeds) for j in jobs)
     t0 = time.perf_counter()

@@ -60,6 +60,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from vla_forget.jsonio import append_jsonl, write_json
+from vla_forget.runfolder import RunFolder, RunKind
 from vla_forget.policies import SCRIPTED_EXPERTS
 from vla_forget.errors import VlaForgetError
 
@@ -370,26 +371,31 @@ def _read_attempts(raw_dir: str, task: str) -> Dict[Key, Dict[str, Any]]:
     return out
 
 
+#: demonstration collections (their settings in ``raw/config.json``): what runs from before a field had in effect
+RUN_KIND = RunKind(
+    "demos", "demonstrations", CONFIG, error=DemoError,
+    added={"wrist_camera": False,  # collections from before the wrist camera have none
+           "expert": "expert-v1",  # ... and from before expert-v2: expert-v1 made them
+           "all_instructions": False},  # ... and from before instruction pairs
+)
+
+
 def _check_config(raw_dir: str, cfg: DemoConfig, source: str, resume: bool) -> None:
     want = {k: v for k, v in asdict(cfg).items() if k not in VOLATILE}
     want["source"] = source
-    path = os.path.join(raw_dir, CONFIG)
-    if os.path.exists(path):
-        if not resume:
-            raise DemoError(f"{cfg.out} already holds demonstrations: add --resume to continue them, or choose another --out")
-        with open(path) as f:
-            have = json.load(f)
-        have.setdefault("wrist_camera", False)  # collections from before the wrist camera have none
-        have.setdefault("expert", "expert-v1")  # ... and from before expert-v2: expert-v1 made them
-        have.setdefault("all_instructions", False)  # ... and from before instruction pairs
-        diff = [f"{k}: {have.get(k)!r} -> {v!r}" for k, v in want.items() if have.get(k) != v]
-        if diff:
-            hint = f" (resume it with --expert {have['expert']})" if have.get("expert") != want.get("expert") else ""
-            raise DemoError(f"{cfg.out} was collected with other settings ({'; '.join(diff)}){hint}; "
-                            f"or use another --out")
+    folder = RunFolder(raw_dir, RUN_KIND)
+    if not folder.has_config():
+        folder.write_config(want)
         return
-    os.makedirs(raw_dir, exist_ok=True)
-    write_json(path, want)
+    if not resume:
+        raise DemoError(f"{cfg.out} already holds demonstrations: add --resume to continue them, or choose another --out")
+    have = folder.read_config()
+    _, refused = folder.resume_changes(want, have)
+    if refused:
+        expert = have.get("expert", RUN_KIND.added["expert"])
+        hint = f" (resume it with --expert {expert})" if expert != want.get("expert") else ""
+        raise DemoError(f"{cfg.out} was collected with other settings ({'; '.join(refused)}){hint}; "
+                        f"or use another --out")
 
 
 def _progress(total: int, initial: int, enabled: bool):

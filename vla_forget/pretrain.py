@@ -61,6 +61,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from vla_forget.jsonio import append_jsonl, write_json
+from vla_forget.runfolder import RunFolder, RunKind
 from vla_forget.policies import SCRIPTED_EXPERTS
 from vla_forget.errors import VlaForgetError
 
@@ -604,23 +605,18 @@ def dagger_round(cfg: PretrainConfig, checkpoint: str, round_idx: int, tasks: Se
 # --------------------------------------------------------------------------
 # the run
 
+#: pretraining run folders: what a resume may change, and what runs from before a field had in effect
+RUN_KIND = RunKind(
+    "pretrain", "a pretraining run", RUN_CONFIG, changeable=VOLATILE, error=PretrainError,
+    added={"dagger_expert": "expert-v1",  # runs from before expert-v2 relabelled with expert-v1
+           "dagger_success_hold": 5,  # and ended their rollouts 5 steps after success
+           "transport_fraction": 0.0,  # runs from before the option drew batches uniformly
+           "keep_statistics": False},  # and pooled new statistics
+)
+
+
 def _check_config(cfg: PretrainConfig, resume: bool) -> None:
-    path = os.path.join(cfg.out, RUN_CONFIG)
-    want = asdict(cfg)
-    if os.path.exists(path):
-        if not resume:
-            raise PretrainError(f"{cfg.out} already holds a pretraining run: add --resume to continue it, or choose another --out")
-        with open(path) as f:
-            have = json.load(f)
-        have.setdefault("dagger_expert", "expert-v1")  # runs from before expert-v2 relabelled with expert-v1
-        have.setdefault("dagger_success_hold", 5)  # and ended their rollouts 5 steps after success
-        have.setdefault("transport_fraction", 0.0)  # runs from before the option drew batches uniformly
-        have.setdefault("keep_statistics", False)  # and pooled new statistics
-        diff = [f"{k}: {have.get(k)!r} -> {v!r}" for k, v in want.items() if k not in VOLATILE and have.get(k) != v]
-        if diff:
-            raise PretrainError(f"{cfg.out} was trained with other settings ({'; '.join(diff)}); use another --out")
-    os.makedirs(cfg.out, exist_ok=True)
-    write_json(path, want)
+    RunFolder(cfg.out, RUN_KIND).start(asdict(cfg), resume=resume)
 
 
 def _state_statistics(datasets: Sequence[Any], train_episodes: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:

@@ -59,6 +59,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional
 
 from vla_forget.jsonio import write_json
+from vla_forget.runfolder import RunFolder, RunKind
 from vla_forget.spec import SpecError, _check_id_version, _check_keys, _int, _read
 from vla_forget.errors import VlaForgetError
 
@@ -77,6 +78,7 @@ AXIS_CHECKS = {"lr": dict(kind=float, minimum=0.0, positive=True), "batch_size":
 METHOD_AXES = ("lr", "batch_size")
 #: adapt options that a resumed run may change (more updates: finished runs continue)
 VOLATILE_PARAMS = {"updates", "save_every", "progress", "threads", "workers", "device"}
+#: sweep folders (their state in ``sweep.json``, which each run's progress rewrites)
 OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 #: the command prefix that runs `vla-forget` in a subprocess (the same interpreter as this one)
 ADAPT_PROGRAM = (sys.executable, "-m", "vla_forget.cli")
@@ -85,6 +87,10 @@ STATUSES = ("pending", "running", "done", "failed", "interrupted")
 
 class SweepError(VlaForgetError, RuntimeError):
     """A sweep that cannot start or continue; the message says what to do."""
+
+
+#: sweep folders (their state in ``sweep.json``, which each run's progress rewrites)
+RUN_KIND = RunKind("sweep", "a sweep", "sweep.json", format=SWEEP_FORMAT, error=SweepError)
 
 
 @dataclass
@@ -420,8 +426,7 @@ def run_sweep(spec: SweepSpec, out: str, *, parallel: int = 1, resume: bool = Fa
                 continue
             log(command_line(r.argv(path, resume=resume and _run_dir_started(path))))
         return previous or {}
-    if previous is not None and not resume:
-        raise SweepError(f"{out} already holds a sweep: pass --resume to continue it, or choose another --out")
+    RunFolder(out, RUN_KIND).refuse_unless_resume(resume, started=previous is not None)
     old = {p["name"]: p for p in (previous or {}).get("runs", [])}
 
     def fixed(params: Dict[str, Any]) -> Dict[str, Any]:

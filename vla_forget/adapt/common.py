@@ -43,6 +43,7 @@ from vla_forget.jsonio import append_jsonl, write_json
 from vla_forget.adapt import CHECKPOINTS_DIR, META, METHODS, checkpoint_name, list_checkpoints
 from vla_forget.errors import VlaForgetError
 from vla_forget.registry import unversioned
+from vla_forget.runfolder import RunFolder, RunKind
 from vla_forget.spec import DEFAULT_BATTERY
 
 RUN_JSON = "run.json"
@@ -195,6 +196,8 @@ METHOD_HPARAMS: Dict[str, Tuple[str, ...]] = {
 }
 #: fields a resumed run may change
 VOLATILE = ("updates", "save_every", "out", "progress", "device", "threads", "workers")
+#: adaptation run folders (their settings in ``run.json``): what a resume may change
+RUN_KIND = RunKind("adapt", "an adaptation run", RUN_JSON, changeable=VOLATILE, error=AdaptError)
 
 
 def hparams(cfg: AdaptConfig) -> Dict[str, Any]:
@@ -628,33 +631,25 @@ class Run:
         from vla_forget import __version__
 
         cfg = self.cfg
-        path = os.path.join(cfg.out, RUN_JSON)
-        want = {"kind": "adapt", "method": cfg.method, "base": cfg.base, "task": self.task, "config": asdict(cfg),
+        folder = RunFolder(cfg.out, RUN_KIND)
+        want = {"method": cfg.method, "base": cfg.base, "task": self.task, "config": asdict(cfg),
                 "vla_forget_version": __version__}
         # a run.json without checkpoints is a run that stopped before its first one (bad --data, say):
         # nothing to keep, so it starts afresh unless --resume asks to check its settings
-        if os.path.exists(path) and (resume or list_checkpoints(cfg.out)):
-            if not resume:
-                raise AdaptError(f"{cfg.out} already holds an adaptation run: add --resume to continue it, or choose "
-                                 "another --out")
-            with open(path) as f:
-                have = json.load(f)
+        if folder.has_config() and (resume or list_checkpoints(cfg.out)):
+            folder.refuse_unless_resume(resume)
+            have = folder.read_config()
             # a field added after the run was started counts with its default
-            old = {**{f.name: f.default for f in dataclasses.fields(AdaptConfig) if f.default is not dataclasses.MISSING},
-                   **have.get("config", {})}
-            diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in want["config"].items()
-                    if k not in VOLATILE and old.get(k) != v]
+            defaults = {f.name: f.default for f in dataclasses.fields(AdaptConfig) if f.default is not dataclasses.MISSING}
+            _, refused = folder.resume_changes(want["config"], have.get("config", {}), defaults=defaults)
             if have.get("method") != cfg.method:
-                diff.insert(0, f"method: {have.get('method')!r} -> {cfg.method!r}")
-            if diff:
-                raise AdaptError(f"--resume: {cfg.out} was started with other settings ({'; '.join(diff)}); resume "
-                                 "with the same ones, or choose another --out")
-        os.makedirs(cfg.out, exist_ok=True)
-        _write_json(path, want)
+                refused.insert(0, f"method: {have.get('method')!r} -> {cfg.method!r}")
+            folder.refuse(refused)
+        folder.write_config(want)
 
     # --- logs -----------------------------------------------------------------------
     def event(self, name: str, **fields: Any) -> None:
-        _append(os.path.join(self.dir, EVENTS), {"event": name, "update": self.update, **fields})
+        RunFolder(self.dir, RUN_KIND).event(name, update=self.update, **fields)
 
     def wall_time(self) -> float:
         return self._wall_offset + (time.perf_counter() - self._t0)
