@@ -91,7 +91,7 @@ def test_pretrain_lowers_loss_and_writes_policy_folders(fixture):
     assert vals[-1]["val_loss"] < start["val_loss"] - 0.5, (start["val_loss"], vals)
     train = [r for r in rows if "loss" in r]
     assert train[-1]["loss"] < train[0]["loss"] and all(r["samples_per_s"] > 0 for r in train)
-    assert [os.path.basename(p) for p in checkpoint_dirs(cfg.out)] == ["ckpt-000030", "ckpt-000060"]
+    assert [os.path.basename(p) for p in checkpoint_dirs(cfg.out)] == ["update-000030", "update-000060"]
     # the checkpoint is a policy folder with the pooled statistics and the state statistics
     model = SmallVLA.load(s["checkpoint"])
     assert model.unnorm_key == "pretrain_mix" and set(model.dataset_statistics) == {"left", "right", "pretrain_mix"}
@@ -104,12 +104,12 @@ def test_resume_equals_uninterrupted(fixture):
     pretrain(full)
     half = _cfg(root, data, init, "half", steps=40, save_every=15)
     pretrain(half, stop_at=20)  # interrupted after 20 steps (checkpoints 15 and 20)
-    assert [os.path.basename(p) for p in checkpoint_dirs(half.out)] == ["ckpt-000015", "ckpt-000020"]
+    assert [os.path.basename(p) for p in checkpoint_dirs(half.out)] == ["update-000015", "update-000020"]
     with pytest.raises(Exception, match="--resume"):
         pretrain(half)
     pretrain(half, resume=True)
-    a = SmallVLA.load(os.path.join(full.out, "ckpt-000040")).state_dict()
-    b = SmallVLA.load(os.path.join(half.out, "ckpt-000040")).state_dict()
+    a = SmallVLA.load(os.path.join(full.out, "checkpoints", "update-000040")).state_dict()
+    b = SmallVLA.load(os.path.join(half.out, "checkpoints", "update-000040")).state_dict()
     assert [r for r in _metrics(half.out) if r.get("event") == "resume"][0]["step"] == 20
     assert a.keys() == b.keys()
     for k in a:
@@ -133,8 +133,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(fixture, monkeypatch):
     monkeypatch.setattr(SmallVLA, "action_logits", poisoned)
     with pytest.raises(Diverged) as err:
         pretrain(cfg)
-    assert err.value.last_checkpoint.endswith("ckpt-000020")
-    assert [os.path.basename(p) for p in checkpoint_dirs(cfg.out)] == ["ckpt-000010", "ckpt-000020"]
+    assert err.value.last_checkpoint.endswith("update-000020")
+    assert [os.path.basename(p) for p in checkpoint_dirs(cfg.out)] == ["update-000010", "update-000020"]
     SmallVLA.load(err.value.last_checkpoint)  # loadable, finite
     assert _metrics(cfg.out)[-1]["event"] == "diverged"
 
@@ -145,7 +145,7 @@ def test_cli_pretrain(fixture, capsys):
     rc = main(["pretrain", "--data", data[0], "--data", data[1], "--out", out, "--steps", "4", "--batch-size", "8",
                "--save-every", "4", "--eval-every", "4", "--init", init, "--no-progress"])
     assert rc == 0
-    assert "ckpt-000004" in capsys.readouterr().out
+    assert "update-000004" in capsys.readouterr().out
     assert main(["pretrain", "--data", data[0], "--out", out, "--steps", "4", "--init", init, "--no-progress"]) == 2
 
 
@@ -211,13 +211,13 @@ def test_resume_with_more_dagger_rounds_continues_a_finished_run(fixture, monkey
     monkeypatch.setattr(pre, "dagger_round", fake_round)
     kw = dict(steps=20, dagger_steps=10, dagger_tasks=["PullCube-v1"], dagger_episodes=1)
     s = pretrain(_cfg(root, data, init, "more-rounds", dagger_rounds=1, **kw))
-    assert s["steps"] == 30 and rounds == [(1, "ckpt-000020", ["PullCube-v1"], 1)]
-    stats = json.loads((root / "more-rounds" / "ckpt-000030" / "dataset_statistics.json").read_text())["pretrain_mix"]
+    assert s["steps"] == 30 and rounds == [(1, "update-000020", ["PullCube-v1"], 1)]
+    stats = json.loads((root / "more-rounds" / "checkpoints" / "update-000030" / "dataset_statistics.json").read_text())["pretrain_mix"]
     s = pretrain(_cfg(root, data, init, "more-rounds", dagger_rounds=3, **{**kw, "dagger_episodes": 4}), resume=True)
-    assert s["steps"] == 50 and [r[:2] for r in rounds] == [(1, "ckpt-000020"), (2, "ckpt-000030"), (3, "ckpt-000040")]
+    assert s["steps"] == 50 and [r[:2] for r in rounds] == [(1, "update-000020"), (2, "update-000030"), (3, "update-000040")]
     assert [r[3] for r in rounds] == [1, 4, 4]
     assert len(s["dagger_datasets"]) == 3
-    after = json.loads((root / "more-rounds" / "ckpt-000050" / "dataset_statistics.json").read_text())["pretrain_mix"]
+    after = json.loads((root / "more-rounds" / "checkpoints" / "update-000050" / "dataset_statistics.json").read_text())["pretrain_mix"]
     assert after["action"] == stats["action"], "the new rounds are tokenised with the run's statistics"
     with pytest.raises(PretrainError, match="dagger_steps: 10 -> 20"):
         pretrain(_cfg(root, data, init, "more-rounds", dagger_rounds=3, **{**kw, "dagger_steps": 20}), resume=True)
@@ -300,7 +300,7 @@ def test_transport_fraction_run_records_it_and_old_runs_resume_without_it(fixtur
     start = _metrics(cfg.out)[0]
     assert start["transport_fraction"] == 0.5 and start["transport_steps"][0] > 0 and start["transport_steps"][1] == 0
     pretrain(cfg, resume=True)
-    assert [os.path.basename(p) for p in checkpoint_dirs(cfg.out)] == ["ckpt-000010", "ckpt-000020"]
+    assert [os.path.basename(p) for p in checkpoint_dirs(cfg.out)] == ["update-000010", "update-000020"]
     plain = _cfg(root, data, init, "tr-old", steps=20, save_every=10)
     pretrain(plain, stop_at=10)
     path = os.path.join(plain.out, "config.json")
@@ -310,7 +310,7 @@ def test_transport_fraction_run_records_it_and_old_runs_resume_without_it(fixtur
     with open(path, "w") as f:
         json.dump(old, f)
     pretrain(plain, resume=True)
-    assert os.path.basename(checkpoint_dirs(plain.out)[-1]) == "ckpt-000020"
+    assert os.path.basename(checkpoint_dirs(plain.out)[-1]) == "update-000020"
     with pytest.raises(PretrainError, match="transport_fraction"):
         pretrain(_cfg(root, data, init, "tr-old", steps=20, save_every=10, transport_fraction=0.5), resume=True)
 
@@ -322,7 +322,7 @@ def test_keep_statistics_trains_on_with_the_initial_policys_tokenizer(fixture, t
     with pytest.raises(PretrainError, match="no action statistics to keep"):
         pretrain(_cfg(root, data, init, "keep-random", keep_statistics=True))
     # data whose pooled statistics would differ ("right" added); the kept ones are the start's
-    start_path = os.path.join(first.out, "ckpt-000010")
+    start_path = os.path.join(first.out, "checkpoints", "update-000010")
     cfg = _cfg(root, data, start_path, "keep", steps=10, save_every=10, keep_statistics=True, name="other")
     s = pretrain(cfg)
     after = SmallVLA.load(s["checkpoint"])
@@ -331,3 +331,42 @@ def test_keep_statistics_trains_on_with_the_initial_policys_tokenizer(fixture, t
     assert _metrics(cfg.out)[0]["unnorm_key"] == "pretrain_mix"
     pooled = SmallVLA.load(pretrain(_cfg(root, data, start_path, "pooled", steps=10, save_every=10))["checkpoint"])
     assert pooled.dataset_statistics != start.dataset_statistics  # without the option: pooled over both
+
+
+def test_a_pretraining_run_has_the_shared_checkpoint_layout_that_bench_finds(fixture):
+    """Pretraining writes checkpoints/update-NNNNNN with a meta.json, like adaptation, so `bench --checkpoints`
+    lists a pretraining run's checkpoints (method "pretrain"); its config is stamped with its kind."""
+    from vla_forget.checkpoints import find_checkpoints, run_info
+
+    root, data, init = fixture
+    cfg = _cfg(root, data, init, "layout", steps=20, save_every=10, eval_every=10)
+    pretrain(cfg)
+    found = find_checkpoints(cfg.out)
+    assert [(c.name, c.method, c.update, c.samples_seen) for c in found] == [
+        ("update-000010", "pretrain", 10, 160), ("update-000020", "pretrain", 20, 320)]
+    assert found[-1].key == "layout@update-000020" and found[-1].hparams["batch_size"] == 16
+    assert run_info(cfg.out).method == "pretrain" and run_info(cfg.out).config["steps"] == 20
+    assert json.loads(open(os.path.join(cfg.out, "config.json")).read())["kind"] == "pretrain"
+    from vla_forget.bench import BenchConfig, make_plan
+
+    plan = make_plan(BenchConfig([], init, str(root / "bench-layout"), checkpoints=[cfg.out]))
+    assert [r.key for r in plan.refs][-2:] == ["layout@update-000010", "layout@update-000020"]
+
+
+def test_a_run_in_the_earlier_layout_still_resumes(fixture):
+    """Runs written before the shared layout (DIR/ckpt-NNNNNN) continue from their newest checkpoint; the new
+    checkpoints go to the shared layout."""
+    import shutil
+
+    root, data, init = fixture
+    cfg = _cfg(root, data, init, "legacy", steps=20, save_every=10, eval_every=10)
+    pretrain(cfg)
+    for p in checkpoint_dirs(cfg.out):  # as an older version left the folder
+        os.remove(os.path.join(p, "meta.json"))
+        shutil.move(p, os.path.join(cfg.out, "ckpt-" + os.path.basename(p).split("-")[1]))
+    shutil.rmtree(os.path.join(cfg.out, "checkpoints"))
+    assert [os.path.basename(p) for p in checkpoint_dirs(cfg.out)] == ["ckpt-000010", "ckpt-000020"]
+    s = pretrain(dataclasses.replace(cfg, steps=30), resume=True)
+    assert s["steps"] == 30
+    assert [os.path.basename(p) for p in checkpoint_dirs(cfg.out)] == ["ckpt-000010", "ckpt-000020", "update-000030"]
+    assert any(r.get("event") == "resume" and r.get("step") == 20 for r in _metrics(cfg.out))

@@ -1,9 +1,13 @@
-"""Finding adaptation checkpoints in run and sweep folders (what `bench --checkpoints` evaluates).
+"""Finding checkpoints in run and sweep folders (what `bench --checkpoints` evaluates).
 
-An adaptation **run folder** (written by ``vla-forget adapt``)::
+Every trained run keeps its checkpoints in one layout. An adaptation **run folder** (``vla-forget adapt``)::
 
     RUN/run.json                      {"kind": "adapt", "method", "base", "task", "config", ...}
     RUN/checkpoints/update-NNNNNN/    policy folder + meta.json {"method", "update", "env_steps", ...}
+
+A pretraining run folder (``vla-forget pretrain``) has ``RUN/config.json`` (kind "pretrain") and the same
+``RUN/checkpoints/update-NNNNNN/`` (the update is the training step; method "pretrain"); it names no base or
+target, so a bench of it is given ``--base``.
 
 A **sweep folder** (written by ``vla-forget sweep``) holds runs in
 ``SWEEP/runs/NAME/`` and lists them in ``SWEEP/sweep.json``. A checkpoint counts
@@ -64,6 +68,10 @@ def is_run_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "run.json")) or os.path.isdir(os.path.join(path, "checkpoints"))
 
 
+def _is_pretrain_config(data: Dict[str, Any]) -> bool:
+    return data.get("kind") == "pretrain" or ("kind" not in data and "dagger_rounds" in data and "steps" in data)
+
+
 def is_sweep_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "sweep.json")) or (
         os.path.isdir(os.path.join(path, "runs")) and not is_run_dir(path))
@@ -73,10 +81,16 @@ def run_info(path: str) -> RunInfo:
     path = path.rstrip("/") or path
     info = RunInfo(name=os.path.basename(os.path.abspath(path)), path=path)
     rj = os.path.join(path, "run.json")
+    cj = os.path.join(path, "config.json")
     if os.path.isfile(rj):
         data = _load_json(rj)
         info.method, info.base, info.task = data.get("method"), data.get("base"), data.get("task")
         info.config = dict(data.get("config") or {})
+    elif os.path.isfile(cj):
+        data = _load_json(cj)
+        if _is_pretrain_config(data):
+            info.method = "pretrain"
+            info.config = {k: v for k, v in data.items() if k not in ("kind", "format")}
     return info
 
 

@@ -12,12 +12,17 @@ Run folder (``--out DIR``)::
     DIR/config.json              the resolved PretrainConfig (a resumed run must match it)
     DIR/metrics.jsonl            one line per log interval: train loss/accuracy, lr, samples/s;
                                  validation loss/accuracy; DAgger rounds; divergence
-    DIR/ckpt-000500/             a policy folder (model.safetensors, config.json,
-                                 dataset_statistics.json) plus the training state:
-                                 train_state.pt (optimizer and torch RNG: tensors only,
-                                 loaded with weights_only=True) and train_state.json
-                                 (step, sampler RNG, DAgger datasets); written last, so a
-                                 folder with train_state.json is complete
+    DIR/checkpoints/update-000500/
+                                 the layout of every trained run (adaptation's too, so
+                                 `bench --checkpoints DIR` evaluates them): a policy folder
+                                 (model.safetensors, config.json, dataset_statistics.json),
+                                 meta.json (method "pretrain", step, samples seen, wall time,
+                                 hyper-parameters) and the training state: train_state.pt
+                                 (optimizer and torch RNG: tensors only, loaded with
+                                 weights_only=True) and train_state.json (step, sampler RNG,
+                                 DAgger datasets); written in a temporary folder and renamed
+                                 into place, so a listed folder is complete. Runs written
+                                 before this layout (DIR/ckpt-000500/) still resume.
     DIR/dagger/round-1/          the relabelled rollouts of DAgger round 1 (an RLDS dataset)
 
 Validation: a fraction of each dataset's episodes (chosen by a seeded shuffle)
@@ -60,12 +65,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from vla_forget.adapt import CHECKPOINTS_DIR, META, checkpoint_name, checkpoint_update, list_checkpoints
 from vla_forget.jsonio import append_jsonl, write_json
 from vla_forget.runfolder import RunFolder, RunKind
 from vla_forget.policies import SCRIPTED_EXPERTS
 from vla_forget.errors import VlaForgetError
 
-CKPT_PREFIX = "ckpt-"
+#: the checkpoint folders of runs written before the shared layout (``DIR/ckpt-NNNNNN``): read, never written
+LEGACY_CKPT_PREFIX = "ckpt-"
 TRAIN_STATE_PT = "train_state.pt"
 TRAIN_STATE_JSON = "train_state.json"
 METRICS = "metrics.jsonl"
@@ -486,16 +493,27 @@ def validate(model, val: Optional[Dict[str, Any]], device: str, batch_size: int 
 # --------------------------------------------------------------------------
 # checkpoints
 
+def checkpoint_path(out: str, step: int) -> str:
+    """Where the checkpoint after ``step`` steps goes: ``out/checkpoints/update-NNNNNN`` (the shared layout)."""
+    return os.path.join(out, CHECKPOINTS_DIR, checkpoint_name(step))
+
+
 def checkpoint_dirs(out: str) -> List[str]:
-    """Complete checkpoints (with train_state.json) in ``out``, oldest first."""
+    """Complete checkpoints in ``out``, oldest first: the shared layout's (``checkpoints/update-NNNNNN`` with its
+    meta.json) and, for runs started before it, ``ckpt-NNNNNN`` folders with their train_state.json."""
     if not os.path.isdir(out):
         return []
-    names = sorted(n for n in os.listdir(out) if n.startswith(CKPT_PREFIX) and n[len(CKPT_PREFIX):].isdigit())
-    return [os.path.join(out, n) for n in names if os.path.exists(os.path.join(out, n, TRAIN_STATE_JSON))]
+    found = [(checkpoint_update(p), p) for p in list_checkpoints(out)]
+    found += [(int(n[len(LEGACY_CKPT_PREFIX):]), os.path.join(out, n)) for n in os.listdir(out)
+              if n.startswith(LEGACY_CKPT_PREFIX) and n[len(LEGACY_CKPT_PREFIX):].isdigit()
+              and os.path.exists(os.path.join(out, n, TRAIN_STATE_JSON))]
+    return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(path: str, model, opt, step: int, rng: np.random.Generator, extra: Dict[str, Any]) -> None:
-    """A policy folder plus the training state; train_state.json goes last (it marks the folder complete)."""
+def save_checkpoint(path: str, model, opt, step: int, rng: np.random.Generator, extra: Dict[str, Any],
+                    meta: Optional[Dict[str, Any]] = None) -> None:
+    """A policy folder plus the training state and ``meta`` (meta.json), written in a temporary folder that is
+    renamed into place (a listed folder is complete)."""
     import torch
 
     tmp = path + ".tmp"
@@ -504,7 +522,9 @@ def save_checkpoint(path: str, model, opt, step: int, rng: np.random.Generator, 
     torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()}, os.path.join(tmp, TRAIN_STATE_PT))
     state = {"step": int(step), "numpy_rng": rng.bit_generator.state, **extra}
     write_json(os.path.join(tmp, TRAIN_STATE_JSON), state)
+    write_json(os.path.join(tmp, META), {"method": "pretrain", "update": int(step), **(meta or {})})
     shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     os.replace(tmp, path)
 
 
@@ -723,8 +743,11 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
 
     def checkpoint(at: int) -> str:
         nonlocal last_ckpt
-        path = os.path.join(cfg.out, f"{CKPT_PREFIX}{at:06d}")
-        save_checkpoint(path, model, opt, at, rng, {"dagger": dagger_sets})
+        path = checkpoint_path(cfg.out, at)
+        save_checkpoint(path, model, opt, at, rng, {"dagger": dagger_sets},
+                        {"samples_seen": int(at) * cfg.batch_size,
+                         "hparams": {"lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed},
+                         "run": os.path.basename(os.path.abspath(cfg.out))})
         last_ckpt = path
         if cfg.keep_checkpoints > 0:
             for old in checkpoint_dirs(cfg.out)[: -cfg.keep_checkpoints]:
