@@ -11,7 +11,7 @@ MODULES = ["vla_forget.states", "vla_forget.tokenizer", "vla_forget.datasets", "
            "vla_forget.spec", "vla_forget.demos", "vla_forget.registry", "vla_forget.adapt.common",
            "vla_forget.sim_assets", "vla_forget.sweep", "vla_forget.checkpoints", "vla_forget.envs.vulkan",
            "vla_forget.envs.lowpoly", "vla_forget.envs.simpler", "vla_forget.policies.base", "vla_forget.policies",
-           "vla_forget.policies.openvla"]
+           "vla_forget.policies.openvla", "vla_forget.training", "vla_forget.runfolder", "vla_forget.bc"]
 #: signals caught inside the suite, never shown to a user as such
 INTERNAL = {"NonFiniteError", "NoTransportSteps"}
 

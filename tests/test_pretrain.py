@@ -370,3 +370,42 @@ def test_a_run_in_the_earlier_layout_still_resumes(fixture):
     assert s["steps"] == 30
     assert [os.path.basename(p) for p in checkpoint_dirs(cfg.out)] == ["ckpt-000010", "ckpt-000020", "update-000030"]
     assert any(r.get("event") == "resume" and r.get("step") == 20 for r in _metrics(cfg.out))
+
+
+def test_one_meaning_of_the_transport_share_for_pretraining_and_sft(fixture):
+    """The transport share is the batch's own distribution restricted to transport steps: dataset k with
+    probability proportional to w_k * T_k / N_k; SFT's uniform draw over all steps makes that one uniform draw
+    over the transport steps (the same stream as before the rule was shared). Runs from before keep theirs."""
+    from vla_forget.bc import TransportSampler, make_sampler
+    from vla_forget.datasets import mix_datasets
+
+    root, data, init = fixture
+    left = open_dataset(data[0])
+    tokenizer = mix_datasets([(data[0], 1.0)], statistics="pooled", name="m").tokenizer
+    train = [np.arange(8), np.array([0, 1])]
+    s = make_sampler([left, left], [1.0, 3.0], train, tokenizer, np.random.default_rng(0), 0.5)
+    n = np.array([len(s.base.steps[k][0]) for k in range(2)], float)
+    want = np.array([1.0, 3.0]) / 4 * np.array(s.counts) / n
+    assert np.allclose(s._p, want / want.sum()) and not s._uniform
+    old = make_sampler([left, left], [1.0, 3.0], train, tokenizer, np.random.default_rng(0), 0.5, "dataset-weight")
+    assert np.allclose(old._p, [0.25, 0.75])
+    # SFT: weights proportional to the steps, every episode: every transport step equally likely, one uniform draw
+    sft = make_sampler([left, left], [left.num_steps] * 2, [np.arange(8)] * 2, tokenizer, np.random.default_rng(5), 0.5)
+    assert isinstance(sft, TransportSampler) and sft._uniform
+    rows = sft.sample(8)
+    pick = np.random.default_rng(5).integers(0, len(sft.ep), size=4)
+    assert np.array_equal(rows["action"][:4], np.stack([left.episode(int(e)).action[int(t)] for e, t in
+                                                        zip(sft.ep[pick], sft.st[pick])]))
+
+
+def test_a_run_from_before_the_transport_rule_resumes_with_its_own(fixture):
+    root, data, init = fixture
+    cfg = _cfg(root, data, init, "tr-rule", steps=20, save_every=10, transport_fraction=0.5)
+    pretrain(cfg, stop_at=10)
+    path = os.path.join(cfg.out, "config.json")
+    saved = json.loads(open(path).read())
+    assert saved["transport_rule"] == "conditional"
+    del saved["transport_rule"], saved["kind"], saved["format"]  # as an older version wrote it
+    open(path, "w").write(json.dumps(saved))
+    assert pretrain(cfg, resume=True)["steps"] == 20
+    assert json.loads(open(path).read())["transport_rule"] == "dataset-weight"

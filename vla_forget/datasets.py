@@ -668,11 +668,15 @@ class RLDSDataset:
 
 
 class StepSampler:
-    """Draws a dataset by weight, then a step uniformly within it; tokenises with that dataset's tokenizer."""
+    """An endless, seeded sampler of training batches as torch tensors (:class:`StepBatch`): a dataset by weight,
+    then a step uniformly within it, tokenised with that dataset's tokenizer (or the mixture's pooled one). The
+    drawing is :class:`vla_forget.bc.SplitSampler`'s, the one step sampler of pretraining and SFT."""
 
     def __init__(self, datasets: Sequence[RLDSDataset], weights: np.ndarray, batch_size: int, *, seed: int = 0,
                  device: str = "cpu", tokenizers: Optional[Sequence[ActionTokenizer]] = None,
                  unnorm_keys: Optional[Sequence[str]] = None):
+        from vla_forget.bc import SplitSampler
+
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         shapes = {d.image_shape for d in datasets}
@@ -683,13 +687,11 @@ class StepSampler:
         if len(sdims) > 1:
             raise DatasetError("datasets with different state sizes cannot share a batch: "
                                + ", ".join(f"{d.root}: {d.state_dim}" for d in datasets))
-        self.datasets = list(datasets)
-        self.weights = np.asarray(weights, dtype=np.float64) / np.sum(weights)
         self.batch_size = int(batch_size)
         self.device = device
-        self.rng = np.random.default_rng(seed)
-        self.tokenizers = list(tokenizers) if tokenizers is not None else [d.tokenizer for d in datasets]
         self.unnorm_keys = list(unnorm_keys) if unnorm_keys is not None else [d.unnorm_key for d in datasets]
+        tokenizers = list(tokenizers) if tokenizers is not None else [d.tokenizer for d in datasets]
+        self.split = SplitSampler(datasets, weights, None, tokenizers, np.random.default_rng(seed))
 
     def __iter__(self) -> Iterator[StepBatch]:
         while True:
@@ -698,37 +700,16 @@ class StepSampler:
     def sample(self) -> StepBatch:
         import torch
 
-        B = self.batch_size
-        which = self.rng.choice(len(self.datasets), size=B, p=self.weights)
-        image = state = action = tokens = None
-        instr: List[str] = [""] * B
-        keys: List[str] = [""] * B
-        ep_idx = np.zeros(B, np.int64)
-        st_idx = np.zeros(B, np.int64)
-        for k, ds in enumerate(self.datasets):
-            rows = np.nonzero(which == k)[0]
-            if len(rows) == 0:
-                continue
-            flat = self.rng.integers(0, ds.num_steps, size=len(rows))
-            e, t = ds.locate(flat)
-            g = ds.gather(e, t)
-            if image is None:
-                image = np.empty((B,) + g["image"].shape[1:], np.uint8)
-                state = np.empty((B, g["state"].shape[1]), np.float32)
-                action = np.empty((B, g["action"].shape[1]), np.float32)
-                tokens = np.empty((B, g["action"].shape[1]), np.int64)
-            image[rows], state[rows], action[rows] = g["image"], g["state"], g["action"]
-            tokens[rows] = self.tokenizers[k].encode(g["action"])
-            ep_idx[rows], st_idx[rows] = e, t
-            for j, r in enumerate(rows):
-                instr[r] = g["instruction"][j]
-                keys[r] = self.unnorm_keys[k]
+        b = self.split.sample(self.batch_size, with_index=True)
         dev = self.device
-        return StepBatch(
-            image=torch.from_numpy(image).to(dev), state=torch.from_numpy(state).to(dev), instruction=instr,
-            action=torch.from_numpy(action).to(dev), tokens=torch.from_numpy(tokens).to(dev), unnorm_key=keys,
-            episode=torch.from_numpy(ep_idx).to(dev), step=torch.from_numpy(st_idx).to(dev),
-        )
+
+        def t(x):
+            return torch.from_numpy(np.ascontiguousarray(x)).to(dev)
+
+        return StepBatch(image=t(b["image"]), state=t(b["state"].astype(np.float32)), instruction=list(b["instruction"]),
+                         action=t(b["action"].astype(np.float32)), tokens=t(b["tokens"]),
+                         unnorm_key=[self.unnorm_keys[int(k)] for k in b["dataset"]], episode=t(b["episode"]),
+                         step=t(b["step"]))
 
 
 def open_dataset(path: str, *, unnorm_key: Optional[str] = None, cache_episodes: Optional[int] = None,

@@ -66,8 +66,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from vla_forget.adapt import CHECKPOINTS_DIR, META, checkpoint_name, checkpoint_update, list_checkpoints
+from vla_forget.bc import (TRANSPORT_MIN_XY, TRANSPORT_RULES, NoTransportSteps, SplitSampler, TransportSampler,  # noqa: F401
+                           gather, observation, parse_data_spec, shift_images, split_episodes, steps_of,
+                           token_loss, transport_steps)
 from vla_forget.jsonio import append_jsonl, write_json
 from vla_forget.runfolder import RunFolder, RunKind
+from vla_forget.training import Diverged, NonFiniteError, optimizer_step
 from vla_forget.policies import SCRIPTED_EXPERTS
 from vla_forget.errors import VlaForgetError
 
@@ -86,14 +90,6 @@ VOLATILE = ("steps", "out", "progress", "device", "threads", "save_every", "eval
 
 class PretrainError(VlaForgetError, RuntimeError):
     """A pretraining run that cannot start or continue; the message says what to do."""
-
-
-class Diverged(PretrainError):
-    """The loss or gradient became non-finite; ``last_checkpoint`` is the newest good checkpoint (or None)."""
-
-    def __init__(self, message: str, last_checkpoint: Optional[str]):
-        super().__init__(message)
-        self.last_checkpoint = last_checkpoint
 
 
 @dataclass
@@ -122,6 +118,9 @@ class PretrainConfig:
     """random image shift in pixels (pad by replication, crop back; 0: none)"""
     transport_fraction: float = 0.0
     """share of each batch drawn from the transport steps of the training episodes (TransportSampler; 0: none)"""
+    transport_rule: str = "conditional"
+    """how that share is drawn (vla_forget.bc.TRANSPORT_RULES); runs started before the rule was named resume
+    with theirs ("dataset-weight")"""
     val_fraction: float = 0.1
     """fraction of each dataset's episodes held out for validation (at least one when a dataset has two or more)"""
     val_steps: int = 256
@@ -204,187 +203,6 @@ def parse_dagger_task(spec: str, default: int) -> Tuple[str, int]:
     return task, int(n)
 
 
-def parse_data_spec(spec: str) -> Tuple[str, float]:
-    """``PATH[:WEIGHT]`` -> (path, weight)."""
-    path, sep, w = spec.rpartition(":")
-    if sep and path:
-        try:
-            return path, float(w)
-        except ValueError:
-            pass
-    return spec, 1.0
-
-
-# --------------------------------------------------------------------------
-# data: an episode split over a mixture
-
-class SplitSampler:
-    """Samples training steps of a mixture, restricted to each dataset's training episodes.
-
-    Picks a dataset by weight, then a step uniformly among its training steps
-    (as :class:`vla_forget.datasets.StepSampler` does over all steps), and
-    tokenises every row with the mixture's pooled tokenizer.
-    """
-
-    def __init__(self, datasets: Sequence[Any], weights: Sequence[float], train_episodes: Sequence[np.ndarray],
-                 tokenizer: Any, rng: np.random.Generator):
-        self.datasets = list(datasets)
-        self.weights = np.asarray(weights, np.float64) / np.sum(weights)
-        self.tokenizer = tokenizer
-        self.rng = rng
-        self.steps = [_steps_of(ds, eps) for ds, eps in zip(self.datasets, train_episodes)]
-
-    def sample(self, batch_size: int) -> Dict[str, Any]:
-        which = self.rng.choice(len(self.datasets), size=batch_size, p=self.weights)
-        ep = np.zeros(batch_size, np.int64)
-        st = np.zeros(batch_size, np.int64)
-        for k in range(len(self.datasets)):
-            rows = np.nonzero(which == k)[0]
-            if len(rows):
-                pick = self.rng.integers(0, len(self.steps[k][0]), size=len(rows))
-                ep[rows], st[rows] = self.steps[k][0][pick], self.steps[k][1][pick]
-        return gather(self.datasets, which, ep, st, self.tokenizer)
-
-
-#: a transport step moves x or y by more than this (of the action range -1..1) with the gripper closed
-TRANSPORT_MIN_XY = 0.3
-
-
-def transport_steps(actions: np.ndarray) -> np.ndarray:
-    """Indices of the steps that carry a held object sideways: gripper closed (< 0) and the x or y
-    action beyond :data:`TRANSPORT_MIN_XY`. In pick-and-place these are the few steps per episode
-    where only the instruction's destination says which way to go; the approach, the lift, the
-    lowering and the release can be read off the image."""
-    a = np.asarray(actions)
-    return np.flatnonzero((a[:, 6] < 0) & (np.abs(a[:, :2]).max(axis=1) > TRANSPORT_MIN_XY))
-
-
-class NoTransportSteps(ValueError):
-    """The data has no transport step to draw from."""
-
-
-class TransportSampler:
-    """Draws a share ``fraction`` of each batch from the transport steps (:func:`transport_steps`) of
-    ``base``'s training episodes and the rest from ``base``; both read ``base.rng``, so a batch is a
-    function of it. The transport rows are uniform over all the transport steps, or with
-    ``by_weight`` pick a dataset by ``base``'s weights (among those that have transport steps), then
-    a transport step of it uniformly, as the rest of the batch picks datasets."""
-
-    def __init__(self, base: SplitSampler, fraction: float, by_weight: bool = False):
-        self.base, self.fraction, self.by_weight = base, float(fraction), bool(by_weight)
-        which, ep, st = [], [], []
-        for k, (ds, (train_ep, _)) in enumerate(zip(base.datasets, base.steps)):
-            e, s = ds.locate(transport_steps(ds.all_actions()))
-            keep = np.isin(e, train_ep)
-            which.append(np.full(int(keep.sum()), k))
-            ep.append(e[keep])
-            st.append(s[keep])
-        self.which, self.ep, self.st = (np.concatenate(x).astype(np.int64) for x in (which, ep, st))
-        counts = np.bincount(self.which, minlength=len(base.datasets)).astype(np.int64)
-        self._counts, self._start = counts, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)  # grouped
-        w = np.where(counts > 0, base.weights, 0.0)
-        self._p = w / w.sum() if w.sum() > 0 else w
-        if not len(self.ep):
-            raise NoTransportSteps(f"--transport-fraction {fraction}: the data has no transport steps (gripper closed "
-                                   f"and an x or y action beyond {TRANSPORT_MIN_XY}); use --transport-fraction 0")
-
-    @property
-    def rng(self) -> np.random.Generator:
-        return self.base.rng
-
-    @rng.setter
-    def rng(self, rng: np.random.Generator) -> None:
-        self.base.rng = rng
-
-    @property
-    def counts(self) -> Tuple[int, ...]:
-        """transport steps per dataset"""
-        return tuple(int(n) for n in self._counts)
-
-    def sample(self, batch_size: int) -> Dict[str, Any]:
-        n = int(round(batch_size * self.fraction))
-        if not n:  # a batch too small for the share: all uniform
-            return self.base.sample(batch_size)
-        if self.by_weight:
-            k = self.base.rng.choice(len(self._p), size=n, p=self._p)
-            pick = self._start[k] + (self.base.rng.random(n) * self._counts[k]).astype(np.int64)
-        else:
-            pick = self.base.rng.integers(0, len(self.ep), size=n)
-        rows = gather(self.base.datasets, self.which[pick], self.ep[pick], self.st[pick], self.base.tokenizer)
-        if n == batch_size:
-            return rows
-        rest = self.base.sample(batch_size - n)
-        return {k: (rows[k] + rest[k]) if isinstance(rows[k], list) else np.concatenate([rows[k], rest[k]]) for k in rest}
-
-
-def make_sampler(datasets: Sequence[Any], weights: Sequence[float], train_episodes: Sequence[np.ndarray], tokenizer: Any,
-                 rng: np.random.Generator, transport_fraction: float = 0.0):
-    """The training sampler: a :class:`SplitSampler`, wrapped in a :class:`TransportSampler` when
-    ``transport_fraction`` > 0 (raises :class:`PretrainError` when the data has no transport step)."""
-    sampler = SplitSampler(datasets, weights, train_episodes, tokenizer, rng)
-    if transport_fraction <= 0:
-        return sampler
-    try:
-        return TransportSampler(sampler, transport_fraction, by_weight=True)
-    except NoTransportSteps as e:
-        raise PretrainError(str(e)) from None
-
-
-def _steps_of(ds: Any, episodes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(episode, step) index arrays of every step of ``episodes``."""
-    eps = np.asarray(episodes, np.int64)
-    lengths = np.asarray(ds.lengths)[eps]
-    return np.repeat(eps, lengths), np.concatenate([np.arange(n) for n in lengths]) if len(eps) else np.zeros(0, np.int64)
-
-
-def gather(datasets: Sequence[Any], which: np.ndarray, ep: np.ndarray, st: np.ndarray, tokenizer: Any) -> Dict[str, Any]:
-    """Numpy arrays of the given (dataset, episode, step) rows, tokenised with ``tokenizer``."""
-    B = len(which)
-    out: Dict[str, Any] = {"instruction": [""] * B}
-    for k, ds in enumerate(datasets):
-        rows = np.nonzero(which == k)[0]
-        if not len(rows):
-            continue
-        g = ds.gather(ep[rows], st[rows])
-        for key in ("image", "state", "action"):
-            if key not in out:
-                out[key] = np.empty((B,) + g[key].shape[1:], g[key].dtype)
-            out[key][rows] = g[key]
-        for j, r in enumerate(rows):
-            out["instruction"][r] = g["instruction"][j]
-    out["tokens"] = tokenizer.encode(out["action"]).astype(np.int64)
-    return out
-
-
-def split_episodes(n: int, fraction: float, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-    """(train, validation) episode indices: a seeded shuffle, ``fraction`` held out (one at least when n >= 2)."""
-    perm = rng.permutation(n)
-    n_val = int(round(fraction * n))
-    if fraction > 0 and n >= 2:
-        n_val = max(1, n_val)
-    n_val = min(n_val, n - 1) if n >= 1 else 0
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-
-
-def shift_images(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
-    """Random shift by up to ``pad`` pixels per image (edge-replicated padding, crop back); front and
-    wrist views side by side (``[B, H, 2H, 3]``) are shifted each on its own."""
-    if pad <= 0:
-        return images
-    from vla_forget.policies.base import side_by_side
-
-    B, H, W, _ = images.shape
-    if side_by_side(images.shape):
-        return np.concatenate([shift_images(images[:, :, :H], pad, rng), shift_images(images[:, :, H:], pad, rng)], axis=2)
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
-    dx = rng.integers(0, 2 * pad + 1, size=B)
-    dy = rng.integers(0, 2 * pad + 1, size=B)
-    out = np.empty_like(images)
-    for i in range(B):
-        out[i] = padded[i, dy[i]:dy[i] + H, dx[i]:dx[i] + W]
-    return out
-
-
 # --------------------------------------------------------------------------
 # the model and the optimiser
 
@@ -444,27 +262,6 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def _observation(batch: Dict[str, Any], device: str):
-    import torch
-
-    from vla_forget.policies.base import Observation
-
-    return Observation(image=torch.from_numpy(batch["image"]).to(device), state=torch.from_numpy(batch["state"]).to(device),
-                       instruction=list(batch["instruction"]))
-
-
-def token_loss(model, batch: Dict[str, Any], device: str):
-    """(mean cross-entropy over the 7 tokens, token accuracy [7]) of a batch, teacher-forced."""
-    import torch
-    import torch.nn.functional as F
-
-    tokens = torch.from_numpy(batch["tokens"]).to(device)
-    logits = model.action_logits(_observation(batch, device), tokens).float()
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
-    acc = (logits.argmax(-1) == tokens).float().mean(0)
-    return loss, acc
 
 
 def validate(model, val: Optional[Dict[str, Any]], device: str, batch_size: int = 128) -> Dict[str, Any]:
@@ -631,12 +428,37 @@ RUN_KIND = RunKind(
     added={"dagger_expert": "expert-v1",  # runs from before expert-v2 relabelled with expert-v1
            "dagger_success_hold": 5,  # and ended their rollouts 5 steps after success
            "transport_fraction": 0.0,  # runs from before the option drew batches uniformly
-           "keep_statistics": False},  # and pooled new statistics
+           "keep_statistics": False,  # and pooled new statistics
+           "transport_rule": "dataset-weight"},  # and drew the transport share by the datasets' weights
 )
 
 
-def _check_config(cfg: PretrainConfig, resume: bool) -> None:
-    RunFolder(cfg.out, RUN_KIND).start(asdict(cfg), resume=resume)
+def _check_config(cfg: PretrainConfig, resume: bool) -> PretrainConfig:
+    """Check the run folder (see RunFolder.start) and return the config to train with: a resumed run keeps the
+    transport rule it was started with."""
+    folder = RunFolder(cfg.out, RUN_KIND)
+    saved = folder.read_config() if resume else None
+    if saved is not None and "transport_rule" not in saved and cfg.transport_rule == PretrainConfig.transport_rule:
+        from dataclasses import replace
+
+        cfg = replace(cfg, transport_rule=RUN_KIND.added["transport_rule"])
+    folder.start(asdict(cfg), resume=resume)
+    return cfg
+
+
+def make_sampler(datasets: Sequence[Any], weights: Sequence[float], train_episodes: Sequence[np.ndarray], tokenizer: Any,
+                 rng: np.random.Generator, transport_fraction: float = 0.0, transport_rule: str = "conditional"):
+    """:func:`vla_forget.bc.make_sampler`, with data that has no transport step a :class:`PretrainError`."""
+    from vla_forget import bc
+
+    try:
+        return bc.make_sampler(datasets, weights, train_episodes, tokenizer, rng, transport_fraction, transport_rule)
+    except NoTransportSteps as e:
+        raise PretrainError(str(e)) from None
+
+
+def _sampler(datasets, weights, train_eps, tokenizer, rng, cfg: PretrainConfig):
+    return make_sampler(datasets, weights, train_eps, tokenizer, rng, cfg.transport_fraction, cfg.transport_rule)
 
 
 def _state_statistics(datasets: Sequence[Any], train_episodes: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
@@ -666,6 +488,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
         raise PretrainError(f"--dagger-expert {cfg.dagger_expert!r}: choose one of {', '.join(SCRIPTED_EXPERTS)}")
     if not 0.0 <= cfg.transport_fraction < 1.0:
         raise PretrainError(f"--transport-fraction must be in [0, 1), got {cfg.transport_fraction}")
+    if cfg.transport_rule not in TRANSPORT_RULES:
+        raise PretrainError(f"transport_rule {cfg.transport_rule!r}: choose one of {', '.join(TRANSPORT_RULES)}")
     if cfg.dagger_success_hold < 0:
         raise PretrainError(f"--dagger-success-hold must be >= 0 (0 = full episodes), got {cfg.dagger_success_hold}")
     if cfg.dagger_rounds:
@@ -673,7 +497,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
             raise PretrainError(f"--dagger-episodes must be 1..{MAX_DAGGER_EPISODES}, got {cfg.dagger_episodes}")
         for t in cfg.dagger_tasks:  # before the run folder records them
             parse_dagger_task(t, cfg.dagger_episodes)
-    _check_config(cfg, resume)
+    cfg = _check_config(cfg, resume)
     metrics_path = os.path.join(cfg.out, METRICS)
 
     def log(rec: Dict[str, Any]) -> None:
@@ -703,7 +527,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
         tokenizer = mix.tokenizer
     val = None  # held-out steps, tokenised as training tokenises
     if sum(len(v) for v in val_eps) and cfg.val_steps > 0:
-        vsteps = [_steps_of(ds, v) for ds, v in zip(datasets, val_eps)]
+        vsteps = [steps_of(ds, v) for ds, v in zip(datasets, val_eps)]
         flat = [(k, e, s) for k, (es, ss) in enumerate(vsteps) for e, s in zip(es, ss)]
         pick = np.random.default_rng([cfg.seed, 2]).permutation(len(flat))[: cfg.val_steps]
         rows = np.asarray([flat[i] for i in sorted(pick)], np.int64)
@@ -731,7 +555,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
         datasets.append(open_dataset(os.path.join(cfg.out, rel)))
         train_eps = tuple(train_eps) + (np.arange(datasets[-1].num_episodes),)
         weights.append(cfg.dagger_weight)
-    sampler = make_sampler(datasets, weights, train_eps, tokenizer, rng, cfg.transport_fraction)
+    sampler = _sampler(datasets, weights, train_eps, tokenizer, rng, cfg)
 
     dagger_tasks = list(cfg.dagger_tasks)
     if cfg.dagger_rounds and not dagger_tasks:
@@ -780,21 +604,17 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
                 datasets.append(open_dataset(path))
                 train_eps = tuple(train_eps) + (np.arange(datasets[-1].num_episodes),)
                 weights.append(cfg.dagger_weight)
-                sampler = make_sampler(datasets, weights, train_eps, tokenizer, rng, cfg.transport_fraction)
+                sampler = _sampler(datasets, weights, train_eps, tokenizer, rng, cfg)
                 checkpoint(step)  # records the new dataset, so a resume continues with it
             batch = sampler.sample(cfg.batch_size)
             batch["image"] = shift_images(batch["image"], cfg.augment_shift, rng)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
             loss, acc = token_loss(model, batch, cfg.device)
-            if not torch.isfinite(loss):
-                raise Diverged(f"the loss is {loss.item()} at step {step}", last_ckpt)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            if not torch.isfinite(gnorm):
-                raise Diverged(f"the gradient norm is {float(gnorm)} at step {step}", last_ckpt)
-            opt.step()
+            try:
+                gnorm = optimizer_step(opt, loss, cfg.grad_clip)
+            except NonFiniteError as e:
+                raise Diverged(f"{e} at step {step}", last_ckpt) from None
             step += 1
             bar.update(1)
             loss_sum += loss.item()

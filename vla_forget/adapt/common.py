@@ -44,6 +44,7 @@ from vla_forget.adapt import CHECKPOINTS_DIR, META, METHODS, checkpoint_name, li
 from vla_forget.errors import VlaForgetError
 from vla_forget.registry import unversioned
 from vla_forget.runfolder import RunFolder, RunKind
+from vla_forget.training import Diverged, NonFiniteError, backward, optimizer_step  # noqa: F401 (the methods' names)
 from vla_forget.spec import DEFAULT_BATTERY
 
 RUN_JSON = "run.json"
@@ -58,18 +59,6 @@ REWARDS = ("success", "dense")
 
 class AdaptError(VlaForgetError, RuntimeError):
     """An adaptation run that cannot start or continue; the message says what to do."""
-
-
-class Diverged(AdaptError):
-    """The loss or the gradient became NaN or infinite; ``last_checkpoint`` is the newest good checkpoint."""
-
-    def __init__(self, message: str, last_checkpoint: Optional[str]):
-        super().__init__(message)
-        self.last_checkpoint = last_checkpoint
-
-
-class NonFiniteError(ArithmeticError):
-    """A NaN or infinite loss or gradient norm (raised before the optimiser step)."""
 
 
 # --------------------------------------------------------------------------
@@ -208,7 +197,7 @@ def hparams(cfg: AdaptConfig) -> Dict[str, Any]:
 
 def _absolute_data(spec: str) -> str:
     """``PATH[:WEIGHT]`` with PATH made absolute, so that a resume from another folder finds the data."""
-    from vla_forget.pretrain import parse_data_spec
+    from vla_forget.bc import parse_data_spec
 
     path, _ = parse_data_spec(spec)
     if not os.path.exists(path):
@@ -417,32 +406,6 @@ def policy_tokenizer(policy):
         raise AdaptError(f"{type(policy).__name__} exposes no action tokenizer (policy.tokenizer): SFT needs one to "
                          "turn demonstrated actions into tokens")
     return tok
-
-
-def backward(loss, what: str = "loss") -> None:
-    """``loss.backward()`` after checking that the loss is finite (NonFiniteError otherwise)."""
-    import torch
-
-    if not bool(torch.isfinite(loss.detach()).all()):
-        raise NonFiniteError(f"the {what} is {loss.detach().float().item()}")
-    loss.backward()
-
-
-def optimizer_step(opt, loss=None, grad_clip: float = 1.0) -> float:
-    """(zero_grad, backward when ``loss`` is given,) clip, check the gradient norm, step, zero_grad; returns the norm."""
-    import torch
-
-    params = [p for g in opt.param_groups for p in g["params"]]
-    if loss is not None:
-        opt.zero_grad(set_to_none=True)
-        backward(loss)
-    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    if not bool(torch.isfinite(gnorm)):
-        opt.zero_grad(set_to_none=True)
-        raise NonFiniteError(f"the gradient norm is {float(gnorm)}")
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return float(gnorm)
 
 
 def clipped_surrogate(logp, old_logp, adv, clip: float):

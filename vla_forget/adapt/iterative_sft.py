@@ -23,7 +23,7 @@ import numpy as np
 from vla_forget.adapt import common
 from vla_forget.adapt.common import AdaptConfig, Run
 from vla_forget.adapt.rollouts import collector_for
-from vla_forget.pretrain import _observation, shift_images, token_loss
+from vla_forget.bc import observation, shift_images, token_loss
 
 
 def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = None) -> Dict[str, Any]:
@@ -56,7 +56,7 @@ def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = No
                 losses.append(float(loss.detach()))
                 accs.append(float(acc.mean()))
                 if run.kl.active:
-                    obs = _observation(batch, device)
+                    obs = observation(batch, device)
                     kl = run.kl.kl(policy, obs, run.kl.reference(obs, kl_gen)).mean()
                     loss = loss + run.kl.coef * kl
                     kls.append(float(kl.detach()))

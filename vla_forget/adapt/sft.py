@@ -7,7 +7,8 @@ task's instruction template — otherwise a clear error. One update::
 
     1. a batch of `batch_size` steps, uniform over all demonstration steps (seeded per update);
        with `transport_fraction` f > 0, a share f of the rows uniform over the transport steps
-       instead (see :func:`transport_steps`), the rest uniform over all steps;
+       instead (see :func:`transport_steps`; the same rule as pretraining's, vla_forget.bc), the rest
+       uniform over all steps;
        actions -> 7 tokens with the *policy's* statistics (its unnorm_key), so that the adapted
        policy decodes actions exactly as the base does; optional random image shifts
     2. loss = mean over the 7 tokens of cross-entropy(action_logits(obs, tokens), tokens)
@@ -26,8 +27,8 @@ import numpy as np
 
 from vla_forget.adapt import common
 from vla_forget.adapt.common import AdaptConfig, AdaptError, Run
-from vla_forget.pretrain import (TRANSPORT_MIN_XY, NoTransportSteps, SplitSampler, TransportSampler, _observation,
-                                 shift_images, token_loss, transport_steps)
+from vla_forget.bc import (TRANSPORT_MIN_XY, NoTransportSteps, TransportSampler, make_sampler, observation, shift_images,
+                           token_loss, transport_steps)
 
 __all__ = ["TRANSPORT_MIN_XY", "TransportSampler", "train", "transport_steps"]
 
@@ -37,14 +38,13 @@ def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = No
     run = Run(cfg, resume=resume)
     cfg, policy, device = run.cfg, run.policy, run.device
     datasets = common.open_demonstrations(list(data if data is not None else cfg.data), run.task, policy, data_option)
-    sampler = SplitSampler(datasets, [ds.num_steps for ds in datasets], [np.arange(ds.num_episodes) for ds in datasets],
-                           common.policy_tokenizer(policy), np.random.default_rng(0))
+    try:  # uniform over every demonstration step; the transport share drawn as in pretraining (vla_forget.bc)
+        sampler = make_sampler(datasets, [ds.num_steps for ds in datasets], [np.arange(ds.num_episodes) for ds in datasets],
+                               common.policy_tokenizer(policy), np.random.default_rng(0), cfg.transport_fraction)
+    except NoTransportSteps as e:
+        raise AdaptError(str(e)) from None
     extra = {}
-    if cfg.transport_fraction > 0:
-        try:
-            sampler = TransportSampler(sampler, cfg.transport_fraction)
-        except NoTransportSteps as e:
-            raise AdaptError(str(e)) from None
+    if isinstance(sampler, TransportSampler):
         extra = {"transport_steps": list(sampler.counts), "transport_fraction": cfg.transport_fraction}
     policy.train()
     opt = run.optimizer()
@@ -61,7 +61,7 @@ def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = No
         loss, acc = token_loss(policy, batch, device)
         record = {"loss": float(loss.detach()), "token_acc": float(acc.mean())}
         if run.kl.active:
-            obs = _observation(batch, device)
+            obs = observation(batch, device)
             kl = run.kl.kl(policy, obs, run.kl.reference(obs, common.generator(cfg.seed, update, "kl", device=device))).mean()
             loss = loss + run.kl.coef * kl
             record["kl_to_base"] = float(kl.detach())
