@@ -191,9 +191,9 @@ def _step(env, rec: _Recorder, obs, action):
 
 
 def _expert_episode(env, job: DemoJob, rec: _Recorder) -> str:
-    from vla_forget.rollout import _get_policy
+    from vla_forget.rollout import get_policy
 
-    policy = _get_policy(job.source, "cpu")
+    policy = get_policy(job.source, "cpu")
     obs = env.reset([job.seed], instruction_index=job.instruction_index)
     policy.reset(1)
     for _ in range(env.info.max_episode_steps):

@@ -354,9 +354,9 @@ def dagger_episode(job: DaggerJob) -> Dict[str, Any]:
     """Roll out the policy (sampling, as bench does) and record the expert's action at every visited state."""
     import torch
 
-    from vla_forget.rollout import _get_policy, episode_generator_seed, get_env
+    from vla_forget.rollout import get_policy, episode_generator_seed, get_env
 
-    policy = _get_policy(job.policy, "cpu")
+    policy = get_policy(job.policy, "cpu")
     expert = _get_policy_uncached_expert(job.expert)
     env = get_env(job.task, image_size=job.image_size, render=True, num_envs=1, max_steps=None, sim_backend="cpu",
                    device="cpu", wrist_camera=policy.wrist_camera)

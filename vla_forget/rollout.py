@@ -94,7 +94,9 @@ def act(policy: Any, obs: Any, *, greedy: bool, temperature: float = 1.0, genera
     return policy.act(obs, greedy=greedy, generator=generator)
 
 
-def _get_policy(spec: str, device: str):
+def get_policy(spec: str, device: str):
+    """The policy ``spec`` on ``device``, loaded once per process and kept until another is asked for (every
+    episode loop's policy source, as :data:`ENVS` is their env source)."""
     key = f"{spec}@{device}"
     if key not in _POLICIES:
         from vla_forget.policies import load_policy
@@ -225,7 +227,7 @@ def episode_generator_seed(policy_hash: str, task: str, seed: int) -> int:
 
 def run_job(job: EpisodeJob) -> List[Dict[str, Any]]:
     """Run a job in this process, with cached env and policy."""
-    policy = _get_policy(job.policy_spec, job.device)
+    policy = get_policy(job.policy_spec, job.device)
     want_frames = bool(job.video_seeds) and job.video_dir is not None
     render = bool(job.render or getattr(policy, "needs_image", True) or want_frames or job.state_index)
     wrist = job.wrist_camera if job.wrist_camera is not None else bool(getattr(policy, "wrist_camera", False))
