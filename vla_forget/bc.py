@@ -8,6 +8,10 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vla_forget.policies.base import Observation
 
 __all__ = ["NoTransportSteps", "SplitSampler", "TRANSPORT_MIN_XY", "TRANSPORT_RULES", "TransportSampler", "gather",
            "make_sampler", "observation", "parse_data_spec", "shift_images", "split_episodes", "steps_of",
@@ -229,18 +233,12 @@ def shift_images(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
 
 
 def observation(batch: Dict[str, Any], device: str):
-    import torch
-
-    from vla_forget.policies.base import Observation
-
     return Observation(image=torch.from_numpy(batch["image"]).to(device), state=torch.from_numpy(batch["state"]).to(device),
                        instruction=list(batch["instruction"]))
 
 
 def token_loss(model, batch: Dict[str, Any], device: str):
     """(mean cross-entropy over the 7 tokens, token accuracy [7]) of a batch, teacher-forced."""
-    import torch
-    import torch.nn.functional as F
 
     tokens = torch.from_numpy(batch["tokens"]).to(device)
     logits = model.action_logits(observation(batch, device), tokens).float()

@@ -31,18 +31,32 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from vla_forget import law, metrics
-from vla_forget.divergences import TV_MIN_ESS
-from vla_forget.jsonio import write_json
-from vla_forget.runfolder import RunFolder, RunKind
-from vla_forget.rollout import EpisodeJob
-from vla_forget.spec import DEFAULT_BATTERY, DEFAULT_DECODING, Battery, Decoding, Target, load_battery, load_target
-from vla_forget.video import slug
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import vla_forget.envs  # TASKS and task_unavailable_reason read at call time: tests and plug-ins replace them
+from vla_forget import law, metrics, rollout
+from vla_forget.cache import BaseOutputCache, content_key
+from vla_forget.checkpoints import CheckpointDiscoveryError, find_checkpoints
+from vla_forget.divergences import TV_MIN_ESS, reverse_on_policy_samples, summarize, token_divergences
+from vla_forget.envs.lowpoly import task_visual_assets
 from vla_forget.errors import VlaForgetError
+from vla_forget.jsonio import write_json
+from vla_forget.policies import load_policy
+from vla_forget.policies.base import Observation, PromptStyleError, TokenPolicy, views_for
+from vla_forget.report import write_report
+from vla_forget.rollout import EpisodeJob
+from vla_forget.runfolder import RunFolder, RunKind
+from vla_forget.spec import DEFAULT_BATTERY, DEFAULT_DECODING, Battery, Decoding, Target, load_battery, load_target
+from vla_forget.states import RULES, expected_slots, load_states, phase_of, recorded_slots, state_path
+from vla_forget.versions import software_versions
+from vla_forget.video import slug
 
 RESULTS_FORMAT = 1
 SHARE_RENDER_ENV_EPISODES = 4
@@ -152,9 +166,6 @@ def with_prompt(spec: str, style: Optional[str]) -> str:
 
 
 def _policy_ref(spec: str, role: str, key: Optional[str] = None, prompt: Optional[str] = None) -> PolicyRef:
-    from vla_forget.policies import load_policy
-    from vla_forget.policies.base import PromptStyleError, TokenPolicy
-
     key = key or spec.rstrip("/")
     spec = with_prompt(spec, prompt)
     try:
@@ -309,11 +320,10 @@ def make_plan(config: BenchConfig) -> Plan:
 def _check_action_units(plan: Plan) -> None:
     """A note for each policy that decodes its actions with other statistics than a task's actions are in (the
     SimplerEnv tasks name OpenVLA's ``unnorm_key`` of their robot): its actions would be in the wrong units."""
-    from vla_forget.envs import TASKS
 
     wrong: Dict[Tuple[str, str], List[str]] = {}
     for task, _, _ in plan.tasks():
-        want = (TASKS.get(task).metadata or {}).get("unnorm_key")
+        want = (vla_forget.envs.TASKS.get(task).metadata or {}).get("unnorm_key")
         for r in plan.refs:
             if want and r.has_distribution and r.unnorm_key and r.unnorm_key != want:
                 wrong.setdefault((r.key, want), []).append(task)
@@ -327,13 +337,12 @@ def _check_action_units(plan: Plan) -> None:
 def check_tasks_available(tasks: Iterable[str]) -> None:
     """Every SimplerEnv / Bridge task of the run can run here (simulator, assets, SimplerEnv's interpreter and its
     preflight), and every v2 tabletop task's low-poly mesh set is the recorded one, checked before the first episode: else one error listing each task's reason and fix."""
-    from vla_forget.envs import TASKS, task_unavailable_reason
 
     reasons = []
     for task in dict.fromkeys(tasks):
-        meta = TASKS.get(task).metadata or {}
+        meta = vla_forget.envs.TASKS.get(task).metadata or {}
         if meta.get("backend") in ("simpler", "bridge") or "visual_assets" in meta:  # v2: the low-poly meshes
-            why = task_unavailable_reason(task)
+            why = vla_forget.envs.task_unavailable_reason(task)
             if why:
                 reasons.append(why)
     if reasons:
@@ -365,7 +374,6 @@ def _resolve_image_size(plan: Plan) -> None:
 
 def _check_options(config: BenchConfig) -> None:
     """Options that would fail deep in a worker or a library, refused before any work with what to give instead."""
-    from vla_forget.states import RULES
 
     positive = {"image_size": "--image-size", "kl_samples_per_state": "--kl-samples-per-state",
                 "kl_state_stride": "kl_state_stride", "num_envs": "--num-envs"}
@@ -395,7 +403,6 @@ def _check_options(config: BenchConfig) -> None:
 
 def _add_checkpoints(config: BenchConfig, refs: List[PolicyRef]) -> List[Dict[str, Any]]:
     """Append a ref per distinct checkpoint in ``config.checkpoints``; returns one row per checkpoint."""
-    from vla_forget.checkpoints import CheckpointDiscoveryError, find_checkpoints
 
     rows: List[Dict[str, Any]] = []
     by_hash = {}
@@ -502,7 +509,6 @@ def plan_jobs(plan: Plan, out: str, done: Iterable[Tuple[str, str, int]]) -> Lis
     """The episodes still to run, task-major (workers reuse their env across policies). An episode that finished
     but whose states are missing or were recorded under other settings (another rule, another count) is run
     again for its states only (``record=False``): its record is kept as it is."""
-    from vla_forget.states import expected_slots, recorded_slots, state_path
 
     cfg = plan.config
     done_set = set(done)
@@ -544,15 +550,12 @@ def plan_jobs(plan: Plan, out: str, done: Iterable[Tuple[str, str, int]]) -> Lis
 # execution
 
 def _progress(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, unit="ep", desc="episodes", disable=not enabled, dynamic_ncols=True,
                 file=sys.stderr)
 
 
 def execute(jobs: List[EpisodeJob], episodes_path: str, workers: int, total: int, initial: int, progress: bool) -> int:
     """Run jobs, appending each finished episode; returns the number of episodes run."""
-    from vla_forget import rollout
 
     bar = _progress(total, initial, progress)
     n = 0
@@ -577,17 +580,12 @@ def execute(jobs: List[EpisodeJob], episodes_path: str, workers: int, total: int
 # divergences
 
 def _repeat(obs, k: int):
-    from vla_forget.policies.base import Observation
-
     return Observation(image=obs.image.repeat_interleave(k, 0), state=obs.state.repeat_interleave(k, 0),
                        instruction=[s for s in obs.instruction for _ in range(k)])
 
 
 def _sample(policy, obs, S: int, seed: int, batch_size: int, device: str):
     """``S`` token sequences per state sampled from ``policy`` (state-major), with its logits on them."""
-    import torch
-
-    from vla_forget.policies.base import views_for
 
     gen = torch.Generator(device=device).manual_seed(seed)
     toks, logits = [], []
@@ -601,9 +599,6 @@ def _sample(policy, obs, S: int, seed: int, batch_size: int, device: str):
 
 def _teacher_forced(policy, obs, tokens, S: int, batch_size: int, device: str):
     """``policy``'s logits on ``tokens`` (``S`` per state, state-major)."""
-    import torch
-
-    from vla_forget.policies.base import views_for
 
     out = []
     with torch.no_grad():
@@ -615,11 +610,6 @@ def _teacher_forced(policy, obs, tokens, S: int, batch_size: int, device: str):
 
 def load_state_set(plan: Plan, sets: List[StateSet]):
     """The recorded states of ``sets`` (one name) as one ``(Observation, meta)``; None when none are recorded."""
-    import numpy as np
-    import torch
-
-    from vla_forget.policies.base import Observation
-    from vla_forget.states import load_states
 
     parts = [load_states(s.states_dir, s.task, s.seeds, plan.config.kl_states_per_task) for s in sets]
     parts = [p for p in parts if p is not None]
@@ -640,14 +630,7 @@ def compute_divergences(plan: Plan, out: str, cache=None, batch_size: int = 64) 
     teacher-forced on the policy's samples. The policies' samples live in a scratch folder until the base
     has seen them; the reverse KL per sample is what is cached.
     """
-    import tempfile
 
-    import torch
-
-    from vla_forget.cache import BaseOutputCache, content_key
-    from vla_forget.divergences import TV_MIN_ESS, reverse_on_policy_samples, summarize, token_divergences
-    from vla_forget.policies import load_policy
-    from vla_forget.states import phase_of
 
     cfg = plan.config
     result: Dict[str, Any] = {
@@ -756,9 +739,6 @@ def compute_divergences(plan: Plan, out: str, cache=None, batch_size: int = 64) 
 # aggregation
 
 def aggregate(plan: Plan, records: List[Dict[str, Any]], divergences: Dict[str, Any], wall_s: float) -> Dict[str, Any]:
-    from vla_forget.versions import software_versions
-    from vla_forget.envs.lowpoly import task_visual_assets
-
     wanted = {(r.key, t, s) for r in plan.refs for t, seeds, _ in plan.tasks() for s in seeds}
     recs = [r for r in records if (r["policy"], r["task"], r["seed"]) in wanted]
     at_end = metrics.count_rates(recs, "success_at_end")
@@ -967,7 +947,6 @@ def run_bench(config: BenchConfig, *, resume: bool = False, analyze_only: bool =
     """Run (or continue, with ``resume``) a bench and write its results. ``analyze_only``: roll nothing out;
     rebuild the results, report and plots of a finished bench from its episodes and recorded states, and
     refuse (before writing anything) a bench that still has episodes to run or states to record."""
-    from vla_forget.report import write_report
 
     out = config.out
     plan = make_plan(config)

@@ -50,6 +50,7 @@ An interrupted run loses no finished episode: ``--resume`` skips every seed in
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -57,12 +58,20 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import gymnasium as gym
 import numpy as np
+import torch
+from mani_skill.trajectory.utils.actions.conversion import from_pd_joint_pos
+from tqdm import tqdm
 
-from vla_forget.jsonio import append_jsonl, write_json
-from vla_forget.runfolder import RunFolder, RunKind
-from vla_forget.policies import SCRIPTED_EXPERTS
+from vla_forget import datasets, rollout
+from vla_forget.envs import TASKS, task_info, task_instructions
 from vla_forget.errors import VlaForgetError
+from vla_forget.jsonio import append_jsonl
+from vla_forget.policies import SCRIPTED_EXPERTS
+from vla_forget.rollout import get_env, get_policy
+from vla_forget.runfolder import RunFolder, RunKind
+from vla_forget.versions import software_versions
 
 TRAIN_SEED_LIMIT = 100_000
 MOTION_PLANNING = "maniskill-motionplanning"
@@ -123,7 +132,6 @@ class DemoConfig:
 def demo_source(task: str, expert: str = SCRIPTED_EXPERTS[0]) -> str:
     """Where the demonstrations of ``task`` come from (``expert`` where it solves the task); a DemoError names
     the tasks that have a demonstrator."""
-    from vla_forget.envs import TASKS, task_info
 
     if expert not in SCRIPTED_EXPERTS:
         raise DemoError(f"unknown expert {expert!r}: choose one of {', '.join(SCRIPTED_EXPERTS)}")
@@ -182,7 +190,6 @@ class _Recorder:
 
 def _step(env, rec: _Recorder, obs, action):
     """Record ``obs`` and the executed (clipped) action, step the task env; returns the next observation."""
-    import torch
 
     a = torch.as_tensor(action, dtype=torch.float32).reshape(1, 7).clamp(-1.0, 1.0)
     nxt, reward, _term, _trunc, info = env.step(a)
@@ -191,8 +198,6 @@ def _step(env, rec: _Recorder, obs, action):
 
 
 def _expert_episode(env, job: DemoJob, rec: _Recorder) -> str:
-    from vla_forget.rollout import get_policy
-
     policy = get_policy(job.source, "cpu")
     obs = env.reset([job.seed], instruction_index=job.instruction_index)
     policy.reset(1)
@@ -242,13 +247,6 @@ _PLAN_ENVS: Dict[str, Any] = {}
 
 
 def _planner_episode(env, job: DemoJob, rec: _Recorder) -> str:
-    import importlib
-
-    import gymnasium as gym
-    import torch
-
-    from mani_skill.trajectory.utils.actions.conversion import from_pd_joint_pos
-
     module, _, fn = PLANNER_SOLUTIONS[job.task].partition(":")
     solve = getattr(importlib.import_module(module), fn)
     if env.ms_id not in _PLAN_ENVS:
@@ -310,7 +308,6 @@ def _parse_episode_name(name: str, prefix: str) -> Optional[Key]:
 
 def collect_episode(job: DemoJob) -> Dict[str, Any]:
     """Demonstrate one seed in this process (cached env); a success is saved to ``raw_dir``; returns the record."""
-    from vla_forget.rollout import get_env
 
     t0 = time.perf_counter()
     env = get_env(job.task, image_size=job.image_size, render=True, num_envs=1, max_steps=None, sim_backend="cpu",
@@ -399,8 +396,6 @@ def _check_config(raw_dir: str, cfg: DemoConfig, source: str, resume: bool) -> N
 
 
 def _progress(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, unit="demo", desc="demos", disable=not enabled, dynamic_ncols=True,
                 file=sys.stderr)
 
@@ -412,7 +407,6 @@ def _kept(attempts: Dict[Key, Dict[str, Any]], keys: List[Key]) -> List[Key]:
 def _candidates(cfg: DemoConfig) -> List[Key]:
     """The episodes to try, in order: seeds from ``seed_start``, each once per instruction with
     ``all_instructions``; ``attempts_cap`` of them."""
-    from vla_forget.envs import task_instructions
 
     cap = cfg.attempts_cap()
     if not cfg.all_instructions:
@@ -427,8 +421,6 @@ def _candidates(cfg: DemoConfig) -> List[Key]:
 
 def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
     """Collect ``cfg.episodes`` successful demonstrations and write the dataset; returns a summary."""
-    from vla_forget import rollout
-    from vla_forget.envs import task_info
 
     info = task_info(cfg.task)  # unknown ids raise with the list of tasks
     source = demo_source(cfg.task, cfg.expert)
@@ -501,8 +493,6 @@ def _episodes(raw_dir: str, task: str, keys: List[Key]) -> Iterator[Dict[str, An
 
 def build_dataset(cfg: DemoConfig, source: str, keys: List[Key], summary: Dict[str, Any]) -> str:
     """(Re)write the RLDS dataset in ``cfg.out`` from the saved episodes ``keys``; returns its name."""
-    from vla_forget import datasets
-    from vla_forget.versions import software_versions
 
     name = cfg.name or datasets.dataset_name(cfg.task)
     raw_dir = os.path.join(cfg.out, RAW)

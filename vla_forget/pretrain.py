@@ -64,16 +64,36 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
+from vla_forget import bc, rollout
 from vla_forget.adapt import CHECKPOINTS_DIR, META, checkpoint_name, checkpoint_update, list_checkpoints
-from vla_forget.bc import (TRANSPORT_MIN_XY, TRANSPORT_RULES, NoTransportSteps, SplitSampler, TransportSampler,  # noqa: F401
-                           gather, observation, parse_data_spec, shift_images, split_episodes, steps_of,
-                           token_loss, transport_steps)
+from vla_forget.bc import (  # noqa: F401
+    TRANSPORT_MIN_XY,
+    TRANSPORT_RULES,
+    NoTransportSteps,
+    SplitSampler,
+    TransportSampler,
+    gather,
+    observation,
+    parse_data_spec,
+    shift_images,
+    split_episodes,
+    steps_of,
+    token_loss,
+    transport_steps,
+)
+from vla_forget.datasets import mix_datasets, open_dataset, write_dataset
+from vla_forget.envs import TASKS, task_info
+from vla_forget.errors import VlaForgetError
 from vla_forget.jsonio import append_jsonl, write_json
+from vla_forget.policies import SCRIPTED_EXPERTS, load_policy
+from vla_forget.policies.base import side_by_side
+from vla_forget.policies.small_vla import SmallVLA
+from vla_forget.rollout import episode_generator_seed, get_env, get_policy
 from vla_forget.runfolder import RunFolder, RunKind
 from vla_forget.training import Diverged, NonFiniteError, optimizer_step
-from vla_forget.policies import SCRIPTED_EXPERTS
-from vla_forget.errors import VlaForgetError
 
 #: the checkpoint folders of runs written before the shared layout (``DIR/ckpt-NNNNNN``): read, never written
 LEGACY_CKPT_PREFIX = "ckpt-"
@@ -181,7 +201,6 @@ MAX_DAGGER_EPISODES = 100
 
 def _unlabellable(task: str) -> Optional[str]:
     """Why the scripted experts cannot label DAgger rollouts of ``task``, or None when they can."""
-    from vla_forget.envs import TASKS, task_info
 
     if task not in set(TASKS.ids()):
         return f"unknown task {task!r} (`vla-forget ls tasks`)"
@@ -209,8 +228,6 @@ def parse_dagger_task(spec: str, default: int) -> Tuple[str, int]:
 def _load_model(cfg: PretrainConfig, image_shape: Sequence[int], log=None):
     """The initial model for data of ``image_shape``; with data from two cameras (``[H, 2H, 3]`` images) and a
     front-only ``--init``, a wrist-view conv net is added (seeded random init; every other weight is ``--init``'s)."""
-    from vla_forget.policies.base import side_by_side
-    from vla_forget.policies.small_vla import SmallVLA
 
     model = _load_init(cfg)
     wide = side_by_side(image_shape)
@@ -229,9 +246,6 @@ def _load_model(cfg: PretrainConfig, image_shape: Sequence[int], log=None):
 
 
 def _load_init(cfg: PretrainConfig):
-    from vla_forget.policies import load_policy
-    from vla_forget.policies.small_vla import SmallVLA
-
     overrides = {} if cfg.dropout is None else {"dropout": float(cfg.dropout)}
     model = load_policy(cfg.init, **overrides) if overrides and os.path.isdir(cfg.init) else load_policy(cfg.init)
     if not isinstance(model, SmallVLA):
@@ -244,8 +258,6 @@ def _load_init(cfg: PretrainConfig):
 
 
 def _optimizer(model, cfg: PretrainConfig):
-    import torch
-
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -266,7 +278,6 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 
 def validate(model, val: Optional[Dict[str, Any]], device: str, batch_size: int = 128) -> Dict[str, Any]:
     """Validation loss, token accuracy (overall and per dimension) on the fixed held-out steps."""
-    import torch
 
     if val is None:
         return {}
@@ -311,7 +322,6 @@ def save_checkpoint(path: str, model, opt, step: int, rng: np.random.Generator, 
                     meta: Optional[Dict[str, Any]] = None) -> None:
     """A policy folder plus the training state and ``meta`` (meta.json), written in a temporary folder that is
     renamed into place (a listed folder is complete)."""
-    import torch
 
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -326,8 +336,6 @@ def save_checkpoint(path: str, model, opt, step: int, rng: np.random.Generator, 
 
 
 def load_train_state(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    import torch
-
     with open(os.path.join(path, TRAIN_STATE_JSON)) as f:
         meta = json.load(f)
     tensors = torch.load(os.path.join(path, TRAIN_STATE_PT), weights_only=True, map_location="cpu")
@@ -352,9 +360,6 @@ class DaggerJob:
 
 def dagger_episode(job: DaggerJob) -> Dict[str, Any]:
     """Roll out the policy (sampling, as bench does) and record the expert's action at every visited state."""
-    import torch
-
-    from vla_forget.rollout import get_policy, episode_generator_seed, get_env
 
     policy = get_policy(job.policy, "cpu")
     expert = _get_policy_uncached_expert(job.expert)
@@ -396,8 +401,6 @@ def _get_policy_uncached_expert(name: str):
 def dagger_round(cfg: PretrainConfig, checkpoint: str, round_idx: int, tasks: Sequence[str], image_shape, state_dim: int,
                  log) -> Tuple[str, Dict[str, float]]:
     """Roll out ``checkpoint`` on ``tasks``, label with the expert, write a dataset; returns (path, success per task)."""
-    from vla_forget.datasets import write_dataset
-    from vla_forget.rollout import run_parallel
 
     out = os.path.join(cfg.out, "dagger", f"round-{round_idx}")
     seed0 = DAGGER_SEED_START + 1000 * (round_idx - 1)
@@ -408,7 +411,7 @@ def dagger_round(cfg: PretrainConfig, checkpoint: str, round_idx: int, tasks: Se
             for k, (t, n) in enumerate(plan) for i in range(n)]
     episodes: List[Dict[str, Any]] = []
     t0 = time.perf_counter()
-    run_parallel(dagger_episode, jobs, cfg.dagger_workers, episodes.append)
+    rollout.run_parallel(dagger_episode, jobs, cfg.dagger_workers, episodes.append)
     episodes.sort(key=lambda e: (e["task"], e["seed"]))
     success = {t: float(np.mean([e["success"] for e in episodes if e["task"] == t])) for t in tasks}
     write_dataset(out, iter(episodes), name=f"dagger_round_{round_idx}", image_shape=tuple(image_shape),
@@ -449,7 +452,6 @@ def _check_config(cfg: PretrainConfig, resume: bool) -> PretrainConfig:
 def make_sampler(datasets: Sequence[Any], weights: Sequence[float], train_episodes: Sequence[np.ndarray], tokenizer: Any,
                  rng: np.random.Generator, transport_fraction: float = 0.0, transport_rule: str = "conditional"):
     """:func:`vla_forget.bc.make_sampler`, with data that has no transport step a :class:`PretrainError`."""
-    from vla_forget import bc
 
     try:
         return bc.make_sampler(datasets, weights, train_episodes, tokenizer, rng, transport_fraction, transport_rule)
@@ -472,10 +474,6 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
     ``stop_at`` ends this call after that step with a checkpoint, as an
     interruption would (the schedule stays that of ``cfg``); ``resume`` continues.
     """
-    import torch
-    from tqdm import tqdm
-
-    from vla_forget.datasets import mix_datasets, open_dataset
 
     if cfg.steps < 0 or cfg.batch_size < 1:
         raise PretrainError(f"--steps must be >= 0 and --batch-size >= 1 (got {cfg.steps}, {cfg.batch_size})")

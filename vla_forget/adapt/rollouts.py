@@ -43,6 +43,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
+
+from vla_forget import rollout
+from vla_forget.adapt import RL_METHODS, checkpoint_name
+from vla_forget.adapt.common import ROLLOUT_WEIGHTS
+from vla_forget.policies import load_policy
+from vla_forget.policies.base import Observation
 
 TRACES_DIR = "traces"
 PENDING_DIR = "pending"
@@ -116,9 +123,6 @@ class Trajectories:
 
     def observation(self, idx: np.ndarray, device: str):
         """Flat steps ``idx`` as a policy Observation on ``device``."""
-        import torch
-
-        from vla_forget.policies.base import Observation
 
         b = self.batch(idx)
         return Observation(image=torch.from_numpy(b["image"]).to(device), state=torch.from_numpy(b["state"]).to(device),
@@ -130,7 +134,6 @@ class Trajectories:
 
 def run_episodes(env, policy, seeds: Sequence[int], gen_seed: int, device: str) -> Dict[str, Any]:
     """Roll out ``policy`` (sampling at temperature 1) on ``env`` from ``seeds`` (one per env); arrays [N, T, ...]."""
-    import torch
 
     t0 = time.perf_counter()
     N = len(seeds)
@@ -187,10 +190,6 @@ _TRAINEE: Dict[str, list] = {}
 
 
 def _trainee(job: RolloutJob):
-    import torch
-
-    from vla_forget.policies import load_policy
-
     key = f"{job.policy}@{job.device}"
     if key not in _TRAINEE:
         _TRAINEE.clear()
@@ -205,7 +204,6 @@ def _trainee(job: RolloutJob):
 
 def collect_job(job: RolloutJob) -> Dict[str, Any]:
     """Run one job in this process (a worker): cached env, policy with the job's weights."""
-    from vla_forget import rollout
 
     policy = _trainee(job)
     env = rollout.get_env(job.task, image_size=job.image_size, render=True, num_envs=len(job.seeds),
@@ -248,8 +246,6 @@ class Collector:
         return traj
 
     def _in_process(self, policy, seeds: List[int], gen_seeds: List[int]) -> List[Dict[str, Any]]:
-        from vla_forget import rollout
-
         N = self.num_envs
         env = rollout.get_env(self.task, image_size=self.image_size, render=True, num_envs=N,
                                max_steps=self.max_episode_steps, sim_backend="gpu" if N > 1 else "cpu",
@@ -265,8 +261,6 @@ class Collector:
         return parts
 
     def _in_workers(self, policy, seeds: List[int], gen_seeds: List[int], version: int) -> List[Dict[str, Any]]:
-        import torch
-
         tmp = self.weights_path + ".tmp"
         torch.save({k: v.detach().cpu() for k, v in policy.state_dict().items()}, tmp)
         os.replace(tmp, self.weights_path)
@@ -388,8 +382,6 @@ def trace_datasets(run_dir: str, until: Optional[int] = None) -> List[str]:
 
 def collector_for(run) -> Collector:
     """The run's collector: the architecture from its checkpoint 0, weights through RUN/rollout_weights.pt."""
-    from vla_forget.adapt import checkpoint_name
-    from vla_forget.adapt.common import ROLLOUT_WEIGHTS
 
     cfg = run.cfg
     return Collector(task=run.task, policy_dir=os.path.join(run.ckpt_root, checkpoint_name(0)),
@@ -400,9 +392,6 @@ def collector_for(run) -> Collector:
 
 def traces_for(run) -> TraceWriter:
     """The run's trace writer (RL methods with save_traces), flushed before every checkpoint."""
-    import torch
-
-    from vla_forget.adapt import RL_METHODS
 
     cfg = run.cfg
 
