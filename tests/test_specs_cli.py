@@ -122,3 +122,25 @@ def test_bench_without_preset_takes_episode_counts_from_the_specs(tmp_path, monk
     assert seen["config"].episodes == 2 and seen["config"].policies == ["expert-v1", "small-vla-random-v1"]
     main(["bench", "--preset", "smoke", "--episodes", "3", "--out", str(tmp_path / "c")])
     assert seen["config"].episodes == 3
+
+
+def test_library_callers_get_the_presets_and_resume_of_the_cli(tmp_path):
+    """bench.resolve_config applies a preset and a resumed run's saved options as `vla-forget bench` does, so a
+    library caller of run_bench continues a bench with its own settings."""
+    from vla_forget import bench
+    from vla_forget.bench import BenchError, make_plan, resolve_config
+    from vla_forget.runfolder import RunFolder
+
+    out = str(tmp_path / "b")
+    cfg = resolve_config(out, preset="default", workers=1, episodes=3)
+    assert cfg.policies == ["expert-v2", "small-vla-base-v5"] and cfg.base == "small-vla-base-v5"
+    assert (cfg.episodes, cfg.target_episodes, cfg.videos_per_task, cfg.battery) == (3, 20, 2, "tabletop-v2")
+    RunFolder(out, bench.RUN_KIND).write_config(make_plan(cfg).resolved())
+    again = resolve_config(out, resume=True, policies=["small-vla-random-v1"])
+    assert again.policies == ["expert-v2", "small-vla-base-v5", "small-vla-random-v1"]
+    assert (again.episodes, again.base, again.kl_states_per_task) == (3, "small-vla-base-v5", 128)
+    with pytest.raises(BenchError, match="give --policy"):
+        resolve_config(str(tmp_path / "empty"))
+    open(str(tmp_path / "b" / "config.json"), "w").write("{")
+    with pytest.raises(BenchError, match="cannot read .*config.json"):
+        resolve_config(out, resume=True)

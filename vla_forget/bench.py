@@ -943,6 +943,100 @@ def _policy_row(p: str, at_end, battery_mean, forgetting, gain, kl, target_task)
 # --------------------------------------------------------------------------
 # entry point
 
+#: the options of :func:`resolve_config` (those of ``vla-forget bench``); None: not given
+BENCH_OPTIONS = ("policies", "base", "checkpoints", "checkpoint_stride", "battery", "target", "episodes",
+                 "target_episodes", "workers", "num_envs", "device", "image_size", "videos_per_task",
+                 "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_states", "greedy", "temperature",
+                 "prompt", "seed")
+#: the options a resumed bench takes from its config.json when they are not given (workers: per machine)
+RESUMED_OPTIONS = ("base", "battery", "target", "episodes", "target_episodes", "num_envs", "device", "image_size",
+                   "videos_per_task", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_states",
+                   "greedy", "temperature", "prompt", "seed", "checkpoint_stride")
+
+
+def _union(first: List[str], more: List[str]) -> List[str]:
+    return list(first) + [x for x in more if x not in first]
+
+
+def resolve_config(out: str, *, resume: bool = False, preset: Optional[str] = None, progress: bool = True,
+                   **options: Any) -> BenchConfig:
+    """The :class:`BenchConfig` of a bench into ``out`` from the options given (:data:`BENCH_OPTIONS`; None or
+    missing: not given), the way ``vla-forget bench`` resolves them, for library callers too:
+
+    1. ``resume``: an option not given comes from ``out/config.json`` (:data:`RESUMED_OPTIONS`); ``checkpoints``
+       folders given are added to the saved ones and ``policies`` given to the saved ones, so a bench continues with
+       exactly its own settings;
+    2. ``preset`` (an id of ``vla-forget ls presets``) fills the options still not given; without one, episode
+       counts come from the battery and target specs;
+    3. with ``checkpoints``, the runs say their base, target and battery where those are not given (a preset's
+       policies are not added);
+    4. ``workers`` not given: one process per core up to 8 (CPU simulation), 0 with several envs per process.
+
+    Raises :class:`BenchError` (nothing is written) when the saved config cannot be read, the runs disagree, or
+    there is no policy or no base."""
+    from vla_forget.spec import load_preset
+
+    unknown = sorted(set(options) - set(BENCH_OPTIONS))
+    if unknown:
+        raise TypeError(f"resolve_config: unknown options {unknown}; known: {', '.join(BENCH_OPTIONS)}")
+    opts: Dict[str, Any] = {name: options.get(name) for name in BENCH_OPTIONS}
+    folder = RunFolder(out, RUN_KIND)
+    if resume and folder.has_config():
+        try:
+            saved = folder.read_config()["config"]
+            if not isinstance(saved, dict):
+                raise TypeError("'config' is not an object")
+        except (BenchError, KeyError, TypeError) as e:
+            raise BenchError(f"--resume: cannot read {folder.config_path} ({e}); pass every option of the run again, "
+                             "or choose another --out") from None
+        for name in RESUMED_OPTIONS:
+            if opts.get(name) is None and saved.get(name) is not None:
+                opts[name] = saved[name]
+        opts["checkpoints"] = _union(saved.get("checkpoints") or [], opts["checkpoints"] or []) or None
+        opts["policies"] = _union(saved.get("policies") or [], opts["policies"] or []) or None
+    chosen = load_preset(preset) if preset else {}
+
+    def pick(name: str, default: Any = None) -> Any:
+        return opts[name] if opts.get(name) is not None else chosen.get(name, default)
+
+    checkpoints = list(opts["checkpoints"] or [])
+    if checkpoints:  # the runs say what they were adapted from and to
+        from vla_forget.checkpoints import common_field
+
+        try:
+            base = opts["base"] or common_field(checkpoints, "base")
+            target = opts["target"] or common_field(checkpoints, "task")
+            # the battery the runs were adapted against (their target is outside it, in its version)
+            opts["battery"] = opts["battery"] or common_field(checkpoints, "battery")
+        except CheckpointDiscoveryError as e:
+            raise BenchError(str(e)) from None
+        policies = list(opts["policies"] or [])
+        opts["target"] = target
+    else:
+        policies = opts["policies"] or chosen.get("policies")
+        base = pick("base")
+    if not (policies or checkpoints) or not base:
+        raise BenchError("give --policy (or --checkpoints) and --base (or a --preset that sets them)")
+    num_envs = int(pick("num_envs", 1))
+    workers = pick("workers")
+    if workers is None:  # CPU: one env per process; GPU simulation: all envs in this process
+        workers = 0 if num_envs > 1 else min(8, os.cpu_count() or 1)
+    return BenchConfig(
+        policies=list(policies), base=base, out=out, battery=pick("battery", BenchConfig.battery),
+        target=pick("target"), episodes=pick("episodes"), target_episodes=pick("target_episodes"),
+        workers=int(workers), num_envs=num_envs, device=pick("device", "cpu"),
+        image_size=None if pick("image_size") is None else int(pick("image_size")),
+        videos_per_task=int(pick("videos_per_task", 2)),
+        kl_states_per_task=int(pick("kl_states_per_task", BenchConfig.kl_states_per_task)),
+        kl_state_stride=int(pick("kl_state_stride", BenchConfig.kl_state_stride)),
+        kl_samples_per_state=int(pick("kl_samples_per_state", BenchConfig.kl_samples_per_state)),
+        kl_states=pick("kl_states", BenchConfig.kl_states),
+        greedy=bool(pick("greedy", False)), temperature=pick("temperature"), prompt=pick("prompt"),
+        seed=int(pick("seed", 0)), progress=progress, checkpoints=checkpoints,
+        checkpoint_stride=opts["checkpoint_stride"],
+    )
+
+
 def run_bench(config: BenchConfig, *, resume: bool = False, analyze_only: bool = False, log=print) -> Dict[str, Any]:
     """Run (or continue, with ``resume``) a bench and write its results. ``analyze_only``: roll nothing out;
     rebuild the results, report and plots of a finished bench from its episodes and recorded states, and

@@ -121,92 +121,16 @@ def apply_trust_remote_code(args) -> None:
         os.environ["VLA_FORGET_TRUST_REMOTE_CODE"] = "1"
 
 
-#: bench options that --resume takes from OUT/config.json when they are not given (workers: per machine)
-RESUMED_BENCH_OPTIONS = ("base", "battery", "target", "episodes", "target_episodes", "num_envs", "device", "image_size",
-                         "videos_per_task", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_states",
-                         "greedy", "temperature", "prompt", "seed", "checkpoint_stride")
-
-
-def _fill_from_saved_config(args) -> None:
-    """``--resume``: options not given on the command line come from OUT/config.json, the run being continued.
-
-    ``--checkpoints`` folders given are added to the saved ones (another seed, another run); ``--policy`` ids
-    given replace none of the saved ones. So ``vla-forget bench --out OUT --resume`` continues a run with
-    exactly its own settings. A corrupt config.json raises ValueError.
-    """
-    path = os.path.join(args.out, "config.json")
-    if not (args.resume and os.path.exists(path)):
-        return
-    import json
-
-    try:
-        with open(path) as f:
-            saved = json.load(f)["config"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"--resume: cannot read {path} ({e}); pass every option of the run again, or choose "
-                         "another --out") from None
-    for name in RESUMED_BENCH_OPTIONS:
-        if getattr(args, name, None) is None and saved.get(name) is not None:
-            setattr(args, name, saved[name])
-    args.checkpoints = _union(saved.get("checkpoints") or [], args.checkpoints or []) or None
-    args.policies = _union(saved.get("policies") or [], args.policies or []) or None
-
-
-def _union(first: List[str], more: List[str]) -> List[str]:
-    return list(first) + [x for x in more if x not in first]
-
-
 def cmd_bench(args) -> int:
-    from vla_forget.bench import BenchConfig, run_bench
-    from vla_forget.spec import load_preset
+    from vla_forget.bench import BENCH_OPTIONS, BenchError, resolve_config, run_bench
 
     apply_trust_remote_code(args)
+    options = {name: getattr(args, name, None) for name in BENCH_OPTIONS}
     try:
-        _fill_from_saved_config(args)
-    except ValueError as e:
+        cfg = resolve_config(args.out, resume=args.resume, preset=args.preset, progress=not args.no_progress, **options)
+    except BenchError as e:
         print(f"vla-forget bench: {e}", file=sys.stderr)
         return 2
-    # a preset fills only the options it is asked for: without --preset, episode counts come from the specs
-    preset = load_preset(args.preset) if args.preset else {}
-    pick = lambda name, dflt=None: getattr(args, name) if getattr(args, name, None) is not None else preset.get(name, dflt)  # noqa: E731
-    checkpoints = list(args.checkpoints or [])
-    if checkpoints:  # the runs say what they were adapted from and to; a preset's policies are not added
-        from vla_forget.checkpoints import CheckpointDiscoveryError, common_field
-
-        try:
-            base = args.base or common_field(checkpoints, "base")
-            target = args.target or common_field(checkpoints, "task")
-            # the battery the runs were adapted against (their target is outside it, in its version)
-            args.battery = args.battery or common_field(checkpoints, "battery")
-        except CheckpointDiscoveryError as e:
-            print(f"vla-forget bench: {e}", file=sys.stderr)
-            return 2
-        policies = list(args.policies or [])
-        args.target = target
-    else:
-        policies = args.policies or preset.get("policies")
-        base = pick("base")
-    if not (policies or checkpoints) or not base:
-        print("vla-forget bench: give --policy (or --checkpoints) and --base (or a --preset that sets them)", file=sys.stderr)
-        return 2
-    workers = pick("workers")
-    num_envs = int(pick("num_envs", 1))
-    if workers is None:  # CPU: one env per process; GPU simulation: all envs in this process
-        workers = 0 if num_envs > 1 else min(8, os.cpu_count() or 1)
-    cfg = BenchConfig(
-        policies=list(policies), base=base, out=args.out, battery=pick("battery", BenchConfig.battery),
-        target=pick("target"), episodes=pick("episodes"), target_episodes=pick("target_episodes"),
-        workers=int(workers), num_envs=num_envs, device=pick("device", "cpu"),
-        image_size=None if pick("image_size") is None else int(pick("image_size")),
-        videos_per_task=int(pick("videos_per_task", 2)),
-        kl_states_per_task=int(pick("kl_states_per_task", BenchConfig.kl_states_per_task)),
-        kl_state_stride=int(pick("kl_state_stride", BenchConfig.kl_state_stride)),
-        kl_samples_per_state=int(pick("kl_samples_per_state", BenchConfig.kl_samples_per_state)),
-        kl_states=pick("kl_states", BenchConfig.kl_states),
-        greedy=bool(pick("greedy", False)), temperature=pick("temperature"), prompt=pick("prompt"),
-        seed=int(pick("seed", 0)), progress=not args.no_progress, checkpoints=checkpoints,
-        checkpoint_stride=args.checkpoint_stride,
-    )
     run_bench(cfg, resume=args.resume, analyze_only=getattr(args, "analyze_only", False))
     print(open(os.path.join(args.out, "report.md")).read())
     print(f"results: {os.path.join(args.out, 'results.json')}")
