@@ -66,6 +66,7 @@ from tqdm import tqdm
 
 from vla_forget import datasets, rollout
 from vla_forget.envs import TASKS, task_info, task_instructions
+from vla_forget.episodes import Recorder, run_episode
 from vla_forget.errors import VlaForgetError
 from vla_forget.jsonio import append_jsonl
 from vla_forget.policies import SCRIPTED_EXPERTS
@@ -197,15 +198,26 @@ def _step(env, rec: _Recorder, obs, action):
     return nxt, info
 
 
+class _Steps(Recorder):
+    """Each step's observation, the executed (clipped) action, its reward and success into a :class:`_Recorder`."""
+
+    def __init__(self, rec: _Recorder) -> None:
+        self.rec = rec
+
+    def after(self, t, obs, action, next_obs, reward, success, info) -> None:
+        self.rec.add(obs, action.numpy(), reward.cpu().numpy(), info["is_success"].cpu().numpy())
+
+
 def _expert_episode(env, job: DemoJob, rec: _Recorder) -> str:
     policy = get_policy(job.source, "cpu")
-    obs = env.reset([job.seed], instruction_index=job.instruction_index)
     policy.reset(1)
-    for _ in range(env.info.max_episode_steps):
-        obs, _ = _step(env, rec, obs, policy.act(obs, greedy=True))
-        if job.success_hold and rec.held() >= job.success_hold:
-            break
-    return obs.instruction[0]
+
+    def act(obs):
+        return torch.as_tensor(policy.act(obs, greedy=True), dtype=torch.float32).reshape(1, 7).clamp(-1.0, 1.0)
+
+    out = run_episode(env, act, [job.seed], instruction_index=job.instruction_index, success_hold=job.success_hold,
+                      recorders=[_Steps(rec)])
+    return out.instructions[0]
 
 
 class _ActionLog:

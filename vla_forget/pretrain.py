@@ -86,6 +86,7 @@ from vla_forget.bc import (  # noqa: F401
 )
 from vla_forget.datasets import mix_datasets, open_dataset, write_dataset
 from vla_forget.envs import TASKS, task_info
+from vla_forget.episodes import Recorder, run_episode
 from vla_forget.errors import VlaForgetError
 from vla_forget.jsonio import append_jsonl, write_json
 from vla_forget.policies import SCRIPTED_EXPERTS, load_policy
@@ -366,21 +367,22 @@ def dagger_episode(job: DaggerJob) -> Dict[str, Any]:
     env = get_env(job.task, image_size=job.image_size, render=True, num_envs=1, max_steps=None, sim_backend="cpu",
                    device="cpu", wrist_camera=policy.wrist_camera)
     gen = torch.Generator().manual_seed(episode_generator_seed(policy.checkpoint_hash(), job.task, job.seed))
-    obs = env.reset([job.seed])
     policy.reset(1)
     rec: Dict[str, List[Any]] = {"image": [], "state": [], "action": [], "reward": []}
-    held, success = 0, False
-    for _ in range(env.info.max_episode_steps):
-        label = expert.act(obs, greedy=True)
-        rec["image"].append(obs.image[0].cpu().numpy().astype(np.uint8))
-        rec["state"].append(obs.state[0].cpu().numpy().astype(np.float32))
-        rec["action"].append(label[0].clamp(-1, 1).cpu().numpy().astype(np.float32))
-        obs, reward, _term, _trunc, info = env.step(policy.act(obs, generator=gen))
-        success = bool(torch.as_tensor(info["is_success"]).reshape(-1)[0])
-        rec["reward"].append(float(success))
-        held = held + 1 if success else 0
-        if job.success_hold and held >= job.success_hold:
-            break
+
+    class Labels(Recorder):  # each visited state with the expert's action there, and the step's success as reward
+        def before(self, t, obs):
+            label = expert.act(obs, greedy=True)
+            rec["image"].append(obs.image[0].cpu().numpy().astype(np.uint8))
+            rec["state"].append(obs.state[0].cpu().numpy().astype(np.float32))
+            rec["action"].append(label[0].clamp(-1, 1).cpu().numpy().astype(np.float32))
+
+        def after(self, t, obs, action, next_obs, reward, success, info):
+            rec["reward"].append(float(success[0]))
+
+    out = run_episode(env, lambda obs: policy.act(obs, generator=gen), [job.seed], success_hold=job.success_hold,
+                      recorders=[Labels()])
+    obs, success = out.obs, bool(out.success[0])
     return {"task": job.task, "seed": job.seed, "instruction": obs.instruction[0], "success": success,
             "image": np.stack(rec["image"]), "state": np.stack(rec["state"]), "action": np.stack(rec["action"]),
             "reward": np.asarray(rec["reward"], np.float32), "is_terminal": success, "source": f"dagger-{job.expert}"}

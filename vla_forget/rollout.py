@@ -255,6 +255,7 @@ def run_episodes(env, policy, job: EpisodeJob) -> List[Dict[str, Any]]:
 def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[str, Any]]:
     import torch
 
+    from vla_forget.episodes import Recorder, run_episode
     from vla_forget.policies.base import views_for
     from vla_forget.states import episode_steps, slots_key, state_path, write_states
 
@@ -262,14 +263,8 @@ def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[
     N = len(seeds)
     gen = torch.Generator(device=job.device if job.device != "auto" else "cpu")
     gen.manual_seed(episode_generator_seed(job.policy_hash, job.task, seeds[0]))
-    obs = env.reset(list(seeds))
-    instructions = list(obs.instruction)
     policy.reset(N)
     T = env.info.max_episode_steps if job.max_episode_steps is None else job.max_episode_steps
-    success = torch.zeros(N, dtype=torch.bool)
-    once = torch.zeros(N, dtype=torch.bool)
-    first = torch.full((N,), -1, dtype=torch.long)
-    ret = torch.zeros(N, dtype=torch.float64)
     video_rows = [i for i, s in enumerate(seeds) if s in job.video_seeds and job.video_dir]
     frames: Dict[int, list] = {i: [] for i in video_rows}
     # the steps at which each row records its state (padding rows repeat a seed: recorded once)
@@ -281,34 +276,31 @@ def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[
                                                  index=job.state_index[int(s)], length=T, stride=job.state_stride))
     states: Dict[int, Dict[str, list]] = {i: {"image": [], "state": [], "step": []} for i in record_at}
 
-    def grab_frames() -> None:
-        if video_rows:
+    class Frames(Recorder):  # the video rows' camera frames, the first one and one after each step
+        def start(self, obs):
+            self.grab()
+
+        def after(self, *_):
+            self.grab()
+
+        def grab(self):
             f = env.frames()
             for i in video_rows:
                 frames[i].append(np.asarray(f[i]))
 
-    grab_frames()
-    steps = 0
-    env_stats = None  # the simulator's per-episode stats at the last step, one dict per env (SimplerEnv tasks)
-    for t in range(T):
-        for i, at in record_at.items():
-            if t in at:
-                states[i]["image"].append(obs.image[i].cpu().numpy())
-                states[i]["state"].append(obs.state[i].cpu().numpy())
-                states[i]["step"].append(t)
-        action = act(policy, views_for(policy, obs), greedy=job.greedy, temperature=job.temperature, generator=gen)
-        obs, reward, terminated, truncated, info = env.step(action)
-        s = torch.as_tensor(info["is_success"]).bool().cpu().reshape(N)
-        newly = s & ~once
-        first[newly] = t + 1
-        once |= s
-        success = s
-        ret += torch.as_tensor(reward, dtype=torch.float64).cpu().reshape(N)
-        env_stats = info.get("episode_stats", env_stats)
-        steps = t + 1
-        grab_frames()
-        if bool(torch.as_tensor(truncated).all()):
-            break
+    class States(Recorder):  # the divergence states: each recorded row's observation at its chosen steps
+        def before(self, t, obs):
+            for i, at in record_at.items():
+                if t in at:
+                    states[i]["image"].append(obs.image[i].cpu().numpy())
+                    states[i]["state"].append(obs.state[i].cpu().numpy())
+                    states[i]["step"].append(t)
+
+    out_ = run_episode(
+        env, lambda obs: act(policy, views_for(policy, obs), greedy=job.greedy, temperature=job.temperature, generator=gen),
+        seeds, max_steps=T, recorders=[r for r, on in ((Frames(), video_rows), (States(), record_at)) if on])
+    instructions, success, once, first, ret = out_.instructions, out_.success, out_.once, out_.first, out_.ret
+    steps, env_stats = out_.steps, out_.env_stats
     wall = time.perf_counter() - t0
     out = []
     for i, seed in enumerate(seeds):
