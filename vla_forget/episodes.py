@@ -1,6 +1,6 @@
-"""One episode loop for every caller that rolls a policy out in a task env: bench, DAgger and the scripted
-demonstrations (adaptation's on-policy rollouts keep their own batched loop, which also needs token log-probs
-and values).
+"""One episode loop for every caller that rolls a policy out in a task env: bench (outcomes, videos, divergence
+states), adaptation's on-policy rollouts (observations, tokens and their log-probabilities, rewards), DAgger
+(expert labels) and the scripted demonstrations (observations and executed actions).
 
 :func:`run_episode` resets the env on the given seeds, asks ``act`` for an action at each control step, steps
 the env, keeps the success bookkeeping (success at the end, at any step, the first successful step, the

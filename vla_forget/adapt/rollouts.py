@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from vla_forget import rollout
+from vla_forget.episodes import Recorder, run_episode
 from vla_forget.adapt import RL_METHODS, checkpoint_name
 from vla_forget.adapt.common import ROLLOUT_WEIGHTS
 from vla_forget.policies import load_policy
@@ -138,26 +139,28 @@ def run_episodes(env, policy, seeds: Sequence[int], gen_seed: int, device: str) 
     t0 = time.perf_counter()
     N = len(seeds)
     gen = torch.Generator(device=device).manual_seed(int(gen_seed))
-    obs = env.reset(list(seeds))
-    instructions = list(obs.instruction)
     policy.reset(N)
-    T = int(env.info.max_episode_steps)
     images, states, tokens, logps, success, dense = [], [], [], [], [], []
-    for _ in range(T):
-        if obs.image is None:
-            raise RuntimeError("adaptation rollouts need camera images: the env was made without rendering")
-        images.append(obs.image.cpu().numpy())
-        states.append(obs.state.float().cpu().numpy())
+
+    def act(obs):  # sample the 7 tokens, keep them and their log-probability, decode the action
         tok, logits = policy.sample_tokens(obs, generator=gen)
         lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1).sum(-1)
         tokens.append(tok.cpu().numpy().astype(np.uint8))
         logps.append(lp.cpu().numpy().astype(np.float32))
-        obs, reward, _terminated, truncated, info = env.step(policy.decode_actions(tok))
-        success.append(torch.as_tensor(info["is_success"]).bool().cpu().reshape(N).numpy())
-        d = info.get("dense_reward", reward)
-        dense.append(torch.as_tensor(d).float().cpu().reshape(N).numpy())
-        if bool(torch.as_tensor(truncated).all()):
-            break
+        return policy.decode_actions(tok)
+
+    class Trajectory(Recorder):  # the observations, successes and (shaped) rewards of every step
+        def before(self, t, obs):
+            if obs.image is None:
+                raise RuntimeError("adaptation rollouts need camera images: the env was made without rendering")
+            images.append(obs.image.cpu().numpy())
+            states.append(obs.state.float().cpu().numpy())
+
+        def after(self, t, obs, action, next_obs, reward, ok, info):
+            success.append(ok.numpy())
+            dense.append(torch.as_tensor(info.get("dense_reward", reward)).float().cpu().reshape(N).numpy())
+
+    instructions = run_episode(env, act, seeds, recorders=[Trajectory()]).instructions
     stack = lambda xs, dtype: np.stack(xs, axis=1).astype(dtype, copy=False)  # noqa: E731  [N, T, ...]
     return {"image": stack(images, np.uint8), "state": stack(states, np.float32), "instruction": instructions,
             "tokens": stack(tokens, np.uint8), "logp": stack(logps, np.float32), "success": stack(success, bool),
