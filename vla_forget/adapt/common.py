@@ -163,26 +163,11 @@ class AdaptConfig:
     0: every step equally likely"""
 
 
-#: defaults that depend on the method (fields left None)
-METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "ppo": dict(updates=40, save_every=5, lr=3e-5),
-    "reinforce": dict(updates=40, save_every=5, lr=1e-4),
-    "grpo": dict(updates=40, save_every=5, lr=3e-5),
-    "sft": dict(updates=500, save_every=50, lr=3e-5),
-    "iterative-sft": dict(updates=20, save_every=2, lr=3e-5),
-    "rl-trace-sft": dict(updates=500, save_every=50, lr=3e-5),
-}
+#: defaults that depend on the method (fields left None), and the hyper-parameters each method records: views of
+#: :data:`vla_forget.adapt.METHODS`, where a method declares them
+METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {name: dict(m.defaults) for name, m in METHODS.items()}
 COMMON_HPARAMS = ("updates", "save_every", "lr", "weight_decay", "grad_clip", "kl_coef", "lora_rank", "seed")
-ROLLOUT_HPARAMS = ("episodes_per_update", "image_size", "max_episode_steps", "reward")
-METHOD_HPARAMS: Dict[str, Tuple[str, ...]] = {
-    "ppo": ROLLOUT_HPARAMS + ("epochs", "minibatch_size", "clip_coef", "target_kl", "gamma", "gae_lambda", "vf_coef", "ent_coef",
-                              "norm_adv", "value_hidden", "value_lr"),
-    "reinforce": ROLLOUT_HPARAMS + ("gamma", "normalize_returns", "ent_coef"),
-    "grpo": ROLLOUT_HPARAMS + ("group_size", "epochs", "minibatch_size", "clip_coef", "ent_coef"),
-    "sft": ("data", "batch_size", "augment_shift", "transport_fraction"),
-    "iterative-sft": ROLLOUT_HPARAMS + ("batch_size", "sft_steps", "augment_shift"),
-    "rl-trace-sft": ("traces", "traces_until", "batch_size", "augment_shift", "transport_fraction"),
-}
+METHOD_HPARAMS: Dict[str, Tuple[str, ...]] = {name: m.hparams for name, m in METHODS.items()}
 #: fields a resumed run may change
 VOLATILE = ("updates", "save_every", "out", "progress", "device", "threads", "workers")
 #: adaptation run folders (their settings in ``run.json``): what a resume may change
@@ -225,7 +210,7 @@ def resolve(cfg: AdaptConfig) -> AdaptConfig:
         problems.append("--workers, --sft-steps, --augment-shift and --lora-rank must be >= 0")
     if not 0 <= cfg.transport_fraction < 1:
         problems.append(f"--transport-fraction must be in [0, 1) (got {cfg.transport_fraction})")
-    if cfg.transport_fraction and cfg.method not in ("sft", "rl-trace-sft"):
+    if cfg.transport_fraction and "transport_fraction" not in METHODS[cfg.method].hparams:
         problems.append(f"--transport-fraction applies to sft and rl-trace-sft, not {cfg.method}")
     if not cfg.lr > 0:
         problems.append(f"--lr must be > 0 (got {cfg.lr})")
