@@ -278,8 +278,8 @@ def _pretrain_parser(sub) -> None:
                    help=f"random image shift in pixels (default {d.augment_shift}; 0 = none)")
     p.add_argument("--transport-fraction", type=float, default=d.transport_fraction, metavar="F",
                    help="share of each batch drawn from the transport steps (gripper closed, x or y action beyond "
-                        "0.3: the carry steps where only the instruction's destination says which way to go): a "
-                        "dataset by the --data weights, then one of its transport steps (default 0: none)")
+                        "0.3: the carry steps where only the instruction's destination says which way to go), drawn "
+                        "as the rest of the batch restricted to those steps (default 0: none)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help=f"episodes held out for validation (default {d.val_fraction})")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help=f"validate every N steps (default {d.eval_every})")
