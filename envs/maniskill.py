@@ -184,6 +184,11 @@ def _priv_color_cubes(e, ms_info) -> Dict[str, torch.Tensor]:
     )
 
 
+def _no_privileged_state(env, info: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """A task without an adapter (its scripted expert is "none": a safe hold): the robot's pose and kind only."""
+    return {}
+
+
 PRIVILEGED: Dict[str, Callable[[Any, Dict[str, Any]], Dict[str, torch.Tensor]]] = {
     "VLAF-PickCubeGoal-v1": _priv_builtin(lambda e: e.cube, lambda e: e.goal_site.pose.p, 0.02, False, True),
     "PushCube-v1": _priv_builtin(lambda e: e.obj, _table_goal("goal_region", 0.02), 0.02, False, True),
@@ -317,7 +322,11 @@ class ManiSkillTaskEnv(TaskEnv):
             render_system = getattr(self._u.scene.sub_scenes[0], "render_system", None)
             if render_system is not None:
                 _RENDER_KEEPALIVE.append(render_system)
-        self._priv_fn = PRIVILEGED[ms_id]
+        self._priv_fn = PRIVILEGED.get(ms_id, _no_privileged_state)
+        if self._priv_fn is _no_privileged_state and EXPERT_KINDS[self._kind] != "none":
+            raise ValueError(f"{self.info.id}: its scripted expert ({EXPERT_KINDS[self._kind]}) reads the simulator state "
+                             f"through an adapter, and {ms_id} has none: add one to envs/maniskill.py PRIVILEGED, or "
+                             "register the task with expert='none'")
         self._t = 0
         self._last_image: Optional[torch.Tensor] = None
         self._instructions: List[str] = []

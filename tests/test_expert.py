@@ -133,3 +133,20 @@ def test_colour_cube_tasks_report_the_named_cubes_grasp(task_id):
             assert not any(bool(u.agent.is_grasping(c)[0]) for c in others)
             held += int(info["is_grasped"][0])
     assert held >= 5, held
+
+
+def test_a_task_needs_a_state_adapter_only_for_a_scripted_expert(monkeypatch):
+    """A new task without an entry in envs/maniskill.PRIVILEGED runs (its expert is "none": a safe hold); one whose
+    registry entry names a scripted expert is refused at construction with what to add."""
+    from vla_forget.envs import maniskill as ms
+    from vla_forget.envs import make_task_env
+    from vla_forget.policies import load_policy
+
+    monkeypatch.delitem(ms.PRIVILEGED, "LiftPegUpright-v1")
+    monkeypatch.delitem(ms.PRIVILEGED, "PushCube-v1")
+    with make_task_env("LiftPegUpright-v1", render_images=False, privileged=True) as env:
+        obs = env.reset([0])
+        assert set(obs.privileged) == {"tcp_pose", "task_kind"}
+        assert load_policy("expert-v2").act(obs).tolist() == [[0, 0, 0, 0, 0, 0, 1.0]]
+    with pytest.raises(ValueError, match=r"PushCube-v1: its scripted expert \(push\).*PRIVILEGED"):
+        make_task_env("PushCube-v1", render_images=False, privileged=True)
