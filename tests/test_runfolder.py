@@ -74,3 +74,27 @@ def test_every_command_declares_its_folder():
     assert kinds["adapt"].config_file == "run.json" and kinds["sweep"].config_file == "sweep.json"
     assert kinds["bench"].error is bench.BenchError and kinds["adapt"].error is common.AdaptError
     assert "steps" in kinds["pretrain"].changeable and kinds["pretrain"].added["dagger_expert"] == "expert-v1"
+
+
+def test_a_bench_logs_its_start_resume_and_end(tmp_path, monkeypatch):
+    """bench writes events.jsonl in its run folder: start, then resume on --resume, each with its counts, and done."""
+    from tests.fakes import patch_fake_rollouts
+    from vla_forget.bench import BenchConfig, run_bench
+
+    patch_fake_rollouts(monkeypatch, tmp_path)
+    import yaml
+
+    battery = tmp_path / "battery.yaml"
+    battery.write_text(yaml.safe_dump({"kind": "battery", "id": "fake-battery", "version": 1, "description": "fake",
+                                       "tasks": [{"task": "FakeA-v1", "episodes": 2}]}))
+    target = tmp_path / "target.yaml"
+    target.write_text(yaml.safe_dump({"kind": "target", "id": "fake-target", "version": 1, "task": "FakeTarget-v1",
+                                      "episodes": 2, "seed_start": 200000, "train_seed_start": 0}))
+    out = str(tmp_path / "b")
+    cfg = BenchConfig(["small-vla-random-v1"], "small-vla-random-v1", out, battery=str(battery), target=str(target),
+                      workers=0, videos_per_task=0, kl_states_per_task=4, progress=False)
+    run_bench(cfg, log=lambda *_: None)
+    run_bench(cfg, resume=True, log=lambda *_: None)
+    events = [json.loads(x) for x in open(os.path.join(out, EVENTS))]
+    assert [e["event"] for e in events] == ["start", "done", "resume", "done"]
+    assert events[0]["to_run"] == 4 and events[2]["to_run"] == 0 and events[1]["episodes"] == 4

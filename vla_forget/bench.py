@@ -864,9 +864,13 @@ def run_bench(config: BenchConfig, *, resume: bool = False, analyze_only: bool =
             "no episode record changes) and every divergence is recomputed")
     for note in plan.notes:
         log(f"bench: {note}")
-    RunFolder(out, RUN_KIND).write_config(plan.resolved(), indent=2, sort_keys=True)
+    folder = RunFolder(out, RUN_KIND)
+    folder.write_config(plan.resolved(), indent=2, sort_keys=True)
     total = sum(len(seeds) for _, seeds, _ in plan.tasks()) * len(plan.refs) + n_states_only
     initial = total - sum(len(j.seeds) for j in jobs)
+    folder.event("analyze" if analyze_only else ("resume" if initial else "start"), episodes=total - n_states_only,
+                 to_run=sum(len(j.seeds) for j in jobs) - n_states_only, states_only=n_states_only,
+                 changed=changed or None)
     t0 = time.perf_counter()
     if jobs:
         from vla_forget.envs.vulkan import check_vulkan
@@ -883,6 +887,7 @@ def run_bench(config: BenchConfig, *, resume: bool = False, analyze_only: bool =
             execute(jobs, episodes_path, config.workers, total, initial, config.progress)
         except KeyboardInterrupt:
             n = len(read_episodes(episodes_path))
+            folder.event("interrupted", episodes_saved=n)
             raise BenchError(f"interrupted: {n} finished episodes are saved in {episodes_path}; "
                              f"continue with the same command and --resume") from None
     records = read_episodes(episodes_path)
@@ -894,4 +899,5 @@ def run_bench(config: BenchConfig, *, resume: bool = False, analyze_only: bool =
     results["plots"] = write_plots(results, out)
     _write_json(os.path.join(out, "results.json"), results)
     write_report(results, os.path.join(out, "report.md"), out)
+    folder.event("done", episodes=results["episodes"], wall_s=results["wall_s"])
     return results

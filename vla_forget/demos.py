@@ -446,6 +446,8 @@ def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
     _check_config(raw_dir, cfg, source, resume)
     attempts = _read_attempts(raw_dir, cfg.task)
     log_path = os.path.join(raw_dir, ATTEMPTS)
+    folder = RunFolder(raw_dir, RUN_KIND)
+    folder.event("resume" if attempts else "start", wanted=cfg.episodes, attempted=len(attempts))
     bar = _progress(cfg.episodes, min(cfg.episodes, len(_kept(attempts, candidates))), cfg.progress)
     t0 = time.perf_counter()
     ran: List[Dict[str, Any]] = []
@@ -491,6 +493,7 @@ def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
         print(f"vla-forget demos: only {len(kept)} of {cfg.episodes} demonstrations succeeded in "
               f"{cfg.attempts_cap()} attempts; writing those (raise --max-attempts for more)", file=sys.stderr)
     summary["dataset"] = build_dataset(cfg, source, kept, summary)
+    folder.event("done", **{k: summary[k] for k in ("episodes", "attempts", "ran", "wall_s")})
     return summary
 
 

@@ -500,8 +500,12 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
     cfg = _check_config(cfg, resume)
     metrics_path = os.path.join(cfg.out, METRICS)
 
+    folder = RunFolder(cfg.out, RUN_KIND)
+
     def log(rec: Dict[str, Any]) -> None:
         append_jsonl(metrics_path, rec)
+        if "event" in rec:  # start, resume, dagger, diverged, done: also the run folder's events.jsonl
+            folder.event(rec["event"], **{k: v for k, v in rec.items() if k != "event"})
 
     # --- data: the mixture, its pooled statistics, an episode split ---------
     specs = [parse_data_spec(s) for s in cfg.data]
