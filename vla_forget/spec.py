@@ -181,7 +181,7 @@ def available(kind: str) -> List[str]:
     return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
 
 
-def _read(kind: str, ref: str) -> tuple[Dict[str, Any], str]:
+def read_spec(kind: str, ref: str) -> tuple[Dict[str, Any], str]:
     if os.path.isfile(ref):
         path, text = ref, open(ref).read()
     elif os.path.isdir(ref) and not _spec_dir(kind).joinpath(f"{ref}.yaml").is_file():
@@ -220,7 +220,7 @@ KIND_OF_FOLDER = {folder: kind for kind, (folder, _) in KINDS.items()}
 # --------------------------------------------------------------------------
 # validation helpers
 
-def _int(d: Dict[str, Any], key: str, where: str, errors: List[str], *, minimum: int = 0, default: Any = None) -> Any:
+def spec_int(d: Dict[str, Any], key: str, where: str, errors: List[str], *, minimum: int = 0, default: Any = None) -> Any:
     v = d.get(key, default)
     if v is None:
         return None
@@ -241,8 +241,8 @@ def _seeds(d: Dict[str, Any], where: str, errors: List[str], default_episodes: O
         if "episodes" in d and d["episodes"] != len(s):
             errors.append(f"{where}episodes: {d['episodes']} disagrees with the {len(s)} seeds given")
         return list(s)
-    episodes = _int(d, "episodes", where, errors, minimum=1, default=default_episodes)
-    start = _int(d, "seed_start", where, errors, minimum=0, default=default_start)
+    episodes = spec_int(d, "episodes", where, errors, minimum=1, default=default_episodes)
+    start = spec_int(d, "seed_start", where, errors, minimum=0, default=default_start)
     if episodes is None:
         if default_episodes is None and "episodes" not in d:
             errors.append(f"{where}episodes: missing (give episodes or seeds)")
@@ -259,17 +259,17 @@ def _check_task(task: Any, where: str, errors: List[str]) -> None:
         errors.append(f"{where}task: {TASKS.unknown_message(task)}")
 
 
-def _check_keys(d: Dict[str, Any], allowed: set, where: str, errors: List[str]) -> None:
+def check_keys(d: Dict[str, Any], allowed: set, where: str, errors: List[str]) -> None:
     for k in d:
         if k not in allowed:
             errors.append(f"{where}{k}: unknown field (allowed: {', '.join(sorted(allowed))})")
 
 
-def _check_id_version(d: Dict[str, Any], errors: List[str]) -> tuple[str, int]:
+def check_id_version(d: Dict[str, Any], errors: List[str]) -> tuple[str, int]:
     id_ = d.get("id")
     if not isinstance(id_, str) or not id_ or "/" in id_:
         errors.append(f"id: must be a non-empty name, got {id_!r}")
-    version = _int(d, "version", "", errors, minimum=1)
+    version = spec_int(d, "version", "", errors, minimum=1)
     if "version" not in d:
         errors.append("version: missing (every spec is versioned)")
     return id_, version
@@ -283,11 +283,11 @@ TARGET_KEYS = {"kind", "id", "version", "description", "task", "episodes", "seed
 
 def parse_battery(data: Dict[str, Any], source: str = "<battery>") -> Battery:
     errors: List[str] = []
-    _check_keys(data, BATTERY_KEYS, "", errors)
-    id_, version = _check_id_version(data, errors)
-    episodes = _int(data, "episodes", "", errors, minimum=1)
-    seed_start = _int(data, "seed_start", "", errors, minimum=0, default=0)
-    default_steps = _int(data, "max_episode_steps", "", errors, minimum=1)
+    check_keys(data, BATTERY_KEYS, "", errors)
+    id_, version = check_id_version(data, errors)
+    episodes = spec_int(data, "episodes", "", errors, minimum=1)
+    seed_start = spec_int(data, "seed_start", "", errors, minimum=0, default=0)
+    default_steps = spec_int(data, "max_episode_steps", "", errors, minimum=1)
     tasks_raw = data.get("tasks")
     tasks: List[TaskEntry] = []
     if not isinstance(tasks_raw, list) or not tasks_raw:
@@ -301,13 +301,13 @@ def parse_battery(data: Dict[str, Any], source: str = "<battery>") -> Battery:
         if not isinstance(t, dict):
             errors.append(f"tasks[{i}]: must be a mapping or a task id, got {t!r}")
             continue
-        _check_keys(t, TASK_KEYS, where, errors)
+        check_keys(t, TASK_KEYS, where, errors)
         _check_task(t.get("task"), where, errors)
         if t.get("task") in seen:
             errors.append(f"{where}task: {t.get('task')!r} appears twice")
         seen.add(t.get("task"))
-        seeds = _seeds(t, where, errors, episodes, _int(t, "seed_start", where, errors, default=seed_start))
-        steps = _int(t, "max_episode_steps", where, errors, minimum=1, default=default_steps)
+        seeds = _seeds(t, where, errors, episodes, spec_int(t, "seed_start", where, errors, default=seed_start))
+        steps = spec_int(t, "max_episode_steps", where, errors, minimum=1, default=default_steps)
         tasks.append(TaskEntry(str(t.get("task")), seeds, steps))
     target = data.get("target")
     if target is not None and not isinstance(target, str):
@@ -327,12 +327,12 @@ def parse_battery(data: Dict[str, Any], source: str = "<battery>") -> Battery:
 
 def parse_target(data: Dict[str, Any], source: str = "<target>") -> Target:
     errors: List[str] = []
-    _check_keys(data, TARGET_KEYS, "", errors)
-    id_, version = _check_id_version(data, errors)
+    check_keys(data, TARGET_KEYS, "", errors)
+    id_, version = check_id_version(data, errors)
     _check_task(data.get("task"), "", errors)
-    seeds = _seeds(data, "", errors, None, _int(data, "seed_start", "", errors, default=0))
-    steps = _int(data, "max_episode_steps", "", errors, minimum=1)
-    train_start = _int(data, "train_seed_start", "", errors, default=0)
+    seeds = _seeds(data, "", errors, None, spec_int(data, "seed_start", "", errors, default=0))
+    steps = spec_int(data, "max_episode_steps", "", errors, minimum=1)
+    train_start = spec_int(data, "train_seed_start", "", errors, default=0)
     if seeds and train_start is not None and train_start in range(min(seeds), max(seeds) + 1):
         errors.append("train_seed_start: training seeds overlap the evaluation seeds")
     decoding = parse_decoding(data.get("decoding"), "", errors)
@@ -351,7 +351,7 @@ def _check_name(data: Dict[str, Any], ref: str, path: str, kind: str) -> None:
 
 def load_battery(ref: str) -> Battery:
     """A battery by registered id (``tabletop-v1``) or path to a YAML file."""
-    data, path = _read("batteries", ref)
+    data, path = read_spec("batteries", ref)
     b = parse_battery(data, path)
     _check_name(data, ref, path, "battery")
     return b
@@ -363,7 +363,7 @@ def load_target(ref: str) -> Target:
 
     if not os.path.exists(ref) and ref not in available("targets") and ref in TASKS:
         return Target(ref, 0, TaskEntry(ref, list(range(200000, 200050))), "ad-hoc target from a task id", 0, ref)
-    data, path = _read("targets", ref)
+    data, path = read_spec("targets", ref)
     t = parse_target(data, path)
     _check_name(data, ref, path, "target")
     return t
@@ -375,9 +375,9 @@ PRESET_KEYS = {"kind", "description", "battery", "target", "policies", "base", "
 
 
 def load_preset(ref: str) -> Dict[str, Any]:
-    data, path = _read("presets", ref)
+    data, path = read_spec("presets", ref)
     errors: List[str] = []
-    _check_keys(data, PRESET_KEYS, "", errors)
+    check_keys(data, PRESET_KEYS, "", errors)
     if errors:
         raise SpecError(path, errors)
     return data

@@ -60,7 +60,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from vla_forget.jsonio import write_json
 from vla_forget.runfolder import RunFolder, RunKind
-from vla_forget.spec import SpecError, _check_id_version, _check_keys, _int, _read
+from vla_forget.spec import SpecError, check_id_version, check_keys, spec_int, read_spec
 from vla_forget.errors import VlaForgetError
 
 SWEEP_FORMAT = 1
@@ -215,8 +215,8 @@ def parse_sweep(data: Dict[str, Any], source: str = "<sweep>") -> SweepSpec:
     from vla_forget.spec import load_target
 
     errors: List[str] = []
-    _check_keys(data, SWEEP_KEYS, "", errors)
-    id_, version = _check_id_version(data, errors)
+    check_keys(data, SWEEP_KEYS, "", errors)
+    id_, version = check_id_version(data, errors)
     base = data.get("base")
     if not isinstance(base, str) or not base:
         errors.append(f"base: must be a policy id or checkpoint folder, got {base!r}")
@@ -230,8 +230,8 @@ def parse_sweep(data: Dict[str, Any], source: str = "<sweep>") -> SweepSpec:
             load_target(task)
         except (UnknownIdError, SpecError) as e:
             errors.append(f"task: {e}")
-    updates = _int(data, "updates", "", errors, minimum=1)
-    every = _int(data, "save_every", "", errors, minimum=1)
+    updates = spec_int(data, "updates", "", errors, minimum=1)
+    every = spec_int(data, "save_every", "", errors, minimum=1)
     grid = data.get("grid")
     methods: List[str] = []
     lrs: List[float] = []
@@ -240,7 +240,7 @@ def parse_sweep(data: Dict[str, Any], source: str = "<sweep>") -> SweepSpec:
     if not isinstance(grid, dict):
         errors.append(f"grid: must be a mapping with {', '.join(GRID_KEYS)}, got {grid!r}")
     else:
-        _check_keys(grid, set(GRID_KEYS), "grid.", errors)
+        check_keys(grid, set(GRID_KEYS), "grid.", errors)
         for k in GRID_KEYS:
             if k not in grid:
                 errors.append(f"grid.{k}: missing (give a list)")
@@ -292,7 +292,7 @@ def parse_sweep(data: Dict[str, Any], source: str = "<sweep>") -> SweepSpec:
 
 def load_sweep(ref: str) -> SweepSpec:
     """A sweep spec by registered id (``forgetting-v3``) or path to a YAML file."""
-    data, path = _read("sweeps", ref)
+    data, path = read_spec("sweeps", ref)
     spec = parse_sweep(data, path)
     if not os.path.exists(ref) and spec.full_id != ref:
         raise SpecError(path, [f"sweep file {ref}.yaml declares id/version {spec.full_id!r}; they must match the file name"])
