@@ -18,7 +18,7 @@ def register_fake_tasks(monkeypatch) -> None:
 
     TASKS.ids()  # populate the real entries first
     for t in FAKE_TASKS:
-        monkeypatch.setitem(TASKS._entries, t, Entry(t, "tests.fakes:FakeEnv", {}, "fake", dict(
+        monkeypatch.setitem(TASKS.by_id, t, Entry(t, "tests.fakes:FakeEnv", {}, "fake", dict(
             instruction=f"do {t}", max_episode_steps=6, pick_and_place=t == "FakeTarget-v1")))
 
 

@@ -50,7 +50,7 @@ def fake(monkeypatch, tmp_path):
 
     TASKS.ids()
     for t in ("FakeA-v1", TARGET):
-        monkeypatch.setitem(TASKS._entries, t, Entry(t, "tests.fakes:FakeEnv", {}, "fake", dict(
+        monkeypatch.setitem(TASKS.by_id, t, Entry(t, "tests.fakes:FakeEnv", {}, "fake", dict(
             instruction=f"do {t} {{k}}", max_episode_steps=6, pick_and_place=True)))
     monkeypatch.setattr(rollout, "ENVS", lambda task, **kw: FakeEnv(
         task, num_envs=kw.get("num_envs", 1), max_episode_steps=kw.get("max_steps") or 6))

@@ -61,7 +61,7 @@ def golden_bench(tmp_path, monkeypatch):
     from vla_forget.registry import Entry
 
     POLICIES.ids()
-    monkeypatch.setitem(POLICIES._entries, "small-vla-random-s1-v1",
+    monkeypatch.setitem(POLICIES.by_id, "small-vla-random-s1-v1",
                         Entry("small-vla-random-s1-v1", "vla_forget.policies.small_vla:SmallVLA.random_init",
                               {"seed": 1}, "small-vla-random-v1 from seed 1"))
     patch_fake_rollouts(monkeypatch, tmp_path)

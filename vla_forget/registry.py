@@ -69,6 +69,13 @@ class Registry:
         metadata = kwargs.pop("metadata", {})
         self._entries[id] = Entry(id, entry_point, kwargs, description, metadata)
 
+    @property
+    def by_id(self) -> Dict[str, Entry]:
+        """The entries by id: the registry's own dict (filled), so that a test or a plug-in can add one for a
+        while (``monkeypatch.setitem(TASKS.by_id, id, entry)``) without going through :meth:`register`."""
+        self._ensure()
+        return self._entries
+
     def ids(self) -> list[str]:
         self._ensure()
         return sorted(self._entries)
