@@ -42,3 +42,15 @@ def test_the_cli_says_any_of_them_in_one_line(monkeypatch, capsys):
     with pytest.raises(ZeroDivisionError):  # a bug is not dressed up as bad input
         monkeypatch.setitem(cli.COMMANDS, "doctor", lambda args: 1 / 0)
         cli.main(["doctor"])
+
+
+def test_the_cli_builds_its_parser_without_torch_or_the_simulator():
+    """`vla-forget --help`, `ls`, `validate`: the parser of every command is built from light modules."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vla_forget.cli as c; c.build_parser(); "
+            "heavy = [m for m in ('torch', 'mani_skill', 'sapien', 'tensorflow') if m in sys.modules]; "
+            "print(heavy); assert not heavy")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -260,7 +260,7 @@ exactly. A NaN loss stops the run and keeps the last good checkpoint.
 
 
 def _pretrain_parser(sub) -> None:
-    from vla_forget.pretrain import PretrainConfig
+    from vla_forget.pretrain_config import PretrainConfig
 
     d = PretrainConfig(data=[], out="")
     p = sub.add_parser("pretrain", help="behaviour-clone the small VLA on demonstration datasets (multi-task)",

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
 from vla_forget.errors import VlaForgetError
 
 
@@ -30,6 +28,8 @@ class NonFiniteError(ArithmeticError):
 
 def backward(loss, what: str = "loss") -> None:
     """``loss.backward()`` after checking that the loss is finite (NonFiniteError otherwise)."""
+    import torch
+
 
     if not bool(torch.isfinite(loss.detach()).all()):
         raise NonFiniteError(f"the {what} is {loss.detach().float().item()}")
@@ -39,6 +39,8 @@ def backward(loss, what: str = "loss") -> None:
 def optimizer_step(opt, loss=None, grad_clip: float = 1.0) -> float:
     """(zero_grad, backward when ``loss`` is given,) clip the global norm of the optimiser's parameters' gradients
     to ``grad_clip`` (0: no clipping), check it, step, zero_grad; returns the norm before clipping."""
+    import torch
+
 
     params = [p for g in opt.param_groups for p in g["params"]]
     if loss is not None:
