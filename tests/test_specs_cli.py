@@ -144,3 +144,36 @@ def test_library_callers_get_the_presets_and_resume_of_the_cli(tmp_path):
     open(str(tmp_path / "b" / "config.json"), "w").write("{")
     with pytest.raises(BenchError, match="cannot read .*config.json"):
         resolve_config(out, resume=True)
+
+
+def test_one_generator_turns_a_config_dataclass_into_options(capsys):
+    """vla_forget.config: a field is an option with its docstring as help, its type and default; booleans take
+    --x/--no-x, lists repeat, and the config comes back from the parsed arguments."""
+    import argparse
+    from dataclasses import dataclass, field
+    from typing import List
+
+    from vla_forget.config import add_config_arguments, config_from_args
+
+    @dataclass
+    class Demo:
+        out: str
+        """where it goes"""
+        steps: int = 3
+        """how many"""
+        paths: List[str] = field(default_factory=list)
+        """inputs"""
+        fast: bool = True
+        """go fast"""
+        mode: str = "a"
+        """the mode"""
+
+    p = argparse.ArgumentParser()
+    add_config_arguments(p, Demo, required=("out",), choices={"mode": ("a", "b")}, flags={"paths": "--path"})
+    cfg = config_from_args(Demo, p.parse_args(["--out", "o", "--path", "x", "--path", "y", "--no-fast"]))
+    assert cfg == Demo(out="o", steps=3, paths=["x", "y"], fast=False, mode="a")
+    assert config_from_args(Demo, p.parse_args(["--out", "o", "--steps", "7"])) == Demo(out="o", steps=7)
+    with pytest.raises(SystemExit):
+        p.parse_args(["--out", "o", "--mode", "c"])
+    p.print_help()
+    assert "how many (default: 3)" in capsys.readouterr().out

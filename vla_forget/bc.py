@@ -1,4 +1,4 @@
-"""Behaviour cloning's data and loss, shared by pretraining (:mod:`vla_forget.pretrain`) and SFT
+"""Behaviour cloning's data and loss (light at import: torch only inside the loss), shared by pretraining (:mod:`vla_forget.pretrain`) and SFT
 (:mod:`vla_forget.adapt.sft`, ``iterative-sft``, ``rl-trace-sft``): the one step sampler (an episode split over
 a weighted mixture, with an optional share of transport steps), image shifts, and the teacher-forced token loss.
 """
@@ -8,10 +8,6 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-
-from vla_forget.policies.base import Observation
 
 __all__ = ["NoTransportSteps", "SplitSampler", "TRANSPORT_MIN_XY", "TRANSPORT_RULES", "TransportSampler", "gather",
            "make_sampler", "observation", "parse_data_spec", "shift_images", "split_episodes", "steps_of",
@@ -233,12 +229,19 @@ def shift_images(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
 
 
 def observation(batch: Dict[str, Any], device: str):
+    """A numpy batch as a policy :class:`~vla_forget.policies.base.Observation` on ``device``."""
+    import torch
+
+    from vla_forget.policies.base import Observation
+
     return Observation(image=torch.from_numpy(batch["image"]).to(device), state=torch.from_numpy(batch["state"]).to(device),
                        instruction=list(batch["instruction"]))
 
 
 def token_loss(model, batch: Dict[str, Any], device: str):
     """(mean cross-entropy over the 7 tokens, token accuracy [7]) of a batch, teacher-forced."""
+    import torch
+    import torch.nn.functional as F
 
     tokens = torch.from_numpy(batch["tokens"]).to(device)
     logits = model.action_logits(observation(batch, device), tokens).float()

@@ -260,76 +260,24 @@ exactly. A NaN loss stops the run and keeps the last good checkpoint.
 
 
 def _pretrain_parser(sub) -> None:
+    from vla_forget.bc import TRANSPORT_RULES
+    from vla_forget.config import add_config_arguments
     from vla_forget.pretrain_config import PretrainConfig
 
-    d = PretrainConfig(data=[], out="")
     p = sub.add_parser("pretrain", help="behaviour-clone the small VLA on demonstration datasets (multi-task)",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_PRETRAIN)
-    p.add_argument("--data", action="append", required=True, metavar="PATH[:WEIGHT]",
-                   help="dataset folder (vla-forget demos), optionally with a sampling weight (repeatable)")
-    p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"steps per batch (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help=f"linear warm-up steps (default {d.warmup_steps})")
-    p.add_argument("--augment-shift", type=int, default=d.augment_shift,
-                   help=f"random image shift in pixels (default {d.augment_shift}; 0 = none)")
-    p.add_argument("--transport-fraction", type=float, default=d.transport_fraction, metavar="F",
-                   help="share of each batch drawn from the transport steps (gripper closed, x or y action beyond "
-                        "0.3: the carry steps where only the instruction's destination says which way to go), drawn "
-                        "as the rest of the batch restricted to those steps (default 0: none)")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                   help=f"episodes held out for validation (default {d.val_fraction})")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help=f"validate every N steps (default {d.eval_every})")
-    p.add_argument("--save-every", type=int, default=d.save_every, help=f"checkpoint every N steps (default {d.save_every})")
-    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
-                   help="keep only the newest N checkpoints (default 0 = all)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed (default 0)")
-    p.add_argument("--init", default=d.init, help=f"starting policy id or SmallVLA checkpoint (default {d.init})")
-    p.add_argument("--dropout", type=float, help="override the model's dropout")
-    p.add_argument("--name", default=d.name, help=f"unnorm_key of the pooled statistics (default {d.name})")
-    p.add_argument("--keep-statistics", action="store_true",
-                   help="keep the --init policy's action and state statistics instead of pooling new ones over "
-                        "--data (continued training, e.g. with DAgger datasets added, then tokenises actions exactly "
-                        "as the initial policy does)")
-    p.add_argument("--device", default=d.device, help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default 1)")
-    p.add_argument("--dagger-rounds", type=int, default=d.dagger_rounds,
-                   help="DAgger rounds after --steps: roll out, relabel with the expert, train on (default 0)")
-    p.add_argument("--dagger-steps", type=int, default=d.dagger_steps, help=f"steps after each round (default {d.dagger_steps})")
-    p.add_argument("--dagger-episodes", type=int, default=d.dagger_episodes,
-                   help=f"rollouts per task per round (default {d.dagger_episodes})")
-    p.add_argument("--dagger-task", action="append", dest="dagger_tasks", metavar="TASK[:N]",
-                   help="task to roll out for DAgger, N times per round if given (repeatable; default: every "
-                        "demonstrated task the expert solves, --dagger-episodes each)")
-    p.add_argument("--dagger-weight", type=float, default=d.dagger_weight,
-                   help=f"sampling weight of each round's data (default {d.dagger_weight})")
-    p.add_argument("--dagger-workers", type=int, default=d.dagger_workers,
-                   help="simulator processes for DAgger rollouts (default 0 = in-process)")
-    p.add_argument("--dagger-expert", default=d.dagger_expert, choices=SCRIPTED_EXPERTS,
-                   help=f"scripted expert that labels the DAgger rollouts (default {d.dagger_expert})")
-    p.add_argument("--dagger-success-hold", type=int, default=d.dagger_success_hold, metavar="N",
-                   help="end a DAgger rollout after N consecutive successful steps (default 0: the task's full "
-                        "episode length, as bench runs it, so the expert also labels what to do after success)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(p, PretrainConfig, required=("data", "out"),
+                         choices={"dagger_expert": SCRIPTED_EXPERTS, "transport_rule": TRANSPORT_RULES},
+                         flags={"dagger_tasks": "--dagger-task"},
+                         metavars={"data": "PATH[:WEIGHT]", "dagger_tasks": "TASK[:N]", "transport_fraction": "F"})
 
 
 def cmd_pretrain(args) -> int:
+    from vla_forget.config import config_from_args
     from vla_forget.pretrain import Diverged, PretrainConfig, pretrain
 
-    cfg = PretrainConfig(
-        data=list(args.data), out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, augment_shift=args.augment_shift,
-        val_fraction=args.val_fraction, eval_every=args.eval_every, save_every=args.save_every,
-        keep_checkpoints=args.keep_checkpoints, seed=args.seed, init=args.init, dropout=args.dropout, name=args.name,
-        device=args.device, threads=args.threads, dagger_rounds=args.dagger_rounds, dagger_steps=args.dagger_steps,
-        dagger_episodes=args.dagger_episodes, dagger_tasks=list(args.dagger_tasks or []),
-        dagger_weight=args.dagger_weight, dagger_workers=args.dagger_workers, dagger_expert=args.dagger_expert,
-        dagger_success_hold=args.dagger_success_hold, transport_fraction=args.transport_fraction,
-        keep_statistics=args.keep_statistics, progress=not args.no_progress,
-    )
+    cfg = config_from_args(PretrainConfig, args)
     try:
         s = pretrain(cfg, resume=args.resume)
     except Diverged as e:

@@ -233,14 +233,10 @@ def resolve(cfg: AdaptConfig) -> AdaptConfig:
 
 
 def field_docs(cls=AdaptConfig) -> Dict[str, str]:
-    """The one-line doc under each field of a config dataclass (read from its source)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs: Dict[str, str] = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
+    """The one-line doc under each field of a config dataclass (:func:`vla_forget.config.field_docs`)."""
+    from vla_forget.config import field_docs as docs_of
+
+    return docs_of(cls)
 
 
 def add_config_arguments(parser) -> None:
