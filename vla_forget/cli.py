@@ -197,38 +197,19 @@ rerun with --resume to continue.
 
 
 def _demos_parser(sub) -> None:
+    from vla_forget.config import DemoConfig, add_config_arguments
+
     p = sub.add_parser("demos", help="collect expert demonstrations on a task as an RLDS dataset",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_DEMOS)
-    p.add_argument("--task", required=True, help="task id (`vla-forget ls tasks`)")
-    p.add_argument("--episodes", type=int, required=True, help="successful demonstrations wanted")
-    p.add_argument("--out", required=True, help="dataset folder")
-    p.add_argument("--workers", type=int, default=1, help="simulator worker processes (default 1; 0 = in-process)")
-    p.add_argument("--seed-start", type=int, default=0, help="first seed tried (default 0; below 100000)")
-    p.add_argument("--image-size", type=int, default=128, help="camera image size in pixels (default 128)")
-    p.add_argument("--wrist-camera", action="store_true",
-                   help="add a camera on the robot's hand: each image is the front and wrist views side by side (S x 2S)")
-    p.add_argument("--expert", default=SCRIPTED_EXPERTS[0], choices=SCRIPTED_EXPERTS,
-                   help="scripted expert (default expert-v2: grasps cubes at their yaw; expert-v1 turns to their faces "
-                        "first, as the v2 and v3 bases' data)")
-    p.add_argument("--success-hold", type=int, default=5,
-                   help="end an episode after this many consecutive successful steps (default 5; 0 = full length)")
-    p.add_argument("--max-attempts", type=int, help="seeds to try at most (default 3 x EPISODES + 10)")
-    p.add_argument("--name", help="dataset name and unnorm_key (default from the task: PickCube-v1 -> pick_cube_v1)")
-    p.add_argument("--all-instructions", action="store_true",
-                   help="demonstrate each seed's scene once per instruction the task can give (9 for "
-                        "PlaceCubeOnTarget-v1, 6 for StackColorCube-v1): pairs that differ only in the words, so a "
-                        "policy cannot tell their actions apart without reading them; EPISODES counts demonstrations")
+    add_config_arguments(p, DemoConfig, required=("task", "episodes", "out"), choices={"expert": SCRIPTED_EXPERTS})
     p.add_argument("--resume", action="store_true", help="continue the collection in OUT, redoing no finished episode")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def cmd_demos(args) -> int:
-    from vla_forget.demos import DemoConfig, collect_demos
+    from vla_forget.config import DemoConfig, config_from_args
+    from vla_forget.demos import collect_demos
 
-    cfg = DemoConfig(task=args.task, episodes=args.episodes, out=args.out, workers=args.workers,
-                     seed_start=args.seed_start, image_size=args.image_size, success_hold=args.success_hold,
-                     wrist_camera=args.wrist_camera, expert=args.expert, max_attempts=args.max_attempts, name=args.name,
-                     progress=not args.no_progress, all_instructions=args.all_instructions)
+    cfg = config_from_args(DemoConfig, args)
     s = collect_demos(cfg, resume=args.resume)
     rate = f", {s['demos_per_min']} demos/min" if s["demos_per_min"] else ""
     print(f"{s['task']}: {s['episodes']} demonstrations by {s['source']}, kept {s['episodes']}/{s['attempts']} "
@@ -262,7 +243,7 @@ exactly. A NaN loss stops the run and keeps the last good checkpoint.
 def _pretrain_parser(sub) -> None:
     from vla_forget.bc import TRANSPORT_RULES
     from vla_forget.config import add_config_arguments
-    from vla_forget.pretrain_config import PretrainConfig
+    from vla_forget.config import PretrainConfig
 
     p = sub.add_parser("pretrain", help="behaviour-clone the small VLA on demonstration datasets (multi-task)",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_PRETRAIN)

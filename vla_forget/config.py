@@ -1,4 +1,8 @@
-"""Config dataclasses to command lines: one generator for the commands whose options are their config's fields.
+"""The commands' settings and one generator from a config dataclass to its command line.
+
+:class:`PretrainConfig` (`vla-forget pretrain`) and :class:`DemoConfig` (`vla-forget demos`) live here, apart
+from their heavy modules, so that the CLI builds its parsers without torch; ``AdaptConfig`` lives in
+:mod:`vla_forget.adapt.common` (light too), ``BenchConfig`` in :mod:`vla_forget.bench`.
 
 Each field of a config dataclass becomes ``--field-name``; its help is the docstring under the field (read
 from the source with :func:`field_docs`), its type and default come from the annotation and the default. A
@@ -14,7 +18,10 @@ import ast
 import dataclasses
 import inspect
 import textwrap
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+from vla_forget.policies import SCRIPTED_EXPERTS
 
 
 def field_docs(cls) -> Dict[str, str]:
@@ -87,3 +94,127 @@ def config_from_args(cls, args: argparse.Namespace, **overrides: Any):
             v = getattr(args, f.name)
             kw[f.name] = _default(f) if v is None and _kind(f.type).startswith("List") else v
     return cls(**kw)
+
+
+# --------------------------------------------------------------------------
+# the commands' configs
+
+@dataclass
+class PretrainConfig:
+    """Everything that defines a pretraining run (pure data; saved as ``config.json`` in the run folder)."""
+
+    data: List[str]
+    """datasets as PATH or PATH:WEIGHT (sampling weight per step; default 1)"""
+    out: str
+    """run folder (checkpoints, metrics.jsonl)"""
+    steps: int = 2000
+    """optimiser steps of behaviour cloning before any DAgger round"""
+    batch_size: int = 32
+    """steps (observation, action) per optimiser step"""
+    lr: float = 3e-4
+    """peak AdamW learning rate"""
+    weight_decay: float = 0.01
+    """AdamW weight decay (matrices only; not biases, norms, embeddings)"""
+    warmup_steps: int = 100
+    """linear learning-rate warm-up from 0"""
+    min_lr_ratio: float = 0.1
+    """cosine decay ends at lr * min_lr_ratio at the last step"""
+    grad_clip: float = 1.0
+    """clip the gradient's global norm to this (0: no clipping)"""
+    augment_shift: int = 4
+    """random image shift in pixels (pad by replication, crop back; 0: none)"""
+    transport_fraction: float = 0.0
+    """share of each batch drawn from the transport steps of the training episodes (TransportSampler; 0: none)"""
+    transport_rule: str = "conditional"
+    """how that share is drawn (vla_forget.bc.TRANSPORT_RULES); runs started before the rule was named resume
+    with theirs ("dataset-weight")"""
+    val_fraction: float = 0.1
+    """fraction of each dataset's episodes held out for validation (at least one when a dataset has two or more)"""
+    val_steps: int = 256
+    """validation steps sampled once (seeded) from the held-out episodes"""
+    eval_every: int = 250
+    """validate every this many steps (and at the end)"""
+    log_every: int = 25
+    """write a training line to metrics.jsonl every this many steps"""
+    save_every: int = 500
+    """write a checkpoint every this many steps (and at the end)"""
+    keep_checkpoints: int = 0
+    """keep only the newest this-many checkpoints (0: keep all)"""
+    seed: int = 0
+    """seed of initialisation, split, sampling, augmentation and dropout"""
+    init: str = "small-vla-random-v1"
+    """starting weights: a policy id or a SmallVLA checkpoint folder"""
+    dropout: Optional[float] = None
+    """override the model's dropout (None: keep the initial model's)"""
+    name: str = "pretrain_mix"
+    """the mixture's name: the unnorm_key of the pooled statistics in the checkpoint"""
+    keep_statistics: bool = False
+    """keep the initial policy's action and state statistics (its unnorm_key; `name` is then unused) instead of
+    pooling new ones over `data`: continued training then tokenises actions and standardises states exactly as
+    the initial policy does, whatever data (e.g. DAgger rounds) is added"""
+    device: str = "cpu"
+    """training device: cpu or cuda"""
+    threads: int = 1
+    """torch CPU threads"""
+    dagger_rounds: int = 0
+    """DAgger rounds after the first `steps` steps (0: plain behaviour cloning)"""
+    dagger_steps: int = 1000
+    """optimiser steps after each DAgger round"""
+    dagger_episodes: int = 10
+    """policy rollouts per task per DAgger round"""
+    dagger_tasks: List[str] = field(default_factory=list)
+    """tasks rolled out for DAgger, as TASK or TASK:N (N rollouts of it per round instead of dagger_episodes;
+    default: every task in the data that the scripted expert solves)"""
+    dagger_weight: float = 1.0
+    """sampling weight of each DAgger round's dataset in the mixture"""
+    dagger_workers: int = 0
+    """simulator processes for DAgger rollouts (0: in this process)"""
+    dagger_expert: str = SCRIPTED_EXPERTS[0]
+    """the scripted expert that labels the DAgger rollouts (one of vla_forget.policies.SCRIPTED_EXPERTS)"""
+    dagger_success_hold: int = 0
+    """end a DAgger rollout after this many consecutive successful steps (0: the full episode, as bench runs it)"""
+    image_size: int = 128
+    """camera image size of DAgger rollouts (should match the demonstrations)"""
+    progress: bool = True
+    """show a progress bar"""
+
+    def total_steps(self) -> int:
+        return int(self.steps) + int(self.dagger_rounds) * int(self.dagger_steps)
+
+
+#: most rollouts of one task in one DAgger round (its seeds are spaced 100 apart)
+
+
+@dataclass
+class DemoConfig:
+    """Everything that defines a demonstration run."""
+
+    task: str
+    """task id (``vla-forget ls tasks``)"""
+    episodes: int
+    """successful demonstrations wanted"""
+    out: str
+    """dataset folder"""
+    workers: int = 1
+    """worker processes (one simulator each); 0 runs in this process"""
+    seed_start: int = 0
+    """first seed tried; seeds go up by one and must stay below TRAIN_SEED_LIMIT"""
+    image_size: int = 128
+    """camera image size in pixels (square)"""
+    wrist_camera: bool = False
+    """add the wrist camera: images are the front and wrist views side by side ([S, 2S, 3])"""
+    expert: str = SCRIPTED_EXPERTS[0]
+    """the scripted expert that demonstrates (tasks it solves; others use their planner)"""
+    success_hold: int = 5
+    """end an episode once the task has been solved this many consecutive steps (0: run to the task's length)"""
+    max_attempts: Optional[int] = None
+    """give up after this many seeds (default: 3 x episodes + 10)"""
+    name: Optional[str] = None
+    """dataset name and unnorm_key (default: from the task id, PickCube-v1 -> pick_cube_v1)"""
+    progress: bool = True
+    """show a progress bar"""
+    all_instructions: bool = False
+    """demonstrate each seed's scene once per instruction the task can give (pairs that differ only in the words)"""
+
+    def attempts_cap(self) -> int:
+        return int(self.max_attempts) if self.max_attempts is not None else 3 * int(self.episodes) + 10

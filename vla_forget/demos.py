@@ -66,6 +66,7 @@ from tqdm import tqdm
 
 from vla_forget import datasets, rollout
 from vla_forget.envs import TASKS, task_info, task_instructions
+from vla_forget.config import DemoConfig  # noqa: F401 (demos' config, kept light for the CLI)
 from vla_forget.episodes import Recorder, run_episode
 from vla_forget.errors import VlaForgetError
 from vla_forget.jsonio import append_jsonl
@@ -93,41 +94,6 @@ VOLATILE = ("episodes", "out", "workers", "seed_start", "max_attempts", "progres
 
 class DemoError(VlaForgetError, RuntimeError):
     """A demonstration run that cannot start or continue; the message says what to do."""
-
-
-@dataclass
-class DemoConfig:
-    """Everything that defines a demonstration run."""
-
-    task: str
-    """task id (``vla-forget ls tasks``)"""
-    episodes: int
-    """successful demonstrations wanted"""
-    out: str
-    """dataset folder"""
-    workers: int = 1
-    """worker processes (one simulator each); 0 runs in this process"""
-    seed_start: int = 0
-    """first seed tried; seeds go up by one and must stay below TRAIN_SEED_LIMIT"""
-    image_size: int = 128
-    """camera image size in pixels (square)"""
-    wrist_camera: bool = False
-    """add the wrist camera: images are the front and wrist views side by side ([S, 2S, 3])"""
-    expert: str = SCRIPTED_EXPERTS[0]
-    """the scripted expert that demonstrates (tasks it solves; others use their planner)"""
-    success_hold: int = 5
-    """end an episode once the task has been solved this many consecutive steps (0: run to the task's length)"""
-    max_attempts: Optional[int] = None
-    """give up after this many seeds (default: 3 x episodes + 10)"""
-    name: Optional[str] = None
-    """dataset name and unnorm_key (default: from the task id, PickCube-v1 -> pick_cube_v1)"""
-    progress: bool = True
-    """show a progress bar"""
-    all_instructions: bool = False
-    """demonstrate each seed's scene once per instruction the task can give (pairs that differ only in the words)"""
-
-    def attempts_cap(self) -> int:
-        return int(self.max_attempts) if self.max_attempts is not None else 3 * int(self.episodes) + 10
 
 
 def demo_source(task: str, expert: str = SCRIPTED_EXPERTS[0]) -> str:

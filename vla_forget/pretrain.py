@@ -93,7 +93,7 @@ from vla_forget.policies import SCRIPTED_EXPERTS, load_policy
 from vla_forget.policies.base import side_by_side
 from vla_forget.policies.small_vla import SmallVLA
 from vla_forget.rollout import episode_generator_seed, get_env, get_policy
-from vla_forget.pretrain_config import PretrainConfig
+from vla_forget.config import PretrainConfig
 from vla_forget.runfolder import RunFolder, RunKind
 from vla_forget.training import Diverged, NonFiniteError, optimizer_step
 
