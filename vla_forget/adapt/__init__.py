@@ -12,7 +12,7 @@ defaults and hyper-parameters); the module is imported only when the method runs
 
 Run folder (``--out RUN``)::
 
-    RUN/run.json                      {"kind": "adapt", "method", "base", "task", "config", "vla_forget_version"}
+    RUN/run.json                      {"kind": "adapt", "format", "method", "base", "task", "config", "vla_forget_version"}
     RUN/log.jsonl                     one JSON record per update
     RUN/events.jsonl                  start / resume / diverged / done
     RUN/checkpoints/update-NNNNNN/    policy folder (load_policy(dir)) + meta.json + train_state.pt
