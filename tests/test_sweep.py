@@ -201,6 +201,12 @@ def test_sweep_runs_in_parallel_then_resume_skips_finished_runs(tmp_path, monkey
         else:  # finished runs are not started again
             assert len(c) == 1 and e["attempts"] == 1
     assert os.path.exists(os.path.join(out, "runs", "sft_lr3e-4_b8_s1", "checkpoints", "update-000004", "meta.json"))
+    # the sweep's events.jsonl: each invocation's start or resume and end, every run's start and outcome
+    events = [json.loads(x) for x in open(os.path.join(out, "events.jsonl"))]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and events[0]["to_run"] == 8 and kinds.count("run_started") == 9
+    assert kinds.count("run_failed") == 1 and kinds.count("run_done") == 8 and kinds.count("done") == 2
+    assert next(e for e in events if e["event"] == "resume")["to_run"] == 1
 
 
 def test_resume_refuses_changed_options(tmp_path):

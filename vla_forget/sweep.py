@@ -489,6 +489,7 @@ def run_sweep(spec: SweepSpec, out: str, *, parallel: int = 1, resume: bool = Fa
             raise
         e["status"] = "running"
         active[r.name] = (proc, time.monotonic(), logf)
+        folder.event("run_started", run=r.name, attempt=e["attempts"])
         log(f"  {r.name}: started")
 
     def finish(name: str, rc: Optional[int], status: Optional[str] = None) -> None:
@@ -497,10 +498,13 @@ def run_sweep(spec: SweepSpec, out: str, *, parallel: int = 1, resume: bool = Fa
         e = entries[name]
         e.update(status=status or ("done" if rc == 0 else "failed"), returncode=rc, finished=_now(),
                  wall_s=round(time.monotonic() - t0, 1))
+        folder.event("run_" + e["status"], run=name, returncode=rc, wall_s=e["wall_s"])
         log(f"  {name}: {e['status']}" + (f" (exit {rc}; see {os.path.join(out, e['log'])})" if e["status"] == "failed" else "")
             + f", {e['wall_s']} s")
 
     queue = list(todo)
+    folder = RunFolder(out, RUN_KIND)
+    folder.event("resume" if previous is not None else "start", runs=len(runs), to_run=len(todo), parallel=parallel)
     try:
         while queue or active:
             while queue and len(active) < parallel:
@@ -528,4 +532,5 @@ def run_sweep(spec: SweepSpec, out: str, *, parallel: int = 1, resume: bool = Fa
     counts = {s: sum(e["status"] == s for e in state["runs"]) for s in STATUSES}
     state["summary"] = {k: v for k, v in counts.items() if v}
     _write_json(sweep_json, state)
+    folder.event("done", **state["summary"])
     return state
