@@ -165,13 +165,13 @@ def _register_all() -> None:
 TASKS = Registry("task", populate=_register_all)
 
 
-def _set_env_defaults() -> None:
+def set_env_defaults() -> None:
     cache = os.environ.get("VLA_FORGET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vla-forget")
     os.environ.setdefault("MS_SKIP_ASSET_DOWNLOAD_PROMPT", "1")
     os.environ.setdefault("MS_ASSET_DIR", os.path.join(cache, "maniskill"))
 
 
-_set_env_defaults()
+set_env_defaults()
 
 
 def task_info(task_id: str) -> TaskInfo:

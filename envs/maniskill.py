@@ -110,7 +110,7 @@ WRIST_CAMERA = "hand_camera"
 WRIST_CAMERA_OFFSET = ((0.035, 0.0, 0.036), (0.0, -1.5707, 3.1415), (0.0, 0.02, 0.0115))
 WRIST_CAMERA_FOV = 1.5707963267948966
 #: gym.make's own time limit is set far beyond ours; the episode length is ours.
-_NO_LIMIT = 10_000
+NO_STEP_LIMIT = 10_000
 #: One render system kept alive for the life of the process. SAPIEN frees its
 #: compiled shaders with the last render system; with lavapipe recompiling them
 #: costs 8-15 s at the next env's first picture (measured), so an env made after
@@ -118,7 +118,7 @@ _NO_LIMIT = 10_000
 _RENDER_KEEPALIVE: list = []
 
 
-def _quiet_maniskill_logs() -> None:
+def quiet_maniskill_logs() -> None:
     """ManiSkill logs harmless warnings per env (initial poses, render fallbacks); keep errors only.
 
     Set VLA_FORGET_VERBOSE=1 to see them.
@@ -297,7 +297,7 @@ class ManiSkillTaskEnv(TaskEnv):
             num_envs=self.num_envs,
             sim_backend="physx_cuda" if self.sim_backend == "gpu" else "physx_cpu",
             robot_uids=robot_uids,
-            max_episode_steps=_NO_LIMIT,
+            max_episode_steps=NO_STEP_LIMIT,
             sensor_configs={
                 CAMERA: dict(pose=look_at(eye=CAMERA_EYE, target=CAMERA_TARGET), fov=CAMERA_FOV),
                 "width": self.image_size,
@@ -307,7 +307,7 @@ class ManiSkillTaskEnv(TaskEnv):
             # without CUDA, ask for the CPU renderer directly instead of falling back with a warning
             render_backend="gpu" if torch.cuda.is_available() else "cpu",
         )
-        _quiet_maniskill_logs()
+        quiet_maniskill_logs()
         if self.wrist_camera:
             from mani_skill.utils.registration import REGISTERED_ENVS
 

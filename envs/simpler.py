@@ -186,9 +186,9 @@ def openvla_to_simpler_action(raw: np.ndarray, robot: str, sticky: Optional[Stic
 # assets
 # --------------------------------------------------------------------------
 def maniskill_asset_dir() -> str:
-    from vla_forget.envs import _set_env_defaults
+    from vla_forget.envs import set_env_defaults
 
-    _set_env_defaults()
+    set_env_defaults()
     return os.environ["MS_ASSET_DIR"]
 
 
@@ -408,18 +408,18 @@ class BridgeTaskEnv(_LastImageEnv):
                 f"ManiSkill3 reads its assets from {mani_skill.ASSET_DIR} (MS_ASSET_DIR when mani_skill was first "
                 f"imported), but MS_ASSET_DIR is now {maniskill_asset_dir()}: set MS_ASSET_DIR before anything "
                 "imports mani_skill")
-        from vla_forget.envs.maniskill import _NO_LIMIT, _quiet_maniskill_logs, resolve_sim_backend
+        from vla_forget.envs.maniskill import NO_STEP_LIMIT, quiet_maniskill_logs, resolve_sim_backend
 
         self.info = info
         self.num_envs, self.image_size = int(num_envs), int(image_size)
         self.privileged = bool(privileged)
         self.sim_backend = resolve_sim_backend(sim_backend, self.num_envs)
         self.camera = SIMPLER_TASKS[simpler_task]["sim"]["camera"]
-        _quiet_maniskill_logs()
+        quiet_maniskill_logs()
         self._env = gym.make(ms_id, obs_mode="rgb+segmentation", num_envs=self.num_envs,
                              sim_backend="physx_cuda" if self.sim_backend == "gpu" else "physx_cpu",
                              render_backend="gpu" if torch.cuda.is_available() else "cpu",
-                             control_mode=BRIDGE_CONTROL_MODE, max_episode_steps=_NO_LIMIT)
+                             control_mode=BRIDGE_CONTROL_MODE, max_episode_steps=NO_STEP_LIMIT)
         self._u = self._env.unwrapped
         agent = self._u.agent  # the WidowX has no `tcp` link attribute: its controller's ee link is the TCP
         self._ee = getattr(agent, "tcp", None) or agent.robot.links_map["ee_gripper_link"]
