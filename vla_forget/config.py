@@ -51,18 +51,23 @@ def _default(f: dataclasses.Field) -> Any:
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls, *, required: Iterable[str] = (),
                          choices: Optional[Mapping[str, Sequence[Any]]] = None, flags: Optional[Mapping[str, str]] = None,
-                         metavars: Optional[Mapping[str, str]] = None, skip: Iterable[str] = ()) -> None:
+                         metavars: Optional[Mapping[str, str]] = None, skip: Iterable[str] = (),
+                         unset_is_none: bool = False, shown_defaults: Optional[Mapping[str, str]] = None) -> None:
     """One option per field of ``cls`` (see the module's docstring). Booleans take ``--x/--no-x``; lists are
-    repeatable; an option not given parses to the field's default."""
+    repeatable; an option not given parses to the field's default, or with ``unset_is_none`` to None (so that a
+    resumed run can take the options not given from its saved config). ``shown_defaults``: the default a help
+    text states where it is not the field's own (e.g. one per method)."""
     docs = field_docs(cls)
     required, skip = set(required), set(skip)
     choices, flags, metavars = dict(choices or {}), dict(flags or {}), dict(metavars or {})
+    shown_defaults = dict(shown_defaults or {})
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
         doc = docs.get(f.name, "")
         default = _default(f)
+        unset = None if unset_is_none else default
         kind = _kind(f.type)
         kw: Dict[str, Any] = dict(dest=f.name, help=doc)
         if f.name in choices:
@@ -72,15 +77,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, *, required: Iter
         if f.name in required:
             kw["required"] = True
         if kind == "bool":
-            kw.update(action=argparse.BooleanOptionalAction, default=default)
+            kw.update(action=argparse.BooleanOptionalAction, default=unset)
             kw["help"] = f"{doc} (default: {'on' if default else 'off'})"
         elif kind.startswith("List"):
             kw.update(action="append", default=None)
             kw["help"] = f"{doc} (repeatable)"
         else:
-            kw.update(type=int if "int" in kind else float if "float" in kind else str, default=default)
-            if default is not None and f.name not in required:
-                kw["help"] = f"{doc} (default: {default})"
+            kw.update(type=int if "int" in kind else float if "float" in kind else str, default=unset)
+            shown = shown_defaults.get(f.name, default)
+            if shown is not None and f.name not in required:
+                kw["help"] = f"{doc} (default: {shown})"
         parser.add_argument(flag, **kw)
 
 

@@ -11,7 +11,7 @@ observation before the action (:meth:`Recorder.before`) and each transition afte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -49,7 +49,6 @@ class Outcome:
     """the last observation"""
     env_stats: Optional[List[Dict[str, Any]]] = None
     """the simulator's per-episode statistics at the last step, where the env reports them (SimplerEnv tasks)"""
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def run_episode(env: Any, act: Callable[[Any], Any], seeds: Sequence[int], *, instruction_index: Optional[int] = None,

@@ -364,7 +364,7 @@ def _check_config(cfg: PretrainConfig, resume: bool) -> PretrainConfig:
         from dataclasses import replace
 
         cfg = replace(cfg, transport_rule=RUN_KIND.added["transport_rule"])
-    folder.start(asdict(cfg), resume=resume)
+    folder.start(asdict(cfg), resume=resume, saved=saved)
     return cfg
 
 

@@ -58,6 +58,13 @@ class RunKind:
     stamp read as format 0)"""
 
 
+def saved_value(old: Mapping[str, Any], name: str, *, added: Mapping[str, Any] = {},
+                defaults: Mapping[str, Any] = {}) -> Any:
+    """What a saved config says of ``name``: its value, or for a config from before the field ``added[name]``,
+    else ``defaults[name]``, else None."""
+    return old[name] if name in old else added.get(name, defaults.get(name))
+
+
 def diff_fields(old: Mapping[str, Any], new: Mapping[str, Any], *, added: Mapping[str, Any] = {},
                 defaults: Mapping[str, Any] = {}) -> List[str]:
     """The fields of ``new`` whose saved value differs, in ``new``'s order. A field missing from ``old`` counts as
@@ -69,8 +76,7 @@ def diff_fields(old: Mapping[str, Any], new: Mapping[str, Any], *, added: Mappin
 
     out = []
     for k, v in new.items():
-        have = old[k] if k in old else added.get(k, defaults.get(k))
-        if norm(have) != norm(v):
+        if norm(saved_value(old, k, added=added, defaults=defaults)) != norm(v):
             out.append(k)
     return out
 
@@ -148,7 +154,7 @@ class RunFolder:
         for k in diff_fields(old, new, added=added, defaults=defaults):
             if k in self.kind.ignored:
                 continue
-            have = old[k] if k in old else added.get(k, defaults.get(k))
+            have = saved_value(old, k, added=added, defaults=defaults)
             line = f"{prefix}{k}: {have!r} -> {new[k]!r}"
             (allowed if k in self.kind.changeable else refused).append(line)
         return allowed, refused
@@ -160,15 +166,14 @@ class RunFolder:
                                   f"resume with the same ones{hint}, or choose another --out")
 
     def start(self, config: Mapping[str, Any], *, resume: bool, defaults: Mapping[str, Any] = {},
-              started: Optional[bool] = None, hint: str = "", save: bool = True) -> List[str]:
+              started: Optional[bool] = None, hint: str = "", saved: Optional[Mapping[str, Any]] = None) -> List[str]:
         """The whole check for a flat config: refuse an existing run without ``resume``; with it, refuse changed
         settings other than the changeable ones; then save ``config``. Returns the changeable fields that changed
-        (one line each, for the caller to say)."""
+        (one line each, for the caller to say). ``saved``: the saved config where the caller has read it already."""
         self.refuse_unless_resume(resume, started)
         allowed: List[str] = []
         if resume and self.has_config():
-            allowed, refused = self.resume_changes(config, defaults=defaults)
+            allowed, refused = self.resume_changes(config, saved, defaults=defaults)
             self.refuse(refused, hint)
-        if save:
-            self.write_config(config)
+        self.write_config(config)
         return allowed

@@ -22,16 +22,13 @@ its parser from :class:`AdaptConfig` without importing torch.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import re
 import shutil
 import sys
-import textwrap
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -240,37 +237,19 @@ def field_docs(cls=AdaptConfig) -> Dict[str, str]:
 
 
 def add_config_arguments(parser) -> None:
-    """One option per AdaptConfig field (``--kl-coef`` for ``kl_coef``), help from the field docs.
+    """One option per AdaptConfig field (``--kl-coef`` for ``kl_coef``), help from the field docs
+    (:func:`vla_forget.config.add_config_arguments`).
 
     Every option but the required ones parses to None when it is not given, so that :func:`config_from_args`
     can tell a given option from a default: a resumed run takes the options not given from its run.json."""
-    import argparse
+    from vla_forget.config import add_config_arguments as add_fields
 
-    docs = field_docs()
-    required = {"method", "base", "out"}
-    for f in dataclasses.fields(AdaptConfig):
-        flag = "--" + f.name.replace("_", "-")
-        doc = docs.get(f.name, "")
-        default = None if f.default is dataclasses.MISSING else f.default
-        kind = str(f.type)
-        if f.name == "method":
-            parser.add_argument(flag, required=True, choices=list(METHODS), help=doc)
-        elif f.name == "reward":
-            parser.add_argument(flag, choices=REWARDS, default=None, help=f"{doc} (default: {default})")
-        elif f.name in required:
-            parser.add_argument(flag, required=True, help=doc)
-        elif kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{doc} (default: {'on' if default else 'off'})")
-        elif kind.startswith("List"):
-            parser.add_argument(flag, action="append", default=None, metavar="PATH", help=f"{doc} (repeatable)")
-        else:
-            typ = int if "int" in kind else float if "float" in kind else str
-            if f.name in METHOD_DEFAULTS["ppo"]:
-                shown = " (default: per method, " + ", ".join(f"{m} {d[f.name]}" for m, d in METHOD_DEFAULTS.items()) + ")"
-            else:
-                shown = "" if default is None else f" (default: {default})"
-            parser.add_argument(flag, type=typ, default=None, help=doc + shown)
+    per_method = {name: "per method, " + ", ".join(f"{m} {d[name]}" for m, d in METHOD_DEFAULTS.items())
+                  for name in METHOD_DEFAULTS["ppo"]}
+    lists = {f.name: "PATH" for f in dataclasses.fields(AdaptConfig) if str(f.type).startswith("List")}
+    add_fields(parser, AdaptConfig, required=("method", "base", "out"),
+               choices={"method": list(METHODS), "reward": REWARDS}, metavars=lists, unset_is_none=True,
+               shown_defaults=per_method)
 
 
 def saved_run_config(out: str) -> Optional[Dict[str, Any]]:
