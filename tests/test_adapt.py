@@ -7,6 +7,7 @@ SmallVLA; one test runs PPO on the real simulator through a worker process, at
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,7 +23,9 @@ from tests.fakes import FakeEnv  # noqa: E402
 from vla_forget import rollout  # noqa: E402
 from vla_forget.adapt import METHODS, checkpoint_update, list_checkpoints, load_method, read_meta  # noqa: E402
 from vla_forget.adapt import common, grpo, ppo, reinforce  # noqa: E402
-from vla_forget.adapt.common import AdaptConfig, AdaptError, Diverged, KLPenalty  # noqa: E402
+from vla_forget.adapt.common import AdaptError, Diverged, KLPenalty  # noqa: E402
+from vla_forget.adapt.configs import AdaptConfig, GRPOConfig, PPOConfig, SFTConfig, make_config  # noqa: E402
+from vla_forget.config import field_docs  # noqa: E402
 from vla_forget.adapt.rollouts import TraceWriter, Trajectories, trace_datasets  # noqa: E402
 from vla_forget.cli import main  # noqa: E402
 from vla_forget.datasets import open_dataset, write_dataset  # noqa: E402
@@ -59,11 +62,12 @@ def fake(monkeypatch, tmp_path):
 
 
 def config(tmp, base, method, out=None, **kw) -> AdaptConfig:
-    d = dict(method=method, base=base, out=str(tmp / (out or method)), task=TARGET, updates=2, save_every=1, workers=0,
+    """Small settings for ``method`` (those of them it has), and ``kw`` (which it must have)."""
+    d = dict(base=base, out=str(tmp / (out or method)), task=TARGET, updates=2, save_every=1, workers=0,
              episodes_per_update=4, max_episode_steps=4, minibatch_size=8, batch_size=8, sft_steps=2, threads=1,
              progress=False)
-    d.update(kw)
-    return AdaptConfig(**d)
+    own = {f.name for f in dataclasses.fields(METHODS[method].config)}
+    return make_config(method, **{**{k: v for k, v in d.items() if k in own}, **kw})
 
 
 def demos(path, task=TARGET, instruction=None, action_dim=7, n=3, T=4):
@@ -195,7 +199,7 @@ def _synthetic(policy, E=2, T=3, seed=0):
 
 
 def test_kl_penalty_at_zero_equals_the_plain_update(base_dir):
-    cfg = common.resolve(AdaptConfig(method="ppo", base=base_dir, out="-", epochs=1, minibatch_size=6, seed=3))
+    cfg = common.resolve(make_config("ppo", base=base_dir, out="-", epochs=1, minibatch_size=6, seed=3))
 
     def fresh():
         policy = SmallVLA.load(base_dir)
@@ -257,7 +261,7 @@ def test_method_runs_two_updates_and_changes_the_policy(fake, base_dir, method):
     meta = read_meta(ckpts[-1])
     assert {k: meta[k] for k in ("method", "update", "base", "task", "run")} == \
         {"method": method, "update": 2, "base": base_dir, "task": TARGET, "run": method}
-    assert meta["hparams"]["lr"] == common.METHOD_DEFAULTS[method]["lr"] and meta["samples_seen"] > 0
+    assert meta["hparams"]["lr"] == METHODS[method].defaults["lr"] and meta["samples_seen"] > 0
     assert (meta["env_steps"] > 0) == (method != "sft")
     ts = torch.load(os.path.join(ckpts[-1], "train_state.pt"), weights_only=True)
     assert ts["update"] == 2 and ts["optimizer"]["state"] and bool(ts["value_head"]) == (method == "ppo")
@@ -321,8 +325,8 @@ def test_transport_fraction_draws_that_share_of_each_batch_from_the_carry(fake, 
 def test_transport_fraction_refusals(fake, base_dir, tmp_path):
     with pytest.raises(AdaptError, match="--transport-fraction must be in"):
         common.resolve(config(fake, base_dir, "sft", data=["x"], transport_fraction=1.0))
-    with pytest.raises(AdaptError, match="applies to sft and rl-trace-sft, not ppo"):
-        common.resolve(config(fake, base_dir, "ppo", transport_fraction=0.5))
+    with pytest.raises(ValueError, match="ppo has no option transport_fraction"):
+        config(fake, base_dir, "ppo", transport_fraction=0.5)
     still = tmp_path / "still"  # demonstrations that never carry anything sideways
     write_dataset(str(still), iter([dict(image=np.zeros((4, H, H, 3), np.uint8), state=np.zeros((4, 16), np.float32),
                                          action=np.zeros((4, 7), np.float32), instruction=f"do {TARGET} 0", seed=0,
@@ -466,22 +470,22 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(fake, base_dir, monkeypatc
 
 
 def test_battery_task_is_refused(tmp_path, base_dir, capsys):
-    cfg = AdaptConfig(method="ppo", base=base_dir, out=str(tmp_path / "r"), task="PickCube-v1", progress=False)
+    cfg = make_config("ppo", base=base_dir, out=str(tmp_path / "r"), task="PickCube-v1", progress=False)
     with pytest.raises(AdaptError, match=r"PickCube-v1 \(as PickCube-v2\) is in the battery tabletop-v2.*--allow-battery-task"):
         load_method("ppo")(cfg)  # the default battery is v2: the same task at another version is refused
     assert not os.path.exists(cfg.out)
     rc = main(["adapt", "--method", "sft", "--base", base_dir, "--task", "StackCube-v1", "--out", cfg.out, "--data", "x"])
     assert rc == 2 and "meaningless" in capsys.readouterr().err
     with pytest.warns(UserWarning, match="meaningless"):
-        task, _ = common.resolve_task(AdaptConfig(method="ppo", base=base_dir, out="-", task="PickCube-v1",
+        task, _ = common.resolve_task(make_config("ppo", base=base_dir, out="-", task="PickCube-v1",
                                                   allow_battery_task=True))
     assert task == "PickCube-v1" and "MEANINGLESS" in capsys.readouterr().err
-    task, target = common.resolve_task(AdaptConfig(method="ppo", base=base_dir, out="-"))
+    task, target = common.resolve_task(make_config("ppo", base=base_dir, out="-"))
     assert task == "PlaceCubeOnTarget-v2" and target.full_id == "place-cube-on-target-v2"
-    task, target = common.resolve_task(AdaptConfig(method="ppo", base=base_dir, out="-", battery="tabletop-v1"))
+    task, target = common.resolve_task(make_config("ppo", base=base_dir, out="-", battery="tabletop-v1"))
     assert task == "PlaceCubeOnTarget-v1" and target.full_id == "place-cube-on-target-v1"
     with pytest.raises(AdaptError, match="StackCube-v2 is in the battery tabletop-v2"):
-        common.resolve_task(AdaptConfig(method="ppo", base=base_dir, out="-", task="StackCube-v2"))
+        common.resolve_task(make_config("ppo", base=base_dir, out="-", task="StackCube-v2"))
 
 
 def test_demonstrations_of_another_task_are_refused(fake, base_dir):
@@ -507,11 +511,42 @@ def test_cli_options_match_the_config(capsys):
     assert "--kl-coef" in text and "examples:" in text and "--resume" in text
     from vla_forget.cli import build_parser
 
-    args = build_parser().parse_args(["adapt", "--method", "grpo", "--base", "b", "--out", "o", "--data", "d1",
-                                      "--data", "d2", "--no-save-traces", "--kl-coef", "0.5"])
+    args = build_parser().parse_args(["adapt", "--method", "grpo", "--base", "b", "--out", "o", "--group-size", "2",
+                                      "--no-save-traces", "--kl-coef", "0.5"])
     cfg = common.config_from_args(args)
-    assert cfg == AdaptConfig(method="grpo", base="b", out="o", data=["d1", "d2"], save_traces=False, kl_coef=0.5)
-    assert set(common.field_docs()) == {f for f in AdaptConfig.__dataclass_fields__}
+    assert cfg == GRPOConfig(base="b", out="o", group_size=2, save_traces=False, kl_coef=0.5) and cfg.method == "grpo"
+    assert cfg.updates == 40 and cfg.lr == 3e-5  # grpo's own defaults
+    args = build_parser().parse_args(["adapt", "--method", "sft", "--base", "b", "--out", "o", "--data", "d1",
+                                      "--data", "d2"])
+    cfg = common.config_from_args(args)
+    assert cfg == SFTConfig(base="b", out="o", data=["d1", "d2"]) and (cfg.updates, cfg.save_every) == (500, 50)
+    for m in METHODS.values():  # every option of every method has its help
+        assert set(field_docs(m.config)) == {f.name for f in dataclasses.fields(m.config)}, m.name
+        assert f"--{m.hparams[-1].replace('_', '-')}" in text
+
+
+def test_an_option_of_another_method_is_refused(capsys):
+    """`--gae-lambda` means nothing to SFT: it is refused before anything runs, naming the option; a sweep's
+    option that no method of its grid has is refused at validation."""
+    assert main(["adapt", "--method", "sft", "--base", "b", "--out", "o", "--data", "d", "--gae-lambda", "0.9",
+                 "--no-save-traces"]) == 2
+    err = capsys.readouterr().err
+    assert "--gae-lambda, --save-traces: not options of --method sft" in err
+    with pytest.raises(ValueError, match="sft has no option gae_lambda"):
+        make_config("sft", base="b", out="o", gae_lambda=0.9)
+    from vla_forget.spec import SpecError
+    from vla_forget.sweep import expand, parse_sweep
+
+    sweep = dict(kind="sweep", id="s", version=1, base="small-vla-base-v5", task="place-cube-on-target-v1",
+                 updates=2, grid=dict(method=["sft"], lr=[1e-4], batch_size=[8], seed=[0]), options={"gae_lambda": 0.9})
+    with pytest.raises(SpecError, match="options.gae_lambda: not an option of sft's runs"):
+        parse_sweep(sweep)
+    # an option of some of the grid's methods goes to those only
+    sweep["grid"]["method"] = ["sft", "ppo"]
+    sweep["method_options"] = {"sft": {"data": ["d"]}}
+    runs = {r.method: r.params for r in expand(parse_sweep(sweep))}
+    assert runs["ppo"]["gae_lambda"] == 0.9 and "gae_lambda" not in runs["sft"]
+    assert runs["ppo"]["minibatch_size"] == 8 and runs["sft"]["batch_size"] == 8
 
 
 # --------------------------------------------------------------------------
@@ -600,9 +635,9 @@ def test_cli_resume_takes_the_options_not_given_from_the_run(fake, base_dir, mon
     common_args = ["adapt", "--method", "ppo", "--base", base_dir, "--out", out, "--workers", "0", "--no-progress"]
     assert main(common_args + ["--task", TARGET, "--updates", "1", "--save-every", "1", "--episodes-per-update", "2",
                                "--max-episode-steps", "4", "--minibatch-size", "4", "--lr", "1e-3"]) == 0
-    battery = AdaptConfig.battery
-    monkeypatch.setattr(AdaptConfig.__dataclass_fields__["battery"], "default", "some-other-battery-v9")
-    monkeypatch.setattr(AdaptConfig.__dataclass_fields__["lr"], "default", 5e-5)
+    battery = PPOConfig.battery
+    monkeypatch.setattr(PPOConfig.__dataclass_fields__["battery"], "default", "some-other-battery-v9")
+    monkeypatch.setattr(PPOConfig.__dataclass_fields__["lr"], "default", 5e-5)
     assert main(common_args + ["--resume", "--updates", "2"]) == 0
     run = json.load(open(os.path.join(out, "run.json")))
     assert run["config"]["battery"] == battery and run["config"]["lr"] == 1e-3 and run["task"] == TARGET

@@ -1,8 +1,8 @@
 """The commands' settings and one generator from a config dataclass to its command line.
 
 :class:`PretrainConfig` (`vla-forget pretrain`) and :class:`DemoConfig` (`vla-forget demos`) live here, apart
-from their heavy modules, so that the CLI builds its parsers without torch; ``AdaptConfig`` lives in
-:mod:`vla_forget.adapt.common` (light too), ``BenchConfig`` in :mod:`vla_forget.bench`.
+from their heavy modules, so that the CLI builds its parsers without torch; the adaptation methods' configs
+live in :mod:`vla_forget.adapt.configs` (light too), ``BenchConfig`` in :mod:`vla_forget.bench`.
 
 Each field of a config dataclass becomes ``--field-name``; its help is the docstring under the field (read
 from the source with :func:`field_docs`), its type and default come from the annotation and the default. A
@@ -25,13 +25,17 @@ from vla_forget.policies import SCRIPTED_EXPERTS
 
 
 def field_docs(cls) -> Dict[str, str]:
-    """The doc under each field of a config dataclass (read from its source), on one line."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
+    """The doc under each field of a config dataclass (read from its source and its bases'; a field declared
+    again without a doc, to change its default, keeps its base's), on one line."""
     docs: Dict[str, str] = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass) or klass is object:
+            continue
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
     return docs
 
 
@@ -52,11 +56,13 @@ def _default(f: dataclasses.Field) -> Any:
 def add_config_arguments(parser: argparse.ArgumentParser, cls, *, required: Iterable[str] = (),
                          choices: Optional[Mapping[str, Sequence[Any]]] = None, flags: Optional[Mapping[str, str]] = None,
                          metavars: Optional[Mapping[str, str]] = None, skip: Iterable[str] = (),
-                         unset_is_none: bool = False, shown_defaults: Optional[Mapping[str, str]] = None) -> None:
+                         unset_is_none: bool = False, shown_defaults: Optional[Mapping[str, str]] = None,
+                         notes: Optional[Mapping[str, str]] = None) -> None:
     """One option per field of ``cls`` (see the module's docstring). Booleans take ``--x/--no-x``; lists are
     repeatable; an option not given parses to the field's default, or with ``unset_is_none`` to None (so that a
     resumed run can take the options not given from its saved config). ``shown_defaults``: the default a help
-    text states where it is not the field's own (e.g. one per method)."""
+    text states where it is not the field's own (e.g. one per method); ``notes``: text put before a field's help
+    (e.g. the methods it applies to)."""
     docs = field_docs(cls)
     required, skip = set(required), set(skip)
     choices, flags, metavars = dict(choices or {}), dict(flags or {}), dict(metavars or {})
@@ -66,6 +72,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, *, required: Iter
             continue
         flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
         doc = docs.get(f.name, "")
+        if notes and f.name in notes:
+            doc = f"{notes[f.name]} {doc}"
         default = _default(f)
         unset = None if unset_is_none else default
         kind = _kind(f.type)

@@ -12,7 +12,7 @@ A sweep spec (``benchmarks/sweeps/NAME-vN.yaml``, or any YAML path)::
     grid:                       # the product of these lists is the set of runs
       method: [ppo, sft, iterative-sft]
       lr: [1.0e-4, 3.0e-4]
-      batch_size: [32]          # samples per optimiser step (see BATCH_OPTION)
+      batch_size: [32]          # samples per optimiser step (see batch_option)
       seed: [0, 1]
     options:                    # optional: more `vla-forget adapt` options for every run
       workers: 1                #   key -> --key (underscores become dashes); true -> --key,
@@ -67,8 +67,6 @@ SWEEP_FORMAT = 1
 SWEEP_KEYS = {"kind", "id", "version", "description", "base", "task", "updates", "save_every", "grid", "options",
               "method_options"}
 GRID_KEYS = ("method", "lr", "batch_size", "seed")
-#: the adapt option that the grid's batch_size sets, per method (default batch_size)
-BATCH_OPTION = {"ppo": "minibatch_size", "grpo": "minibatch_size"}
 RESERVED_OPTIONS = {"method", "lr", "batch_size", "minibatch_size", "seed", "base", "task", "updates", "save_every",
                     "out", "resume"}
 PER_METHOD = {"updates", "save_every"}  # fixed options that method_options may override
@@ -164,7 +162,9 @@ def _number_list(v: Any, where: str, errors: List[str], *, kind: type, minimum: 
     return out
 
 
-def _options(v: Any, where: str, errors: List[str], reserved=RESERVED_OPTIONS) -> Dict[str, Any]:
+def _options(v: Any, where: str, errors: List[str], reserved=RESERVED_OPTIONS,
+             methods: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Options for the adapt runs of ``methods`` (None: any method); an option none of them has is refused."""
     if v is None:
         return {}
     if not isinstance(v, dict):
@@ -184,6 +184,10 @@ def _options(v: Any, where: str, errors: List[str], reserved=RESERVED_OPTIONS) -
             errors.append(f"{where}.{k}: not an option of vla-forget adapt{f'; did you mean {close[0]}' if close else ''} "
                           "(see vla-forget adapt --help)")
             continue
+        if methods is not None and not any(k in adapt_options(m) for m in methods):
+            errors.append(f"{where}.{k}: not an option of {' or '.join(methods) or 'the grid'}'s runs (see vla-forget "
+                          "adapt --help: each option says the methods it applies to)")
+            continue
         scalar = (str, int, float, bool, type(None))
         if isinstance(x, list):
             if not all(isinstance(e, (str, int, float)) and not isinstance(e, bool) for e in x):
@@ -196,11 +200,18 @@ def _options(v: Any, where: str, errors: List[str], reserved=RESERVED_OPTIONS) -
     return out
 
 
-def adapt_options() -> List[str]:
-    """The option names of `vla-forget adapt` (fields of its config)."""
-    from vla_forget.adapt.common import AdaptConfig
+def adapt_options(method: Optional[str] = None) -> List[str]:
+    """The option names of `vla-forget adapt`: of ``method``'s config, or of any method's."""
+    from vla_forget.adapt import METHODS
 
-    return [f.name for f in dataclasses.fields(AdaptConfig)]
+    configs = [METHODS[method].config] if method else [m.config for m in METHODS.values()]
+    return list(dict.fromkeys(f.name for cls in configs for f in dataclasses.fields(cls)))
+
+
+def batch_option(method: str) -> str:
+    """The adapt option that the grid's batch_size sets for ``method``: its ``batch_size`` (the SFT methods),
+    else its ``minibatch_size``."""
+    return "batch_size" if "batch_size" in adapt_options(method) else "minibatch_size"
 
 
 def known_methods() -> List[str]:
@@ -263,7 +274,7 @@ def parse_sweep(data: Dict[str, Any], source: str = "<sweep>") -> SweepSpec:
             batches = _number_list(grid["batch_size"], "grid.batch_size", errors, **AXIS_CHECKS["batch_size"])
         if "seed" in grid:
             seeds = _number_list(grid["seed"], "grid.seed", errors, **AXIS_CHECKS["seed"])
-    options = _options(data.get("options"), "options", errors)
+    options = _options(data.get("options"), "options", errors, methods=methods)
     method_options: Dict[str, Dict[str, Any]] = {}
     method_axes: Dict[str, Dict[str, List]] = {}
     mo = data.get("method_options")
@@ -283,7 +294,7 @@ def parse_sweep(data: Dict[str, Any], source: str = "<sweep>") -> SweepSpec:
                                                   errors, **AXIS_CHECKS[axis])
                     if axes:
                         method_axes[m] = axes
-                method_options[m] = _options(opts, f"method_options.{m}", errors, RESERVED_OPTIONS - PER_METHOD)
+                method_options[m] = _options(opts, f"method_options.{m}", errors, RESERVED_OPTIONS - PER_METHOD, [m])
     if errors:
         raise SpecError(source, errors)
     return SweepSpec(id_, version, base, task, updates, methods, lrs, batches, seeds, every, options, method_options,
@@ -349,9 +360,10 @@ def expand(spec: SweepSpec) -> List[RunPlan]:
     runs = []
     for method, lr, batch, seed in combos:
         params: Dict[str, Any] = {"method": method, "base": spec.base, "task": spec.task, "lr": lr,
-                                  BATCH_OPTION.get(method, "batch_size"): batch, "seed": seed,
+                                  batch_option(method): batch, "seed": seed,
                                   "updates": spec.updates, "save_every": spec.save_every, "progress": False}
-        params.update(spec.options)
+        own = adapt_options(method)  # the grid's options apply to the methods that have them
+        params.update({k: v for k, v in spec.options.items() if k in own})
         params.update(spec.method_options.get(method, {}))
         runs.append(RunPlan(run_name(method, lr, batch, seed), method, lr, batch, seed, params))
     return runs
@@ -430,7 +442,10 @@ def run_sweep(spec: SweepSpec, out: str, *, parallel: int = 1, resume: bool = Fa
     old = {p["name"]: p for p in (previous or {}).get("runs", [])}
 
     def fixed(params: Dict[str, Any]) -> Dict[str, Any]:
-        return {k: v for k, v in json.loads(json.dumps(params)).items() if k not in VOLATILE_PARAMS}
+        """The options a resume must not change (an option its method does not have never counted)."""
+        own = set(adapt_options(params.get("method"))) | {"method"} if params.get("method") in known_methods() else None
+        return {k: v for k, v in json.loads(json.dumps(params)).items()
+                if k not in VOLATILE_PARAMS and (own is None or k in own)}
 
     changed = [f"{r.name}: {fixed(old[r.name].get('params', {}))} -> {fixed(r.params)}" for r in runs
                if r.name in old and fixed(old[r.name].get("params", {})) != fixed(r.params)]

@@ -57,12 +57,12 @@ def bench_rollouts(workers: int, episodes: int, steps: int, image_size: int) -> 
 
 def ppo_rollouts(workers: int, updates: int, episodes: int, steps: int, image_size: int, threads: int) -> dict:
     from vla_forget.adapt import ppo
-    from vla_forget.adapt.common import AdaptConfig
+    from vla_forget.adapt.configs import PPOConfig
 
     with tempfile.TemporaryDirectory() as d:
-        cfg = AdaptConfig(method="ppo", base=BASE, out=os.path.join(d, "ppo"), task=TASK, updates=updates,
-                          save_every=updates, episodes_per_update=episodes, max_episode_steps=steps, workers=workers,
-                          image_size=image_size, threads=threads, progress=False)
+        cfg = PPOConfig(base=BASE, out=os.path.join(d, "ppo"), task=TASK, updates=updates,
+                        save_every=updates, episodes_per_update=episodes, max_episode_steps=steps, workers=workers,
+                        image_size=image_size, threads=threads, progress=False)
         t0 = time.perf_counter()
         ppo.train(cfg)
         wall = time.perf_counter() - t0
@@ -90,11 +90,11 @@ def _demos(n: int, T: int, size: int, width: int):
 
 def sft_rate(data: str, updates: int, batch_size: int, threads: int, device: str = "cpu") -> dict:
     from vla_forget.adapt import sft
-    from vla_forget.adapt.common import AdaptConfig
+    from vla_forget.adapt.configs import SFTConfig
 
     with tempfile.TemporaryDirectory() as d:
-        cfg = AdaptConfig(method="sft", base=BASE, out=os.path.join(d, "sft"), task=TASK, data=[data], updates=updates,
-                          save_every=updates, batch_size=batch_size, threads=threads, device=device, progress=False)
+        cfg = SFTConfig(base=BASE, out=os.path.join(d, "sft"), task=TASK, data=[data], updates=updates,
+                        save_every=updates, batch_size=batch_size, threads=threads, device=device, progress=False)
         sft.train(cfg)
         with open(os.path.join(cfg.out, "log.jsonl")) as f:
             rows = [json.loads(x) for x in f][1:]

@@ -6,9 +6,9 @@ lives in :mod:`vla_forget.adapt.common` (config, run folder, checkpoints,
 resume, KL-to-base penalty, NaN guard, rewards) and
 :mod:`vla_forget.adapt.rollouts` (on-policy trajectories in worker processes).
 
-``METHODS`` maps a method name to its :class:`Method` (``"module:function"``, its
-defaults and hyper-parameters); the module is imported only when the method runs
-(``import vla_forget.adapt`` imports no torch).
+``METHODS`` maps a method name to its :class:`Method`: the function that trains it
+(``"module:function"``) and its config class (:mod:`vla_forget.adapt.configs`); the
+module is imported only when the method runs (``import vla_forget.adapt`` imports no torch).
 
 Run folder (``--out RUN``)::
 
@@ -25,45 +25,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import List
 
-@dataclass(frozen=True)
-class Method:
-    """One adaptation method: where its training function is and what the rest of the suite needs to know of it
-    without importing it (a new method is its file plus one entry of :data:`METHODS`)."""
-
-    entry: str
-    """``"module:function"``: ``function(cfg, *, resume, stop_at)`` trains and returns the run's summary"""
-    defaults: Mapping[str, Any]
-    """defaults of the options left None in AdaptConfig (updates, save_every, lr)"""
-    hparams: Tuple[str, ...]
-    """the AdaptConfig fields besides the common ones that matter to it (recorded in every checkpoint)"""
-    rollouts: bool = False
-    """learns from its own rollouts (and saves the successful ones as traces)"""
-
-
-#: the options every rollout-based method reads
-ROLLOUT_HPARAMS = ("episodes_per_update", "image_size", "max_episode_steps", "reward")
-
-METHODS: Dict[str, Method] = {
-    "ppo": Method("vla_forget.adapt.ppo:train", dict(updates=40, save_every=5, lr=3e-5), ROLLOUT_HPARAMS + (
-        "epochs", "minibatch_size", "clip_coef", "target_kl", "gamma", "gae_lambda", "vf_coef", "ent_coef", "norm_adv",
-        "value_hidden", "value_lr"), rollouts=True),
-    "reinforce": Method("vla_forget.adapt.reinforce:train", dict(updates=40, save_every=5, lr=1e-4),
-                        ROLLOUT_HPARAMS + ("gamma", "normalize_returns", "ent_coef"), rollouts=True),
-    "grpo": Method("vla_forget.adapt.grpo:train", dict(updates=40, save_every=5, lr=3e-5),
-                   ROLLOUT_HPARAMS + ("group_size", "epochs", "minibatch_size", "clip_coef", "ent_coef"), rollouts=True),
-    "sft": Method("vla_forget.adapt.sft:train", dict(updates=500, save_every=50, lr=3e-5),
-                  ("data", "batch_size", "augment_shift", "transport_fraction")),
-    "iterative-sft": Method("vla_forget.adapt.iterative_sft:train", dict(updates=20, save_every=2, lr=3e-5),
-                            ROLLOUT_HPARAMS + ("batch_size", "sft_steps", "augment_shift")),
-    "rl-trace-sft": Method("vla_forget.adapt.rl_trace_sft:train", dict(updates=500, save_every=50, lr=3e-5),
-                           ("traces", "traces_until", "batch_size", "augment_shift", "transport_fraction")),
-}
-
-#: methods that learn from the policy's own rollouts (and save successful traces)
-RL_METHODS = tuple(name for name, m in METHODS.items() if m.rollouts)
+from vla_forget.adapt.configs import METHODS, RL_METHODS, Method  # noqa: F401 (the table of methods)
 
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "update-"

@@ -1,7 +1,7 @@
 """Shared plumbing of the adaptation methods.
 
-The config (:class:`AdaptConfig`, one dataclass for every method; its field
-docs are the CLI's help), the run folder and its checkpoints (:class:`Run`),
+The CLI's options and their resume (the configs themselves, one class per
+method, are in :mod:`vla_forget.adapt.configs`), the run folder and its checkpoints (:class:`Run`),
 exact resume, the KL-to-base penalty (:class:`KLPenalty`), the NaN guard
 (:func:`optimizer_step`), rewards and seeds. The methods' loops live in their
 own files (``ppo.py``, ``reinforce.py``, ``grpo.py``, ``sft.py``,
@@ -17,7 +17,7 @@ same machine. The checkpoint also stores the optimizer, the value head and the
 RNG states (``train_state.pt``).
 
 This module imports torch only inside functions, so that the CLI can build
-its parser from :class:`AdaptConfig` without importing torch.
+its parser from it without importing torch.
 """
 
 from __future__ import annotations
@@ -31,18 +31,18 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from vla_forget.jsonio import append_jsonl, write_json
 from vla_forget.adapt import CHECKPOINTS_DIR, META, METHODS, checkpoint_name, list_checkpoints
+from vla_forget.adapt.configs import (REWARDS, AdaptConfig, RolloutConfig, config_dict, hparams,  # noqa: F401
+                                      make_config, methods_with)
 from vla_forget.errors import VlaForgetError
 from vla_forget.registry import unversioned
 from vla_forget.runfolder import RunFolder, RunKind
 from vla_forget.training import Diverged, NonFiniteError, backward, optimizer_step  # noqa: F401 (the methods' names)
-from vla_forget.spec import DEFAULT_BATTERY
 
 RUN_JSON = "run.json"
 LOG = "log.jsonl"
@@ -51,7 +51,6 @@ TRAIN_STATE = "train_state.pt"
 ROLLOUT_WEIGHTS = "rollout_weights.pt"
 #: training seeds stay below this (evaluation seeds start there)
 TRAIN_SEED_LIMIT = 100_000
-REWARDS = ("success", "dense")
 
 
 class AdaptError(VlaForgetError, RuntimeError):
@@ -59,122 +58,12 @@ class AdaptError(VlaForgetError, RuntimeError):
 
 
 # --------------------------------------------------------------------------
-# the config
+# the config (one class per method: vla_forget.adapt.configs)
 
-@dataclass
-class AdaptConfig:
-    """Everything that defines an adaptation run (pure data; saved in run.json). None: the method's default."""
-
-    method: str
-    """adaptation method: ppo, reinforce, grpo, sft, iterative-sft, rl-trace-sft"""
-    base: str
-    """base policy: a registered id or a checkpoint folder (the starting point, and the KL reference)"""
-    out: str
-    """run folder"""
-    task: Optional[str] = None
-    """target: a target spec id (place-cube-on-target-v2), its YAML file or a task id (default: the battery's target)"""
-    battery: str = DEFAULT_BATTERY
-    """held-out battery (id or YAML); a target task inside it is refused"""
-    allow_battery_task: bool = False
-    """adapt on a task of the battery anyway (its forgetting is then meaningless)"""
-    updates: Optional[int] = None
-    """updates to run (RL: one rollout batch each; SFT: one optimiser step; iterative SFT: one round)"""
-    save_every: Optional[int] = None
-    """write a checkpoint every this many updates (and after the last)"""
-    lr: Optional[float] = None
-    """AdamW learning rate of the policy (constant)"""
-    weight_decay: float = 0.0
-    """AdamW weight decay of the policy"""
-    grad_clip: float = 1.0
-    """clip the gradient's global norm to this (0: no clipping)"""
-    kl_coef: float = 0.0
-    """weight of the forward KL(base || policy) penalty, exact per token on the batch's states (0: none)"""
-    lora_rank: int = 0
-    """LoRA rank for policies that support it (policy.enable_lora; 0: full fine-tuning)"""
-    seed: int = 0
-    """seed of every random draw (env seeds, sampling, minibatches, dropout)"""
-    device: str = "cpu"
-    """device of the policy: cpu or cuda"""
-    threads: int = 1
-    """torch CPU threads of the trainer (more help only on an otherwise idle machine)"""
-    progress: bool = True
-    """show a progress bar"""
-    # --- rollouts (ppo, reinforce, grpo, iterative-sft) ---------------------
-    episodes_per_update: int = 8
-    """rollout episodes per update"""
-    workers: int = 2
-    """simulator worker processes for rollouts (0: in the trainer's process)"""
-    num_envs: int = 1
-    """parallel envs in the trainer's process (> 1: ManiSkill GPU physics, needs CUDA)"""
-    image_size: Optional[int] = None
-    """camera image size in pixels (default: the base policy's input size, e.g. 128 for the small VLA, 224 for OpenVLA)"""
-    max_episode_steps: Optional[int] = None
-    """episode length (default: the task's)"""
-    reward: str = "success"
-    """success: 1 at the last step if the task is solved then, else 0; dense: ManiSkill's normalised dense reward / episode length at every step"""
-    save_traces: bool = True
-    """RL methods: keep successful rollouts in RUN/traces/ (for rl-trace-sft)"""
-    # --- policy-gradient losses ---------------------------------------------------------
-    epochs: int = 2
-    """ppo, grpo: passes over each rollout batch (one optimiser step per minibatch)"""
-    minibatch_size: int = 64
-    """ppo, grpo: steps per minibatch; reinforce: steps per chunk of its single accumulated step"""
-    clip_coef: float = 0.2
-    """ppo, grpo: clip the probability ratio to [1 - clip, 1 + clip]"""
-    target_kl: Optional[float] = None
-    """ppo: end an update's epochs early once an epoch's mean approximate KL to the rollout policy exceeds this (default: off)"""
-    gamma: float = 1.0
-    """ppo, reinforce: discount"""
-    gae_lambda: float = 0.95
-    """ppo: GAE lambda"""
-    vf_coef: float = 0.5
-    """ppo: weight of the value loss"""
-    ent_coef: float = 0.0
-    """ppo, grpo, reinforce: weight of the entropy bonus (summed over the 7 tokens)"""
-    norm_adv: bool = True
-    """ppo: normalise advantages per minibatch"""
-    value_hidden: int = 256
-    """ppo: hidden width of the value head (an MLP on policy.features)"""
-    value_lr: float = 3e-4
-    """ppo: learning rate of the value head"""
-    group_size: int = 4
-    """grpo: rollouts per initial state (episodes_per_update must be a multiple)"""
-    normalize_returns: bool = True
-    """reinforce: divide return minus baseline by the batch's standard deviation"""
-    # --- supervised (sft, iterative-sft, rl-trace-sft) -----------------------------------
-    data: List[str] = field(default_factory=list)
-    """sft: RLDS demonstration datasets of the target task (vla-forget demos)"""
-    traces: Optional[str] = None
-    """rl-trace-sft: the RL run folder whose successful traces (RUN/traces/) to train on"""
-    traces_until: Optional[int] = None
-    """rl-trace-sft: use traces collected up to this update only (default: all)"""
-    batch_size: int = 32
-    """sft methods: steps per optimiser step"""
-    sft_steps: int = 20
-    """iterative-sft: optimiser steps on each round's successes"""
-    augment_shift: int = 0
-    """sft methods: random image shift in pixels (0: none)"""
-    transport_fraction: float = 0.0
-    """sft, rl-trace-sft: share of each batch drawn from the transport steps (gripper closed, x or y action
-    beyond 0.3: carrying a held object sideways, where only the instruction's destination says which way);
-    0: every step equally likely"""
-
-
-#: defaults that depend on the method (fields left None), and the hyper-parameters each method records: views of
-#: :data:`vla_forget.adapt.METHODS`, where a method declares them
-METHOD_DEFAULTS: Dict[str, Dict[str, Any]] = {name: dict(m.defaults) for name, m in METHODS.items()}
-COMMON_HPARAMS = ("updates", "save_every", "lr", "weight_decay", "grad_clip", "kl_coef", "lora_rank", "seed")
-METHOD_HPARAMS: Dict[str, Tuple[str, ...]] = {name: m.hparams for name, m in METHODS.items()}
 #: fields a resumed run may change
 VOLATILE = ("updates", "save_every", "out", "progress", "device", "threads", "workers")
 #: adaptation run folders (their settings in ``run.json``): what a resume may change
 RUN_KIND = RunKind("adapt", "an adaptation run", RUN_JSON, changeable=VOLATILE, error=AdaptError)
-
-
-def hparams(cfg: AdaptConfig) -> Dict[str, Any]:
-    """The hyper-parameters that matter for ``cfg.method`` (recorded in every checkpoint's meta.json)."""
-    d = asdict(cfg)
-    return {k: d[k] for k in COMMON_HPARAMS + METHOD_HPARAMS[cfg.method]}
 
 
 def _absolute_data(spec: str) -> str:
@@ -188,68 +77,51 @@ def _absolute_data(spec: str) -> str:
 
 
 def resolve(cfg: AdaptConfig) -> AdaptConfig:
-    """Fill the method's defaults and check the values; raises AdaptError."""
-    if cfg.method not in METHODS:
-        raise AdaptError(f"unknown --method {cfg.method!r}; methods: {', '.join(METHODS)}")
-    cfg = dataclasses.replace(cfg, data=[_absolute_data(d) for d in cfg.data],
-                              traces=os.path.abspath(cfg.traces) if cfg.traces else cfg.traces)
-    for k, v in METHOD_DEFAULTS[cfg.method].items():
-        if getattr(cfg, k) is None:
-            setattr(cfg, k, v)
-    problems = []
-    for name in ("updates", "save_every", "episodes_per_update", "epochs", "minibatch_size", "batch_size", "threads",
-                 "num_envs", "image_size"):
-        if name == "image_size" and cfg.image_size is None:
-            continue  # from the base policy (AdaptRun)
-        if int(getattr(cfg, name)) < 1:
-            problems.append(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(cfg, name)})")
-    if cfg.workers < 0 or cfg.sft_steps < 0 or cfg.augment_shift < 0 or cfg.lora_rank < 0:
-        problems.append("--workers, --sft-steps, --augment-shift and --lora-rank must be >= 0")
-    if not 0 <= cfg.transport_fraction < 1:
-        problems.append(f"--transport-fraction must be in [0, 1) (got {cfg.transport_fraction})")
-    if cfg.transport_fraction and "transport_fraction" not in METHODS[cfg.method].hparams:
-        problems.append(f"--transport-fraction applies to sft and rl-trace-sft, not {cfg.method}")
-    if not cfg.lr > 0:
-        problems.append(f"--lr must be > 0 (got {cfg.lr})")
-    if cfg.kl_coef < 0:
-        problems.append(f"--kl-coef must be >= 0 (got {cfg.kl_coef})")
-    if cfg.reward not in REWARDS:
-        problems.append(f"--reward must be one of {', '.join(REWARDS)} (got {cfg.reward!r})")
-    if cfg.max_episode_steps is not None and cfg.max_episode_steps < 1:
-        problems.append(f"--max-episode-steps must be >= 1 (got {cfg.max_episode_steps})")
-    if cfg.method == "grpo" and (cfg.group_size < 2 or cfg.episodes_per_update % cfg.group_size):
-        problems.append(f"grpo: --group-size must be >= 2 and divide --episodes-per-update "
-                        f"(got {cfg.group_size} and {cfg.episodes_per_update})")
-    if cfg.method == "sft" and not cfg.data:
-        problems.append("sft: give the demonstrations with --data PATH (datasets made by `vla-forget demos`)")
-    if cfg.method == "rl-trace-sft" and not cfg.traces:
-        problems.append("rl-trace-sft: give the RL run folder with --traces RUN")
+    """Check the values (each method's :meth:`~AdaptConfig.problems`) and make paths absolute; raises AdaptError."""
+    if not cfg.method or METHODS.get(cfg.method) is None or type(cfg) is not METHODS[cfg.method].config:
+        raise AdaptError(f"{type(cfg).__name__} is not the config of an adaptation method; build one with "
+                         f"make_config(METHOD, ...) (methods: {', '.join(METHODS)})")
+    changes: Dict[str, Any] = {}
+    if hasattr(cfg, "data"):
+        changes["data"] = [_absolute_data(d) for d in cfg.data]
+    if getattr(cfg, "traces", None):
+        changes["traces"] = os.path.abspath(cfg.traces)
+    cfg = dataclasses.replace(cfg, **changes)
+    problems = cfg.problems()
     if problems:
         raise AdaptError("; ".join(problems))
     return cfg
 
 
-def field_docs(cls=AdaptConfig) -> Dict[str, str]:
-    """The one-line doc under each field of a config dataclass (:func:`vla_forget.config.field_docs`)."""
-    from vla_forget.config import field_docs as docs_of
-
-    return docs_of(cls)
-
-
 def add_config_arguments(parser) -> None:
-    """One option per AdaptConfig field (``--kl-coef`` for ``kl_coef``), help from the field docs
-    (:func:`vla_forget.config.add_config_arguments`).
+    """The options of `vla-forget adapt`: one per field of every method's config (``--kl-coef`` for ``kl_coef``),
+    help from the field docs (:func:`vla_forget.config.add_config_arguments`). The fields every method has come
+    first; each other option says the methods it applies to, and a default that differs by method is given per
+    method.
 
     Every option but the required ones parses to None when it is not given, so that :func:`config_from_args`
     can tell a given option from a default: a resumed run takes the options not given from its run.json."""
     from vla_forget.config import add_config_arguments as add_fields
 
-    per_method = {name: "per method, " + ", ".join(f"{m} {d[name]}" for m, d in METHOD_DEFAULTS.items())
-                  for name in METHOD_DEFAULTS["ppo"]}
-    lists = {f.name: "PATH" for f in dataclasses.fields(AdaptConfig) if str(f.type).startswith("List")}
-    add_fields(parser, AdaptConfig, required=("method", "base", "out"),
-               choices={"method": list(METHODS), "reward": REWARDS}, metavars=lists, unset_is_none=True,
-               shown_defaults=per_method)
+    parser.add_argument("--method", required=True, choices=list(METHODS),
+                        help=f"adaptation method: {', '.join(METHODS)}")
+    defaults: Dict[str, Dict[str, Any]] = {}
+    for name, m in METHODS.items():
+        for f in dataclasses.fields(m.config):
+            defaults.setdefault(f.name, {})[name] = m.defaults.get(f.name)
+    shown = {k: "per method, " + ", ".join(f"{m} {v}" for m, v in d.items())
+             for k, d in defaults.items() if len({repr(v) for v in d.values()}) > 1}
+    common = {f.name for f in dataclasses.fields(AdaptConfig)}
+    add_fields(parser, AdaptConfig, required=("base", "out"), unset_is_none=True, shown_defaults=shown)
+    group = parser.add_argument_group("options of some methods", "[the methods each applies to]")
+    seen = set(common)
+    for name, m in METHODS.items():
+        new = [f.name for f in dataclasses.fields(m.config) if f.name not in seen]
+        seen.update(new)
+        lists = {f.name: "PATH" for f in dataclasses.fields(m.config) if str(f.type).startswith("List")}
+        add_fields(group, m.config, skip=[f.name for f in dataclasses.fields(m.config) if f.name not in new],
+                   choices={"reward": REWARDS}, metavars=lists, unset_is_none=True, shown_defaults=shown,
+                   notes={k: f"[{', '.join(methods_with(k))}]" for k in new})
 
 
 def saved_run_config(out: str) -> Optional[Dict[str, Any]]:
@@ -267,18 +139,29 @@ def saved_run_config(out: str) -> Optional[Dict[str, Any]]:
 
 def config_from_args(args, saved: Optional[Dict[str, Any]] = None) -> AdaptConfig:
     """The config of parsed ``vla-forget adapt`` arguments: an option not given takes the run's saved value
-    (``saved``: the run.json config of the run being resumed) or else the field's default. So ``adapt --resume``
-    continues a run with its own settings, whatever the defaults of the installed version."""
+    (``saved``: the run.json config of the run being resumed) or else the method's default. So ``adapt --resume``
+    continues a run with its own settings, whatever the defaults of the installed version. An option given
+    that the method does not have is refused (AdaptError)."""
+    cls = METHODS[args.method].config
+    names = [f.name for f in dataclasses.fields(cls)]
+    foreign = ["--" + k.replace("_", "-") for k in sorted(set().union(*(
+        {f.name for f in dataclasses.fields(m.config)} for m in METHODS.values())) - set(names))
+               if getattr(args, k, None) is not None]
+    if foreign:
+        raise AdaptError(f"{', '.join(foreign)}: not {'an option' if len(foreign) == 1 else 'options'} of "
+                         f"--method {args.method} (see vla-forget adapt --help: each option says the methods it "
+                         "applies to)")
     kw: Dict[str, Any] = {}
-    for f in dataclasses.fields(AdaptConfig):
+    for f in dataclasses.fields(cls):
         v = getattr(args, f.name, None)
         if v is None and saved is not None and f.name in saved:
             v = saved[f.name]
         if v is None and f.default is not dataclasses.MISSING:
             v = f.default
+        if v is None and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            v = f.default_factory()  # type: ignore[misc]
         kw[f.name] = v
-    kw["data"] = list(kw["data"] or [])
-    return AdaptConfig(**kw)
+    return cls(**kw)
 
 
 # --------------------------------------------------------------------------
@@ -504,17 +387,18 @@ class Run:
 
         self.cfg = cfg = resolve(cfg)
         self.task, self.target = resolve_task(cfg)
-        declared = getattr(load_policy(cfg.base), "input_image_size", None)
-        if cfg.image_size is None:  # the base's own input size, saved in run.json as a number
-            cfg.image_size = int(declared) if declared else DEFAULT_IMAGE_SIZE
-        elif declared and int(declared) != cfg.image_size:
-            print(f"warning: {cfg.base} takes {declared} px images but the rollouts render at --image-size "
-                  f"{cfg.image_size}; it sees them rescaled", file=sys.stderr)
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise AdaptError("--device cuda: CUDA is not available on this machine (use --device cpu)")
-        if cfg.num_envs > 1 and not torch.cuda.is_available():
-            raise AdaptError(f"--num-envs {cfg.num_envs} needs ManiSkill's GPU physics (CUDA); on the CPU use "
-                             "--num-envs 1 and --workers N (one simulator per process)")
+        if isinstance(cfg, RolloutConfig):
+            declared = getattr(load_policy(cfg.base), "input_image_size", None)
+            if cfg.image_size is None:  # the base's own input size, saved in run.json as a number
+                cfg.image_size = int(declared) if declared else DEFAULT_IMAGE_SIZE
+            elif declared and int(declared) != cfg.image_size:
+                print(f"warning: {cfg.base} takes {declared} px images but the rollouts render at --image-size "
+                      f"{cfg.image_size}; it sees them rescaled", file=sys.stderr)
+            if cfg.num_envs > 1 and not torch.cuda.is_available():
+                raise AdaptError(f"--num-envs {cfg.num_envs} needs ManiSkill's GPU physics (CUDA); on the CPU use "
+                                 "--num-envs 1 and --workers N (one simulator per process)")
         torch.set_num_threads(int(cfg.threads))
         self.dir = cfg.out
         self.device = cfg.device
@@ -555,7 +439,7 @@ class Run:
 
         cfg = self.cfg
         folder = RunFolder(cfg.out, RUN_KIND)
-        want = {"method": cfg.method, "base": cfg.base, "task": self.task, "config": asdict(cfg),
+        want = {"method": cfg.method, "base": cfg.base, "task": self.task, "config": config_dict(cfg),
                 "vla_forget_version": __version__}
         # a run.json without checkpoints is a run that stopped before its first one (bad --data, say):
         # nothing to keep, so it starts afresh unless --resume asks to check its settings
@@ -563,7 +447,7 @@ class Run:
             folder.refuse_unless_resume(resume)
             have = folder.read_config()
             # a field added after the run was started counts with its default
-            defaults = {f.name: f.default for f in dataclasses.fields(AdaptConfig) if f.default is not dataclasses.MISSING}
+            defaults = METHODS[cfg.method].defaults
             _, refused = folder.resume_changes(want["config"], have.get("config", {}), defaults=defaults)
             if have.get("method") != cfg.method:
                 refused.insert(0, f"method: {have.get('method')!r} -> {cfg.method!r}")

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from vla_forget.adapt import common
-from vla_forget.adapt.common import AdaptConfig, Run
+from vla_forget.adapt.common import Run
+from vla_forget.adapt.configs import GRPOConfig
 from vla_forget.adapt.rollouts import collector_for, traces_for
 
 
@@ -38,7 +39,7 @@ def group_advantages(returns: torch.Tensor, group_size: int, eps: float = 1e-6) 
     return adv.reshape(-1)
 
 
-def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = None) -> Dict[str, Any]:
+def train(cfg: GRPOConfig, *, resume: bool = False, stop_at: Optional[int] = None) -> Dict[str, Any]:
     """Run GRPO as ``cfg`` says (``stop_at``: stop after that update, as an interruption would)."""
     run = Run(cfg, resume=resume)
     cfg, policy, device = run.cfg, run.policy, run.device

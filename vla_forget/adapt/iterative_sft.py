@@ -21,12 +21,13 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from vla_forget.adapt import common
-from vla_forget.adapt.common import AdaptConfig, Run
+from vla_forget.adapt.common import Run
+from vla_forget.adapt.configs import IterativeSFTConfig
 from vla_forget.adapt.rollouts import collector_for
 from vla_forget.bc import observation, shift_images, token_loss
 
 
-def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = None) -> Dict[str, Any]:
+def train(cfg: IterativeSFTConfig, *, resume: bool = False, stop_at: Optional[int] = None) -> Dict[str, Any]:
     """Run iterative SFT as ``cfg`` says (``stop_at``: stop after that round, as an interruption would)."""
     run = Run(cfg, resume=resume)
     cfg, policy, device = run.cfg, run.policy, run.device

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from vla_forget.adapt import common
-from vla_forget.adapt.common import AdaptConfig, KLPenalty, Run
+from vla_forget.adapt.common import KLPenalty, Run
+from vla_forget.adapt.configs import PPOConfig
 from vla_forget.adapt.rollouts import Trajectories, collector_for, traces_for
 
 
@@ -81,7 +82,7 @@ class ValueHead(nn.Module):
         return self.net(features).squeeze(-1)
 
 
-def update_epochs(policy, value_head: ValueHead, traj: Trajectories, batch: Dict[str, Any], cfg: AdaptConfig,
+def update_epochs(policy, value_head: ValueHead, traj: Trajectories, batch: Dict[str, Any], cfg: PPOConfig,
                   kl: KLPenalty, step: Callable[[torch.Tensor], float], update: int) -> Dict[str, float]:
     """Step 3: ``cfg.epochs`` passes over the batch in shuffled minibatches, one optimiser step each.
 
@@ -119,7 +120,7 @@ def update_epochs(policy, value_head: ValueHead, traj: Trajectories, batch: Dict
     return {k: float(np.mean(v)) for k, v in stats.items()}
 
 
-def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = None) -> Dict[str, Any]:
+def train(cfg: PPOConfig, *, resume: bool = False, stop_at: Optional[int] = None) -> Dict[str, Any]:
     """Run PPO as ``cfg`` says (``stop_at``: stop after that update, as an interruption would)."""
     run = Run(cfg, resume=resume)
     cfg, policy, device = run.cfg, run.policy, run.device

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from vla_forget.adapt import common
-from vla_forget.adapt.common import AdaptConfig, Run
+from vla_forget.adapt.common import Run
+from vla_forget.adapt.configs import ReinforceConfig
 from vla_forget.adapt.rollouts import collector_for, traces_for
 
 
@@ -42,7 +43,7 @@ def advantages(rewards: torch.Tensor, gamma: float, normalize: bool, eps: float 
     return adv
 
 
-def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = None) -> Dict[str, Any]:
+def train(cfg: ReinforceConfig, *, resume: bool = False, stop_at: Optional[int] = None) -> Dict[str, Any]:
     """Run REINFORCE as ``cfg`` says (``stop_at``: stop after that update, as an interruption would)."""
     run = Run(cfg, resume=resume)
     cfg, policy, device = run.cfg, run.policy, run.device

@@ -16,11 +16,12 @@ import os
 from typing import Any, Dict, Optional
 
 from vla_forget.adapt import RL_METHODS, sft
-from vla_forget.adapt.common import RUN_JSON, AdaptConfig, AdaptError, resolve
+from vla_forget.adapt.common import RUN_JSON, AdaptError, resolve
+from vla_forget.adapt.configs import RLTraceSFTConfig
 from vla_forget.adapt.rollouts import trace_datasets
 
 
-def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = None) -> Dict[str, Any]:
+def train(cfg: RLTraceSFTConfig, *, resume: bool = False, stop_at: Optional[int] = None) -> Dict[str, Any]:
     """SFT of ``cfg.base`` on the successful traces of the RL run ``cfg.traces``."""
     cfg = resolve(cfg)
     source = cfg.traces

@@ -21,18 +21,19 @@ runs this same loop on an RL run's successful traces.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
 from vla_forget.adapt import common
-from vla_forget.adapt.common import AdaptConfig, AdaptError, Run
+from vla_forget.adapt.common import AdaptError, Run
+from vla_forget.adapt.configs import SFTConfig
 from vla_forget.bc import (TRANSPORT_MIN_XY, NoTransportSteps, TransportSampler, make_sampler, observation, shift_images,
                            token_loss, transport_steps)
 
 __all__ = ["TRANSPORT_MIN_XY", "TransportSampler", "train", "transport_steps"]
 
-def train(cfg: AdaptConfig, *, resume: bool = False, stop_at: Optional[int] = None, data: Optional[Sequence[str]] = None,
+def train(cfg: SFTConfig, *, resume: bool = False, stop_at: Optional[int] = None, data: Optional[Sequence[str]] = None,
           data_option: str = "--data") -> Dict[str, Any]:
     """Run SFT as ``cfg`` says, on ``data`` (default ``cfg.data``); ``stop_at``: stop after that update."""
     run = Run(cfg, resume=resume)
