@@ -54,3 +54,23 @@ def test_the_cli_builds_its_parser_without_torch_or_the_simulator():
             "print(heavy); assert not heavy")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_bench_options_are_its_config_fields():
+    """`vla-forget bench`'s options are generated from BenchConfig: every field but the internal ones is an
+    option, each with its field doc as help, and each parses to None when not given (resolve_config fills it)."""
+    import dataclasses
+
+    from vla_forget.bench import BENCH_OPTIONS
+    from vla_forget.cli import build_parser
+    from vla_forget.config import BenchConfig, field_docs
+
+    args = build_parser().parse_args(["bench", "--out", "o"])
+    fields = [f.name for f in dataclasses.fields(BenchConfig) if f.name not in BenchConfig.INTERNAL]
+    assert all(hasattr(args, name) for name in fields)
+    assert all(getattr(args, name) is None for name in fields if name != "out")
+    assert set(BENCH_OPTIONS) - {"kl_state_stride"} == set(fields) - {"out", "progress"}
+    assert set(field_docs(BenchConfig)) == {f.name for f in dataclasses.fields(BenchConfig)}
+    args = build_parser().parse_args(["bench", "--out", "o", "--policy", "a", "--policy", "b", "--greedy",
+                                      "--no-progress", "--kl-states", "both"])
+    assert args.policies == ["a", "b"] and args.greedy is True and args.progress is False and args.kl_states == "both"

@@ -45,6 +45,7 @@ from vla_forget import rollout
 from vla_forget.analysis import RESULTS_FORMAT, across_seeds, aggregate, kl_entry  # noqa: F401 (names of bench before the split)
 from vla_forget.cache import BaseOutputCache, content_key
 from vla_forget.checkpoints import CheckpointDiscoveryError, find_checkpoints
+from vla_forget.config import KL_STATE_SETS, BenchConfig  # noqa: F401 (bench's config, light for the CLI)
 from vla_forget.divergences import TV_MIN_ESS, reverse_on_policy_samples, summarize, token_divergences
 from vla_forget.errors import VlaForgetError
 from vla_forget.jsonio import write_json
@@ -64,76 +65,11 @@ class BenchError(VlaForgetError, RuntimeError):
     """A bench run that cannot start or continue; the message says what to do."""
 
 
-@dataclass
-class BenchConfig:
-    """Everything that defines a bench run (saved as config.json)."""
-
-    policies: List[str]
-    """policy ids or checkpoint folders to evaluate"""
-    base: str
-    """the base policy: forgetting, gain and divergences are relative to it"""
-    out: str
-    """run folder"""
-    battery: str = DEFAULT_BATTERY
-    """battery id or YAML path"""
-    target: Optional[str] = None
-    """target spec id, YAML path or task id; None: the battery's default; 'none': no target"""
-    episodes: Optional[int] = None
-    """override the battery's episodes per task"""
-    target_episodes: Optional[int] = None
-    """override the target's evaluation episodes"""
-    workers: int = 2
-    """parallel env worker processes (CPU); 0 runs in this process"""
-    num_envs: int = 1
-    """parallel envs per process (needs GPU simulation when > 1)"""
-    device: str = "cpu"
-    """torch device of the policies ('cuda' on a GPU box)"""
-    image_size: Optional[int] = None
-    """camera image size in pixels (square); None: the base policy's own input size (the small VLA's 128,
-    OpenVLA's 224), else 128; set before the run starts and saved as a number"""
-    videos_per_task: int = 2
-    """mp4 videos per (policy, task): the first seeds"""
-    kl_states_per_task: int = 128
-    """recorded base states per task for the divergences, spread over the episodes (vla_forget.states); the
-    default and samples_per_state's come from the measured trade-off in docs/metrics.md"""
-    kl_state_stride: int = 5
-    """with kl_state_rule stride-v0 only: record every k-th step"""
-    kl_samples_per_state: int = 1
-    """token prefixes sampled per state (from the base for forward KL and TV, from the policy for reverse KL)"""
-    kl_state_rule: str = "spread-v1"
-    """which steps become states (vla_forget.states.RULES); stride-v0 is the rule of older benches"""
-    kl_states: str = "base"
-    """states of the divergences: the base's target episodes ('base'), each policy's own ('policy'), or both"""
-    greedy: bool = False
-    """act greedily on every task, whatever the battery's and the target's decoding"""
-    temperature: Optional[float] = None
-    """sample at this temperature on every task, whatever the battery's and the target's decoding"""
-    prompt: Optional[str] = None
-    """prompt style of every policy (OpenVLA: openvla | bare); None: each policy's own default"""
-    seed: int = 0
-    """seed of the divergence prefix sampling"""
-    progress: bool = True
-    """show progress bars"""
-    checkpoints: List[str] = field(default_factory=list)
-    """adaptation run or sweep folders: every finished checkpoint in them is evaluated"""
-    checkpoint_stride: Optional[int] = None
-    """with checkpoints: every k-th checkpoint of each run (from update 0), plus its last (None: all)"""
-
-    # fields that may differ between a run and its resumption
-    VOLATILE = ("workers", "progress", "out")
-    # fields that change only the divergences: a resumption may change them; states are recorded again where
-    # they differ (the episodes re-run for their states only) and every divergence is recomputed
-    DIVERGENCE_ONLY = ("kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_state_rule", "kl_states", "seed")
-    # the value of a field for a config.json written before the field existed, where that is not its default
-    LEGACY = {"kl_state_rule": "stride-v0"}
-
-
 #: bench folders: their settings in ``config.json`` (format :data:`RESULTS_FORMAT`); a resume may change the
 #: divergence options (they are said) and, silently, where and how it runs
 RUN_KIND = RunKind("bench", "a run", "config.json", changeable=BenchConfig.DIVERGENCE_ONLY, ignored=BenchConfig.VOLATILE,
                    added=BenchConfig.LEGACY, error=BenchError, format=RESULTS_FORMAT)
 
-KL_STATE_SETS = ("base", "policy", "both")
 
 
 @dataclass

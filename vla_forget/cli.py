@@ -19,7 +19,7 @@ examples:
   vla-forget bench --policy runs/ppo/checkpoints/update-000100 \\
       --base "openvla:openvla/openvla-7b#unnorm_key=fractal20220817_data" --trust-remote-code \\
       --battery simpler-google-v2 --device cuda --out runs/openvla    # 224 px, greedy: the battery's protocol
-  vla-forget bench --policy runs/ppo/checkpoints/update-000100 --base openvla:DIR#unnorm_key=fractal20220817_data \
+  vla-forget bench --policy runs/ppo/checkpoints/update-000100 --base openvla:DIR#unnorm_key=fractal20220817_data \\
       --trust-remote-code --battery simpler-google-v2 --prompt bare --temperature 0.6 --out runs/openvla-t06
   vla-forget bench --checkpoints runs/sweeps/forgetting --episodes 20 --out runs/bench-forgetting
   vla-forget bench --checkpoints runs/adapt/ppo --checkpoint-stride 2 --out runs/bench-ppo --resume
@@ -63,50 +63,18 @@ episode record changes.
 
 
 def _bench_parser(sub) -> None:
-    from vla_forget.spec import DEFAULT_BATTERY
+    from vla_forget.config import KL_STATE_SETS, PROMPT_STYLES, BenchConfig, add_config_arguments
 
     p = sub.add_parser("bench", help="roll out policies on a battery and measure success, forgetting and divergence",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_BENCH)
     p.add_argument("--preset", help="a named preset filling the options not given (see `vla-forget ls presets`): smoke, default; "
                                     "without one, episode counts come from the battery and target specs")
-    p.add_argument("--policy", action="append", dest="policies", metavar="P",
-                   help="policy id or checkpoint folder to evaluate (repeatable)")
-    p.add_argument("--checkpoints", action="append", metavar="DIR",
-                   help="adaptation run or sweep folder: evaluate every finished checkpoint in it (repeatable)")
-    p.add_argument("--checkpoint-stride", type=int, metavar="K",
-                   help="with --checkpoints: every K-th checkpoint of each run (from update 0), plus its last")
-    p.add_argument("--base", help="base policy id or checkpoint folder (reference for forgetting, gain, divergence; "
-                                  "with --checkpoints: default the runs' base)")
-    p.add_argument("--battery", help=f"battery id or YAML path (default {DEFAULT_BATTERY}; tabletop-v1: the same tasks at v1)")
-    p.add_argument("--target", help="target spec id, YAML path or task id; 'none' for no target (default: the battery's)")
-    p.add_argument("--out", required=True, help="run folder")
+    # an option not given parses to None: resolve_config fills it from a resumed run, a preset or the runs
+    add_config_arguments(p, BenchConfig, required=("out",), skip=BenchConfig.INTERNAL, unset_is_none=True,
+                         flags={"policies": "--policy"}, choices={"kl_states": KL_STATE_SETS, "prompt": PROMPT_STYLES},
+                         metavars={"policies": "P", "checkpoints": "DIR", "checkpoint_stride": "K", "temperature": "T"},
+                         shown_defaults={"workers": "CPU cores, at most 8; 0 with --num-envs > 1", "greedy": ""})
     p.add_argument("--resume", action="store_true", help="continue the run in OUT, redoing nothing that finished")
-    p.add_argument("--episodes", type=int, help="episodes per battery task (overrides the battery)")
-    p.add_argument("--target-episodes", type=int, help="evaluation episodes on the target task")
-    p.add_argument("--workers", type=int, help="env worker processes (default: CPU cores, at most 8; 0 = in-process)")
-    p.add_argument("--num-envs", type=int, help="parallel envs per process (GPU simulation only)")
-    p.add_argument("--device", help="policy device: cpu or cuda (default: cpu)")
-    p.add_argument("--image-size", type=int,
-                   help="camera image size in pixels (default: the base policy's input size, e.g. 224 for OpenVLA, "
-                        "128 for the small VLA)")
-    p.add_argument("--videos-per-task", type=int, help="mp4 videos per policy and task (default 2)")
-    p.add_argument("--kl-states-per-task", type=int,
-                   help="states per task for the divergences, spread evenly over the episodes' steps (default 128)")
-    p.add_argument("--kl-samples-per-state", type=int,
-                   help="token sequences sampled per state, from the base (forward KL, TV) and from each policy "
-                        "(reverse KL) (default 1: more states lower the error more than more samples)")
-    p.add_argument("--kl-states", choices=("base", "policy", "both"),
-                   help="whose target episodes give the states: the base's (default; RL's Razor's measure), each "
-                        "policy's own (on-policy KL), or both (the base's are the main figure)")
-    p.add_argument("--greedy", action="store_true", default=None,
-                   help="act greedily on every task (default: as the battery and target say)")
-    p.add_argument("--temperature", type=float, metavar="T",
-                   help="sample at temperature T on every task (default: as the battery and target say)")
-    p.add_argument("--prompt", choices=("openvla", "bare"),
-                   help="OpenVLA's prompt: its training template (default) or the bare instruction (SimplerEnv's "
-                        "published evaluation); an error for policies without prompt styles")
-    p.add_argument("--seed", type=int, help="seed of the divergence prefix sampling")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _trust_remote_code_arg(p)
 
 
@@ -127,7 +95,8 @@ def cmd_bench(args) -> int:
     apply_trust_remote_code(args)
     options = {name: getattr(args, name, None) for name in BENCH_OPTIONS}
     try:
-        cfg = resolve_config(args.out, resume=args.resume, preset=args.preset, progress=not args.no_progress, **options)
+        cfg = resolve_config(args.out, resume=args.resume, preset=args.preset, progress=args.progress is not False,
+                             **options)
     except BenchError as e:
         print(f"vla-forget bench: {e}", file=sys.stderr)
         return 2

@@ -1,8 +1,9 @@
 """The commands' settings and one generator from a config dataclass to its command line.
 
-:class:`PretrainConfig` (`vla-forget pretrain`) and :class:`DemoConfig` (`vla-forget demos`) live here, apart
-from their heavy modules, so that the CLI builds its parsers without torch; the adaptation methods' configs
-live in :mod:`vla_forget.adapt.configs` (light too), ``BenchConfig`` in :mod:`vla_forget.bench`.
+:class:`BenchConfig` (`vla-forget bench`), :class:`PretrainConfig` (`vla-forget pretrain`) and
+:class:`DemoConfig` (`vla-forget demos`) live here, apart from their heavy modules, so that the CLI builds its
+parsers without torch; the adaptation methods' configs live in :mod:`vla_forget.adapt.configs` (light too).
+A sweep's configuration is its spec (:mod:`vla_forget.sweep`).
 
 Each field of a config dataclass becomes ``--field-name``; its help is the docstring under the field (read
 from the source with :func:`field_docs`), its type and default come from the annotation and the default. A
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from vla_forget.policies import SCRIPTED_EXPERTS
+from vla_forget.spec import DEFAULT_BATTERY
 
 
 def field_docs(cls) -> Dict[str, str]:
@@ -61,7 +63,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, *, required: Iter
     """One option per field of ``cls`` (see the module's docstring). Booleans take ``--x/--no-x``; lists are
     repeatable; an option not given parses to the field's default, or with ``unset_is_none`` to None (so that a
     resumed run can take the options not given from its saved config). ``shown_defaults``: the default a help
-    text states where it is not the field's own (e.g. one per method); ``notes``: text put before a field's help
+    text states where it is not the field's own (e.g. one per method; "": none, where the help says it); ``notes``: text put before a field's help
     (e.g. the methods it applies to)."""
     docs = field_docs(cls)
     required, skip = set(required), set(skip)
@@ -86,7 +88,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, *, required: Iter
             kw["required"] = True
         if kind == "bool":
             kw.update(action=argparse.BooleanOptionalAction, default=unset)
-            kw["help"] = f"{doc} (default: {'on' if default else 'off'})"
+            shown = shown_defaults.get(f.name, "on" if default else "off")
+            kw["help"] = f"{doc} (default: {shown})" if shown else doc
         elif kind.startswith("List"):
             kw.update(action="append", default=None)
             kw["help"] = f"{doc} (repeatable)"
@@ -112,6 +115,83 @@ def config_from_args(cls, args: argparse.Namespace, **overrides: Any):
 
 # --------------------------------------------------------------------------
 # the commands' configs
+
+#: the state sets of the divergences (BenchConfig.kl_states)
+KL_STATE_SETS = ("base", "policy", "both")
+#: OpenVLA's prompt styles (BenchConfig.prompt; vla_forget.policies.openvla)
+PROMPT_STYLES = ("openvla", "bare")
+
+
+@dataclass
+class BenchConfig:
+    """Everything that defines a bench run (saved as config.json). `vla-forget bench` takes each field as an
+    option; :func:`vla_forget.bench.resolve_config` fills the fields not given from a resumed run, a preset and
+    the adaptation runs."""
+
+    policies: List[str]
+    """policy id or checkpoint folder to evaluate"""
+    base: str
+    """base policy id or checkpoint folder: the reference of forgetting, gain and divergence (with --checkpoints:
+    the runs' base by default)"""
+    out: str
+    """run folder"""
+    checkpoints: List[str] = field(default_factory=list)
+    """adaptation run or sweep folder: evaluate every finished checkpoint in it"""
+    checkpoint_stride: Optional[int] = None
+    """with --checkpoints: every K-th checkpoint of each run (from update 0), plus its last (default: all)"""
+    battery: str = DEFAULT_BATTERY
+    """battery id or YAML path (tabletop-v1: the same tasks at v1)"""
+    target: Optional[str] = None
+    """target spec id, YAML path or task id; 'none' for no target (default: the battery's)"""
+    episodes: Optional[int] = None
+    """episodes per battery task (default: the battery's)"""
+    target_episodes: Optional[int] = None
+    """evaluation episodes on the target task (default: the target's)"""
+    workers: int = 2
+    """env worker processes, one simulator each; 0 runs in this process"""
+    num_envs: int = 1
+    """parallel envs per process (GPU simulation only)"""
+    device: str = "cpu"
+    """policy device: cpu or cuda"""
+    image_size: Optional[int] = None
+    """camera image size in pixels (default: the base policy's input size, e.g. 224 for OpenVLA, 128 for the
+    small VLA); saved as a number"""
+    videos_per_task: int = 2
+    """mp4 videos per policy and task (the first seeds)"""
+    kl_states_per_task: int = 128
+    """states per task for the divergences, spread evenly over the episodes' steps (vla_forget.states; the
+    default comes from the measured trade-off in docs/metrics.md)"""
+    kl_state_stride: int = 5
+    """with kl_state_rule stride-v0 only: record every k-th step"""
+    kl_samples_per_state: int = 1
+    """token sequences sampled per state, from the base (forward KL, TV) and from each policy (reverse KL) (more
+    states lower the error more than more samples)"""
+    kl_state_rule: str = "spread-v1"
+    """which steps become states (vla_forget.states.RULES); stride-v0 is the rule of older benches"""
+    kl_states: str = "base"
+    """whose target episodes give the states: the base's (RL's Razor's measure), each policy's own (on-policy
+    KL), or both (the base's are the main figure)"""
+    greedy: bool = False
+    """act greedily on every task (default: as the battery and target say)"""
+    temperature: Optional[float] = None
+    """sample at temperature T on every task (default: as the battery and target say)"""
+    prompt: Optional[str] = None
+    """OpenVLA's prompt: its training template (openvla, the default) or the bare instruction (SimplerEnv's
+    published evaluation); an error for policies without prompt styles"""
+    seed: int = 0
+    """seed of the divergence prefix sampling"""
+    progress: bool = True
+    """show progress bars"""
+
+    # fields that may differ between a run and its resumption
+    VOLATILE = ("workers", "progress", "out")
+    # fields that change only the divergences: a resumption may change them; states are recorded again where
+    # they differ (the episodes re-run for their states only) and every divergence is recomputed
+    DIVERGENCE_ONLY = ("kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_state_rule", "kl_states", "seed")
+    # the value of a field for a config.json written before the field existed, where that is not its default
+    LEGACY = {"kl_state_rule": "stride-v0"}
+    #: the options `vla-forget bench` does not offer (set by the library: resume, older benches)
+    INTERNAL = ("kl_state_stride", "kl_state_rule")
 
 @dataclass
 class PretrainConfig:
