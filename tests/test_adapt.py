@@ -23,6 +23,7 @@ from tests.fakes import FakeEnv  # noqa: E402
 from vla_forget import rollout  # noqa: E402
 from vla_forget.adapt import METHODS, checkpoint_update, list_checkpoints, load_method, read_meta  # noqa: E402
 from vla_forget.adapt import common, grpo, ppo, reinforce  # noqa: E402
+from vla_forget.adapt import run as adapt_run  # noqa: E402
 from vla_forget.adapt.common import AdaptError, Diverged, KLPenalty  # noqa: E402
 from vla_forget.adapt.configs import AdaptConfig, GRPOConfig, PPOConfig, SFTConfig, make_config  # noqa: E402
 from vla_forget.config import field_docs  # noqa: E402
@@ -394,7 +395,7 @@ def test_resume_equals_an_uninterrupted_run(fake, base_dir, monkeypatch, method)
     load_method(method)(full)
     part = config(fake, base_dir, method, out="part", updates=4, save_every=2, **kw)
     # crash in the middle of update 3 (after its rollouts and traces, before its checkpoint)
-    target = (ppo, "update_epochs") if method == "ppo" else (common.Run, "step")
+    target = (ppo, "update_epochs") if method == "ppo" else (adapt_run.Run, "step")
     original = getattr(*target)
     calls = {"n": 0}
 

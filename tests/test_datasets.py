@@ -124,29 +124,32 @@ def test_statistics_match_numpy(tiny):
     assert entry["num_transitions"] == len(a) and entry["num_trajectories"] == len(eps)
 
 
-def test_sampler_shapes_tokens_and_determinism(tiny):
-    import torch
+def _draw(datasets, weights, tokenizer, n, seed):
+    """A batch of the one step sampler (vla_forget.bc) over every episode of ``datasets``."""
+    from vla_forget.bc import make_sampler
 
+    return make_sampler(datasets, weights, [np.arange(d.num_episodes) for d in datasets], tokenizer,
+                        np.random.default_rng(seed)).sample(n, with_index=True)
+
+
+def test_sampler_shapes_tokens_and_determinism(tiny):
     from vla_forget.tokenizer import ActionTokenizer
 
     path, _ = tiny
     ds = open_dataset(str(path))
-    b = ds.sampler(9, seed=3).sample()
-    assert b.image.shape == (9, H, H, 3) and b.image.dtype == torch.uint8
-    assert b.state.shape == (9, STATE) and b.state.dtype == torch.float32
-    assert b.action.shape == (9, 7) and b.action.dtype == torch.float32
-    assert b.tokens.shape == (9, 7) and b.tokens.dtype == torch.long
-    assert len(b.instruction) == 9 and set(b.unnorm_key) == {"fake_v1"}
+    b = _draw([ds], [1.0], ds.tokenizer, 9, seed=3)
+    assert b["image"].shape == (9, H, H, 3) and b["image"].dtype == np.uint8
+    assert b["state"].shape == (9, STATE) and b["action"].shape == (9, 7) and b["tokens"].shape == (9, 7)
+    assert len(b["instruction"]) == 9 and set(b["dataset"].tolist()) == {0}
     tok = ActionTokenizer(ActionStatistics.from_dict(json.loads((path / STATS_FILENAME).read_text())["fake_v1"]["action"]))
-    np.testing.assert_array_equal(b.tokens.numpy(), tok.encode(b.action.numpy()))
+    np.testing.assert_array_equal(b["tokens"], tok.encode(b["action"]))
     for j in range(9):  # each row is the recorded step it claims to be
-        ep = ds.episode(int(b.episode[j]))
-        np.testing.assert_array_equal(b.action[j].numpy(), ep.action[int(b.step[j])])
-        assert b.instruction[j] == ep.instruction
-    obs = b.observation()
-    assert obs.batch_size == 9 and obs.image is b.image
-    b2 = ds.sampler(9, seed=3).sample()
-    assert torch.equal(b.action, b2.action) and b.instruction == b2.instruction
+        ep = ds.episode(int(b["episode"][j]))
+        np.testing.assert_array_equal(b["action"][j], ep.action[int(b["step"][j])])
+        np.testing.assert_array_equal(b["image"][j], ep.image[int(b["step"][j])])
+        assert b["instruction"][j] == ep.instruction
+    b2 = _draw([ds], [1.0], ds.tokenizer, 9, seed=3)
+    assert np.array_equal(b["action"], b2["action"]) and b["instruction"] == b2["instruction"]
 
 
 def test_mixing_weights_and_statistics(tmp_path):
@@ -154,22 +157,21 @@ def test_mixing_weights_and_statistics(tmp_path):
     write(a, synthetic_episodes(4, seed=1, task="TaskA-v1"), name="task_a_v1")
     write(b, synthetic_episodes(3, seed=2, task="TaskB-v1", offset=0.5), name="task_b_v1")
     mix = mix_datasets([(str(a), 3.0), (str(b), 1.0)], statistics="per_dataset")
-    keys = [k for _ in range(20) for k in mix.sampler(200, seed=_).sample().unnorm_key]
-    frac_a = keys.count("task_a_v1") / len(keys)
+    per_dataset = [d.tokenizer for d in mix.datasets]
+    which = np.concatenate([_draw(mix.datasets, mix.weights, per_dataset, 200, seed)["dataset"] for seed in range(20)])
+    frac_a = float(np.mean(which == 0))
     assert abs(frac_a - 0.75) < 0.02, frac_a  # 4000 draws: 3 sigma ~ 0.02
     # per_dataset: each row tokenised with its own dataset's statistics
-    s = mix.sampler(64, seed=0).sample()
-    for j, key in enumerate(s.unnorm_key):
-        ds = mix.datasets[0] if key == "task_a_v1" else mix.datasets[1]
-        np.testing.assert_array_equal(s.tokens[j].numpy(), ds.tokenizer.encode(s.action[j].numpy()))
+    s = _draw(mix.datasets, mix.weights, per_dataset, 64, 0)
+    for j, k in enumerate(s["dataset"]):
+        np.testing.assert_array_equal(s["tokens"][j], mix.datasets[k].tokenizer.encode(s["action"][j]))
     # pooled: one statistics entry over the union, kept beside each dataset's own
     pooled = mix_datasets([(str(a), 1.0), (str(b), 1.0)], name="ab")
     union = np.concatenate([pooled.datasets[0].all_actions(), pooled.datasets[1].all_actions()])
     np.testing.assert_allclose(pooled.statistics.q99, ActionStatistics.from_actions(union).q99)
     assert set(pooled.all_statistics) == {"task_a_v1", "task_b_v1", "ab"}
-    s = pooled.sampler(32, seed=0).sample()
-    assert set(s.unnorm_key) == {"ab"}
-    np.testing.assert_array_equal(s.tokens.numpy(), pooled.tokenizer.encode(s.action.numpy()))
+    s = _draw(pooled.datasets, pooled.weights, pooled.tokenizer, 32, 0)
+    np.testing.assert_array_equal(s["tokens"], pooled.tokenizer.encode(s["action"]))
     pooled.save_statistics(str(tmp_path))
     assert set(json.loads((tmp_path / STATS_FILENAME).read_text())) == {"task_a_v1", "task_b_v1", "ab"}
     with pytest.raises(ValueError, match="positive"):
@@ -179,6 +181,14 @@ def test_mixing_weights_and_statistics(tmp_path):
     write(a2, synthetic_episodes(2, seed=3, task="TaskA-v1"), name="task_a_v1")
     with pytest.raises(DatasetError, match=r"rename all but one task_a_v1 collection with .*--resume --name"):
         mix_datasets([(str(a), 1.0), (str(a2), 1.0)])
+    # datasets whose steps cannot share a batch are refused when mixed, naming each one's shape
+    wide = tmp_path / "wide"
+    eps = synthetic_episodes(2, seed=4, task="TaskC-v1")
+    for ep in eps:
+        ep["image"] = np.concatenate([ep["image"], ep["image"]], axis=2)  # front + wrist side by side
+    write_dataset(str(wide), iter(eps), name="task_c_v1", image_shape=(H, 2 * H, 3), state_dim=STATE, action_dim=7)
+    with pytest.raises(DatasetError, match=rf"different image shapes cannot share a batch: .*\({H}, {2 * H}, 3\)"):
+        mix_datasets([(str(a), 1.0), (str(wide), 1.0)])
 
 
 def test_bare_tfds_folder_and_no_manifest(tiny, tmp_path):

@@ -29,10 +29,9 @@ with the same step layout) and checks it: partial or corrupt data files,
 another action dimension, missing statistics and unknown ``unnorm_key`` are
 errors that name the file.
 
-Training reads steps through :meth:`RLDSDataset.sampler` (or
-:meth:`MixedDataset.sampler` for :func:`mix_datasets`): uniform over steps,
-seeded, returning :class:`StepBatch` torch tensors with the action tokens of
-OpenVLA's tokenizer under the dataset's statistics.
+Training draws steps with :func:`vla_forget.bc.make_sampler` (the one step
+sampler of pretraining and SFT); :func:`mix_datasets` pools the statistics of
+several datasets.
 """
 
 from __future__ import annotations
@@ -74,7 +73,6 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 __all__ = [
     "DatasetError",
     "Episode",
-    "StepBatch",
     "RLDSDataset",
     "MixedDataset",
     "dataset_name",
@@ -380,29 +378,6 @@ class Episode:
         return int(self.action.shape[0])
 
 
-@dataclass
-class StepBatch:
-    """A batch of steps for training (torch tensors on the sampler's device)."""
-
-    image: Any  # uint8 [B, H, W, 3]
-    state: Any  # float32 [B, S]
-    instruction: List[str]
-    action: Any  # float32 [B, 7] as recorded
-    tokens: Any  # long [B, 7] bin indices of ``action`` under the dataset's statistics
-    unnorm_key: List[str]  # the statistics each row was tokenised with
-    episode: Any  # long [B] episode index within its dataset
-    step: Any  # long [B] step index within the episode
-
-    def observation(self):
-        """The batch as a policy :class:`~vla_forget.policies.base.Observation`."""
-        from vla_forget.policies.base import Observation
-
-        return Observation(image=self.image, state=self.state, instruction=list(self.instruction))
-
-    def __len__(self) -> int:
-        return len(self.instruction)
-
-
 def _text(v: Any) -> str:
     return v.decode("utf-8") if isinstance(v, (bytes, np.bytes_)) else str(v)
 
@@ -658,58 +633,9 @@ class RLDSDataset:
             image[j], state[j], action[j], instr[j] = ep.image[t], ep.state[t], ep.action[t], ep.instruction
         return {"image": image, "state": state, "action": action, "instruction": instr}
 
-    def sampler(self, batch_size: int, *, seed: int = 0, device: str = "cpu") -> "StepSampler":
-        """An endless, seeded sampler of steps (uniform over all steps)."""
-        return StepSampler([self], np.ones(1), batch_size, seed=seed, device=device)
-
     def __repr__(self) -> str:
         return (f"RLDSDataset({self.name!r}, {self.num_episodes} episodes, {self.num_steps} steps, "
                 f"image {self.image_shape}, unnorm_key={self.unnorm_key!r})")
-
-
-class StepSampler:
-    """An endless, seeded sampler of training batches as torch tensors (:class:`StepBatch`): a dataset by weight,
-    then a step uniformly within it, tokenised with that dataset's tokenizer (or the mixture's pooled one). The
-    drawing is :class:`vla_forget.bc.SplitSampler`'s, the one step sampler of pretraining and SFT."""
-
-    def __init__(self, datasets: Sequence[RLDSDataset], weights: np.ndarray, batch_size: int, *, seed: int = 0,
-                 device: str = "cpu", tokenizers: Optional[Sequence[ActionTokenizer]] = None,
-                 unnorm_keys: Optional[Sequence[str]] = None):
-        from vla_forget.bc import SplitSampler
-
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        shapes = {d.image_shape for d in datasets}
-        if len(shapes) > 1:
-            raise DatasetError("datasets with different image shapes cannot share a batch: "
-                               + ", ".join(f"{d.root}: {d.image_shape}" for d in datasets))
-        sdims = {d.state_dim for d in datasets}
-        if len(sdims) > 1:
-            raise DatasetError("datasets with different state sizes cannot share a batch: "
-                               + ", ".join(f"{d.root}: {d.state_dim}" for d in datasets))
-        self.batch_size = int(batch_size)
-        self.device = device
-        self.unnorm_keys = list(unnorm_keys) if unnorm_keys is not None else [d.unnorm_key for d in datasets]
-        tokenizers = list(tokenizers) if tokenizers is not None else [d.tokenizer for d in datasets]
-        self.split = SplitSampler(datasets, weights, None, tokenizers, np.random.default_rng(seed))
-
-    def __iter__(self) -> Iterator[StepBatch]:
-        while True:
-            yield self.sample()
-
-    def sample(self) -> StepBatch:
-        import torch
-
-        b = self.split.sample(self.batch_size, with_index=True)
-        dev = self.device
-
-        def t(x):
-            return torch.from_numpy(np.ascontiguousarray(x)).to(dev)
-
-        return StepBatch(image=t(b["image"]), state=t(b["state"].astype(np.float32)), instruction=list(b["instruction"]),
-                         action=t(b["action"].astype(np.float32)), tokens=t(b["tokens"]),
-                         unnorm_key=[self.unnorm_keys[int(k)] for k in b["dataset"]], episode=t(b["episode"]),
-                         step=t(b["step"]))
 
 
 def open_dataset(path: str, *, unnorm_key: Optional[str] = None, cache_episodes: Optional[int] = None,
@@ -753,14 +679,6 @@ class MixedDataset:
     @property
     def num_steps(self) -> int:
         return sum(d.num_steps for d in self.datasets)
-
-    def sampler(self, batch_size: int, *, seed: int = 0, device: str = "cpu") -> StepSampler:
-        if self.tokenizer is not None:
-            toks, keys = [self.tokenizer] * len(self.datasets), [self.name] * len(self.datasets)
-        else:
-            toks, keys = None, None
-        return StepSampler(self.datasets, self.weights, batch_size, seed=seed, device=device, tokenizers=toks,
-                           unnorm_keys=keys)
 
     def save_statistics(self, path: str) -> None:
         """Write the mixture's ``dataset_statistics.json`` (every dataset's entry, plus the pooled one)."""
@@ -813,4 +731,8 @@ def mix_datasets(
                            "(it rewrites the dataset from its saved episodes, collecting nothing)")
     if name in keys:
         raise DatasetError(f"the mixture's name {name!r} clashes with a dataset's unnorm_key")
+    for what, attr in (("image shapes", "image_shape"), ("state sizes", "state_dim")):
+        if len({getattr(d, attr) for d in datasets}) > 1:
+            raise DatasetError(f"datasets with different {what} cannot share a batch: "
+                               + ", ".join(f"{d.root}: {getattr(d, attr)}" for d in datasets))
     return MixedDataset(datasets, np.asarray(weights), statistics, name)

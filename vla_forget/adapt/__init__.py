@@ -2,9 +2,10 @@
 
 Each method is one readable file whose loop reads top to bottom
 (rollout -> advantages -> update, or batch -> loss -> step); shared plumbing
-lives in :mod:`vla_forget.adapt.common` (config, run folder, checkpoints,
-resume, KL-to-base penalty, NaN guard, rewards) and
-:mod:`vla_forget.adapt.rollouts` (on-policy trajectories in worker processes).
+lives in :mod:`vla_forget.adapt.run` (run folder, checkpoints, exact resume,
+NaN guard, log), :mod:`vla_forget.adapt.common` (KL-to-base penalty, rewards,
+seeds, shared losses) and :mod:`vla_forget.adapt.rollouts` (on-policy
+trajectories in worker processes).
 
 ``METHODS`` maps a method name to its :class:`Method`: the function that trains it
 (``"module:function"``) and its config class (:mod:`vla_forget.adapt.configs`); the

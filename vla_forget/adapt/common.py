@@ -1,9 +1,10 @@
 """Shared plumbing of the adaptation methods.
 
 The CLI's options and their resume (the configs themselves, one class per
-method, are in :mod:`vla_forget.adapt.configs`), the run folder and its checkpoints (:class:`Run`),
-exact resume, the KL-to-base penalty (:class:`KLPenalty`), the NaN guard
-(:func:`optimizer_step`), rewards and seeds. The methods' loops live in their
+method, are in :mod:`vla_forget.adapt.configs`), the checks of a config and its
+target, seeds, rewards, the KL-to-base penalty (:class:`KLPenalty`) and the
+losses the methods share. The run folder, its checkpoints and exact resume are
+:class:`vla_forget.adapt.run.Run`. The methods' loops live in their
 own files (``ppo.py``, ``reinforce.py``, ``grpo.py``, ``sft.py``,
 ``iterative_sft.py``, ``rl_trace_sft.py``); rollouts in ``rollouts.py``.
 
@@ -27,21 +28,18 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
-import time
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vla_forget.jsonio import append_jsonl, write_json
-from vla_forget.adapt import CHECKPOINTS_DIR, META, METHODS, checkpoint_name, list_checkpoints
+from vla_forget.adapt import METHODS
 from vla_forget.adapt.configs import (REWARDS, AdaptConfig, RolloutConfig, config_dict, hparams,  # noqa: F401
                                       make_config, methods_with)
 from vla_forget.errors import VlaForgetError
 from vla_forget.registry import unversioned
-from vla_forget.runfolder import RunFolder, RunKind
+from vla_forget.runfolder import RunKind
 from vla_forget.training import Diverged, NonFiniteError, backward, optimizer_step  # noqa: F401 (the methods' names)
 
 RUN_JSON = "run.json"
@@ -364,258 +362,3 @@ def open_demonstrations(paths: Sequence[str], task: str, policy, option: str = "
                              f"{template!r}: these are not demonstrations of the target task")
         out.append(ds)
     return out
-
-
-# --------------------------------------------------------------------------
-# the run folder
-
-class Run:
-    """A run folder and the state of training in it (see the package docstring for the layout).
-
-    Use: ``run = Run(cfg, resume=...)``, make the optimizer with
-    :meth:`optimizer`, call :meth:`begin` (resume state, or checkpoint 0), then
-    ``for update in run.loop(): ...; run.end_update(update, record, ...)`` and
-    :meth:`finish`. NaN/inf: :meth:`step` / :meth:`backward` raise
-    :class:`Diverged` naming the last good checkpoint, which stays on disk.
-    """
-
-    def __init__(self, cfg: AdaptConfig, *, resume: bool = False):
-        import torch
-
-        from vla_forget.envs import DEFAULT_IMAGE_SIZE
-        from vla_forget.policies import load_policy
-
-        self.cfg = cfg = resolve(cfg)
-        self.task, self.target = resolve_task(cfg)
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise AdaptError("--device cuda: CUDA is not available on this machine (use --device cpu)")
-        if isinstance(cfg, RolloutConfig):
-            declared = getattr(load_policy(cfg.base), "input_image_size", None)
-            if cfg.image_size is None:  # the base's own input size, saved in run.json as a number
-                cfg.image_size = int(declared) if declared else DEFAULT_IMAGE_SIZE
-            elif declared and int(declared) != cfg.image_size:
-                print(f"warning: {cfg.base} takes {declared} px images but the rollouts render at --image-size "
-                      f"{cfg.image_size}; it sees them rescaled", file=sys.stderr)
-            if cfg.num_envs > 1 and not torch.cuda.is_available():
-                raise AdaptError(f"--num-envs {cfg.num_envs} needs ManiSkill's GPU physics (CUDA); on the CPU use "
-                                 "--num-envs 1 and --workers N (one simulator per process)")
-        torch.set_num_threads(int(cfg.threads))
-        self.dir = cfg.out
-        self.device = cfg.device
-        self.ckpt_root = os.path.join(cfg.out, CHECKPOINTS_DIR)
-        self._check_run_json(resume)
-        existing = list_checkpoints(cfg.out) if resume else []
-        self.resume_from: Optional[str] = existing[-1] if existing else None
-        self.last_checkpoint: Optional[str] = self.resume_from
-        policy = load_policy(self.resume_from or cfg.base, device=self.device)
-        if cfg.lora_rank > 0:  # the hook for transformer policies (peft); full fine-tuning otherwise
-            if not hasattr(policy, "enable_lora"):
-                raise AdaptError(f"--lora-rank {cfg.lora_rank}: {type(policy).__name__} has no LoRA support "
-                                 "(policy.enable_lora); use full fine-tuning (--lora-rank 0)")
-            policy.enable_lora(rank=cfg.lora_rank)
-        self.policy = policy.to(self.device)
-        self.params = trainable_parameters(self.policy)
-        for p in self.policy.parameters():
-            p.requires_grad_(False)
-        for p in self.params:
-            p.requires_grad_(True)
-        base = None
-        if cfg.kl_coef > 0:
-            base = load_policy(cfg.base, device=self.device).eval()
-            base.requires_grad_(False)
-        self.kl = KLPenalty(base, cfg.kl_coef)
-        self.update = 0
-        self.env_steps = 0
-        self.samples_seen = 0
-        self._wall_offset = 0.0
-        self._t0 = time.perf_counter()
-        self._end = 0
-        self.before_checkpoint: List[Any] = []  # callables(update), e.g. flushing traces
-        self.summary: Dict[str, Any] = {}
-
-    # --- run.json ---------------------------------------------------------------
-    def _check_run_json(self, resume: bool) -> None:
-        from vla_forget import __version__
-
-        cfg = self.cfg
-        folder = RunFolder(cfg.out, RUN_KIND)
-        want = {"method": cfg.method, "base": cfg.base, "task": self.task, "config": config_dict(cfg),
-                "vla_forget_version": __version__}
-        # a run.json without checkpoints is a run that stopped before its first one (bad --data, say):
-        # nothing to keep, so it starts afresh unless --resume asks to check its settings
-        if folder.has_config() and (resume or list_checkpoints(cfg.out)):
-            folder.refuse_unless_resume(resume)
-            have = folder.read_config()
-            # a field added after the run was started counts with its default
-            defaults = METHODS[cfg.method].defaults
-            _, refused = folder.resume_changes(want["config"], have.get("config", {}), defaults=defaults)
-            if have.get("method") != cfg.method:
-                refused.insert(0, f"method: {have.get('method')!r} -> {cfg.method!r}")
-            folder.refuse(refused)
-        folder.write_config(want)
-
-    # --- logs -----------------------------------------------------------------------
-    def event(self, name: str, **fields: Any) -> None:
-        RunFolder(self.dir, RUN_KIND).event(name, update=self.update, **fields)
-
-    def wall_time(self) -> float:
-        return self._wall_offset + (time.perf_counter() - self._t0)
-
-    # --- optimiser and training state --------------------------------------------------
-    def optimizer(self, extra_groups: Sequence[Dict[str, Any]] = ()):
-        """AdamW over the trainable parameters (lr, weight_decay), plus ``extra_groups`` (e.g. a value head)."""
-        import torch
-
-        groups = [{"params": self.params, "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay}, *extra_groups]
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-
-    def begin(self, opt, value_head=None) -> None:
-        """Resume: load the optimizer, value head, RNG and counters of the newest checkpoint and cut the log
-        back to it. Fresh run: write checkpoint 0 (the base, as the run starts)."""
-        import torch
-
-        if self.resume_from is None:
-            self.event("start", task=self.task, base=self.cfg.base, method=self.cfg.method)
-            self.checkpoint(opt, value_head)
-            return
-        state = torch.load(os.path.join(self.resume_from, TRAIN_STATE), map_location="cpu", weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        if value_head is not None and state.get("value_head"):
-            value_head.load_state_dict(state["value_head"])
-        torch.set_rng_state(state["torch_rng"])
-        if torch.cuda.is_available() and state.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.update = int(state["update"])
-        self.env_steps = int(state["env_steps"])
-        self.samples_seen = int(state["samples_seen"])
-        self._wall_offset = float(state["wall_time_s"])
-        self._t0 = time.perf_counter()
-        log = os.path.join(self.dir, LOG)
-        if os.path.exists(log):  # records of updates after the checkpoint are redone
-            with open(log) as f:
-                keep = [line for line in f if line.strip() and _update_of(line) <= self.update]
-            with open(log + ".tmp", "w") as f:
-                f.writelines(keep)
-            os.replace(log + ".tmp", log)
-        self.event("resume", checkpoint=os.path.basename(self.resume_from))
-
-    def checkpoint(self, opt, value_head=None) -> str:
-        """``checkpoints/update-NNNNNN/``: the policy folder, meta.json and train_state.pt (written, then renamed)."""
-        import torch
-
-        for hook in self.before_checkpoint:
-            hook(self.update)
-        path = os.path.join(self.ckpt_root, checkpoint_name(self.update))
-        tmp = path + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(self.ckpt_root, exist_ok=True)
-        self.policy.save(tmp)
-        wall = round(self.wall_time(), 3)
-        torch.save({
-            "optimizer": opt.state_dict(),
-            "value_head": value_head.state_dict() if value_head is not None else {},
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "update": self.update, "env_steps": self.env_steps, "samples_seen": self.samples_seen, "wall_time_s": wall,
-        }, os.path.join(tmp, TRAIN_STATE))
-        _write_json(os.path.join(tmp, META), {
-            "method": self.cfg.method, "update": self.update, "env_steps": self.env_steps,
-            "samples_seen": self.samples_seen, "wall_time_s": wall, "hparams": hparams(self.cfg),
-            "base": self.cfg.base, "task": self.task, "run": os.path.basename(os.path.abspath(self.dir)),
-        })
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-        self.last_checkpoint = path
-        return path
-
-    # --- the loop ----------------------------------------------------------------------
-    def loop(self, stop_at: Optional[int] = None) -> Iterator[int]:
-        """Update numbers ``self.update + 1 ..`` to ``updates`` (or ``stop_at``, as an interruption would)."""
-        import torch
-        from tqdm import tqdm
-
-        total = int(self.cfg.updates)
-        self._end = total if stop_at is None else min(total, int(stop_at))
-        bar = tqdm(total=total, initial=self.update, unit="update", desc=f"adapt {self.cfg.method}",
-                   disable=not self.cfg.progress, dynamic_ncols=True, file=sys.stderr)
-        self._bar = bar
-        try:
-            while self.update < self._end:
-                u = self.update + 1
-                torch.manual_seed(derive_seed(self.cfg.seed, u, "torch"))  # dropout: the same after a resume
-                self._t_update = time.perf_counter()
-                yield u
-                if self.update != u:
-                    raise RuntimeError(f"update {u} ended without run.end_update")
-                bar.update(1)
-        finally:
-            bar.close()
-
-    def end_update(self, update: int, record: Dict[str, Any], *, opt, env_steps: int = 0, samples: int = 0,
-                   value_head=None) -> None:
-        """Count, log one record to log.jsonl, and checkpoint every save_every updates and at the end."""
-        self.update = update
-        self.env_steps += int(env_steps)
-        self.samples_seen += int(samples)
-        rec = {"update": update, "env_steps": self.env_steps, "samples_seen": self.samples_seen,
-               "wall_s": round(self.wall_time(), 3), "update_s": round(time.perf_counter() - self._t_update, 3),
-               **{k: _round(v) for k, v in record.items()}}
-        _append(os.path.join(self.dir, LOG), rec)
-        self.summary = rec
-        shown = {k: rec[k] for k in ("success_rate", "loss") if k in rec}
-        if shown and getattr(self, "_bar", None) is not None:
-            self._bar.set_postfix(shown)
-        if update % int(self.cfg.save_every) == 0 or update == int(self.cfg.updates) or update == self._end:
-            self.checkpoint(opt, value_head)
-
-    def backward(self, loss, what: str = "loss") -> None:
-        try:
-            backward(loss, what)
-        except NonFiniteError as e:
-            self.diverge(str(e))
-
-    def step(self, opt, loss=None) -> float:
-        """One optimiser step (see :func:`optimizer_step`); NaN/inf -> :class:`Diverged`."""
-        try:
-            return optimizer_step(opt, loss, self.cfg.grad_clip)
-        except NonFiniteError as e:
-            self.diverge(str(e))
-            raise  # unreachable
-
-    def diverge(self, message: str) -> None:
-        last = self.last_checkpoint
-        msg = (f"training diverged at update {self.update + 1}: {message}. Stopped before the optimiser step; the last "
-               f"good checkpoint is {last}. Lower --lr or --grad-clip and start again.")
-        self.event("diverged", message=message, last_checkpoint=last)
-        raise Diverged(msg, last)
-
-    def finish(self) -> Dict[str, Any]:
-        summary = {"run": self.dir, "method": self.cfg.method, "task": self.task, "updates": self.update,
-                   "env_steps": self.env_steps, "samples_seen": self.samples_seen,
-                   "wall_s": round(self.wall_time(), 1), "checkpoint": self.last_checkpoint,
-                   "checkpoints": len(list_checkpoints(self.dir)), "last": self.summary}
-        self.event("done", **{k: v for k, v in summary.items() if k != "last"})
-        return summary
-
-
-def _update_of(line: str) -> int:
-    try:
-        return int(json.loads(line).get("update", 0))
-    except (json.JSONDecodeError, TypeError, ValueError):
-        return 1 << 60  # a torn line: dropped
-
-
-def _round(v: Any) -> Any:
-    if isinstance(v, float):
-        return round(v, 6)
-    if isinstance(v, (np.floating, np.integer)):
-        return _round(v.item())
-    return v
-
-
-def _append(path: str, rec: Dict[str, Any]) -> None:
-    append_jsonl(path, rec)
-
-
-def _write_json(path: str, data: Any) -> None:
-    write_json(path, data)

@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from vla_forget.adapt import common
-from vla_forget.adapt.common import Run
+from vla_forget.adapt.run import Run
 from vla_forget.adapt.configs import IterativeSFTConfig
 from vla_forget.adapt.rollouts import collector_for
 from vla_forget.bc import observation, shift_images, token_loss

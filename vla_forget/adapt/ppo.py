@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from vla_forget.adapt import common
-from vla_forget.adapt.common import KLPenalty, Run
+from vla_forget.adapt.common import KLPenalty
+from vla_forget.adapt.run import Run
 from vla_forget.adapt.configs import PPOConfig
 from vla_forget.adapt.rollouts import Trajectories, collector_for, traces_for
 

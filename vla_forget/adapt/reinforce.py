@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vla_forget.adapt import common
-from vla_forget.adapt.common import Run
+from vla_forget.adapt.run import Run
 from vla_forget.adapt.configs import ReinforceConfig
 from vla_forget.adapt.rollouts import collector_for, traces_for
 

@@ -26,7 +26,8 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from vla_forget.adapt import common
-from vla_forget.adapt.common import AdaptError, Run
+from vla_forget.adapt.common import AdaptError
+from vla_forget.adapt.run import Run
 from vla_forget.adapt.configs import SFTConfig
 from vla_forget.bc import (TRANSPORT_MIN_XY, NoTransportSteps, TransportSampler, make_sampler, observation, shift_images,
                            token_loss, transport_steps)
