@@ -564,6 +564,9 @@ def test_ppo_on_the_real_simulator_with_a_worker(tmp_path, base_dir):
     assert all(math.isfinite(r["pg_loss"]) for r in rows)
     assert not same_weights(state(list_checkpoints(out)[-1]), state(base_dir))
     assert not os.path.exists(os.path.join(out, common.ROLLOUT_WEIGHTS))
+    # the implementation check across processes: the worker's sampler and the learner agree before any step
+    for r in rows:
+        assert r["first_clipfrac"] == 0 and r["first_ratio_max_dev"] < 1e-4, r
 
 
 @pytest.mark.gpu
@@ -572,6 +575,21 @@ def test_ppo_with_batched_gpu_envs(tmp_path, base_dir):
     rc = main(["adapt", "--method", "ppo", "--base", base_dir, "--out", out, "--updates", "2", "--num-envs", "8",
                "--episodes-per-update", "8", "--max-episode-steps", "8", "--device", "cuda", "--no-progress"])
     assert rc == 0 and [r["env_steps"] for r in log_lines(out)] == [64, 128]
+
+
+def test_ppo_first_minibatch_has_ratio_one_and_no_clipping(fake, base_dir):
+    """The standard PPO implementation check, logged every update: on fresh on-policy data the first minibatch
+    of the first epoch has ratio 1 (learner == sampler) and clip fraction 0; later minibatches move, the joint
+    ratio of 7 tokens faster than each token's."""
+    ppo.train(config(fake, base_dir, "ppo", out="check", epochs=3, lr=3e-3, updates=2, minibatch_size=4))
+    rows = log_lines(str(fake / "check"))
+    for r in rows:
+        assert r["first_clipfrac"] == 0 and abs(r["first_ratio_mean"] - 1) < 1e-5 and r["first_ratio_max_dev"] < 1e-4
+        assert len(r["clipfrac_by_epoch"]) == len(r["approx_kl_by_epoch"]) == 3 and r["optimizer_steps"] == 12
+        assert 0 <= r["token_clipfrac"] <= 1
+    # at this step size the ratios leave the clip range within the update, and the record says when
+    assert any(r["steps_to_clip_0.2"] is not None and r["steps_to_clip_0.2"] > 1 for r in rows), rows
+    assert max(r["clipfrac_by_epoch"][-1] for r in rows) > 0
 
 
 def test_rollout_log_probs_equal_the_learners(fake, base_dir):

@@ -83,29 +83,67 @@ class ValueHead(nn.Module):
         return self.net(features).squeeze(-1)
 
 
+def ratio_diagnostics(logp_tok: torch.Tensor, old_tok: torch.Tensor, clip: float) -> Dict[str, float]:
+    """How far a minibatch's ratios are from 1: joint ratio (7 tokens) and per-token ratios, from per-token
+    log-probabilities ``[B, 7]`` of the learner and of the sampler."""
+    with torch.no_grad():
+        log_tok = (logp_tok - old_tok).float()
+        joint = log_tok.sum(-1).exp()
+        tok = log_tok.exp()
+        return {"ratio_mean": float(joint.mean()), "ratio_max_dev": float((joint - 1).abs().max()),
+                "clipfrac": float(((joint - 1).abs() > clip).float().mean()),
+                "token_clipfrac": float(((tok - 1).abs() > clip).float().mean())}
+
+
 def update_epochs(policy, value_head: ValueHead, traj: Trajectories, batch: Dict[str, Any], cfg: PPOConfig,
-                  kl: KLPenalty, step: Callable[[torch.Tensor], float], update: int) -> Dict[str, float]:
+                  kl: KLPenalty, step: Callable[[torch.Tensor], float], update: int) -> Dict[str, Any]:
     """Step 3: ``cfg.epochs`` passes over the batch in shuffled minibatches, one optimiser step each.
 
     ``batch`` holds flat ``[N]`` tensors on the policy's device: tokens ``[N, 7]``,
-    old_logp, advantages, returns, features ``[N, F]`` and kl_ref (or None).
+    old_logp, advantages, returns, features ``[N, F]``, kl_ref (or None) and, where the rollouts kept them,
+    old_logp_tokens ``[N, 7]``.
+
+    Besides the means of the losses, the record says how the ratio moved during the update (the standard PPO
+    implementation check: on fresh on-policy data the first minibatch has ratio 1 and clip fraction 0):
+    ``first_ratio_mean``, ``first_ratio_max_dev`` and ``first_clipfrac`` of the first minibatch, each epoch's
+    ``clipfrac_by_epoch`` and ``approx_kl_by_epoch``, ``steps_to_clip_0.2`` (the optimiser step, from 1, whose
+    minibatch first had a clip fraction above 0.2; None: never) and, with per-token log-probabilities,
+    ``token_clipfrac``: the share of single-token ratios outside the clip range (the joint ratio multiplies 7 of
+    them, so it leaves the range far sooner).
     """
     device = batch["tokens"].device
     N = traj.num_steps
+    per_token = batch.get("old_logp_tokens") is not None
     stats: Dict[str, list] = defaultdict(list)
+    by_epoch: Dict[str, list] = defaultdict(list)
+    extra: Dict[str, Any] = {"steps_to_clip_0.2": None}
+    n_steps = 0
     for epoch in range(cfg.epochs):
         if cfg.target_kl is not None and stats["approx_kl"] and \
                 np.mean(stats["approx_kl"][-math.ceil(N / cfg.minibatch_size):]) > cfg.target_kl:
             stats["epochs_run"].append(epoch)  # the last epoch moved the policy too far from the sampler
             break
         perm = torch.randperm(N, generator=common.generator(cfg.seed, update, "minibatches", epoch))
+        epoch_stats: Dict[str, list] = defaultdict(list)
         for start in range(0, N, cfg.minibatch_size):
             mb = perm[start:start + cfg.minibatch_size].to(device)
             obs = traj.observation(mb.cpu().numpy(), str(device))
-            logp, entropy = common.logp_and_entropy(policy, obs, batch["tokens"][mb], cfg.ent_coef > 0)
+            logp, entropy = common.logp_and_entropy(policy, obs, batch["tokens"][mb], cfg.ent_coef > 0, per_token)
+            if per_token:
+                diag = ratio_diagnostics(logp, batch["old_logp_tokens"][mb], cfg.clip_coef)
+                stats["token_clipfrac"].append(diag["token_clipfrac"])
+                if n_steps == 0:
+                    extra.update(first_ratio_mean=diag["ratio_mean"], first_ratio_max_dev=diag["ratio_max_dev"],
+                                 first_clipfrac=diag["clipfrac"])
+                logp = logp.sum(-1)
             values = value_head(batch["features"][mb])
             out = ppo_losses(logp, batch["old_logp"][mb], batch["advantages"][mb], values, batch["returns"][mb],
                              cfg.clip_coef, cfg.norm_adv)
+            if n_steps == 0 and not per_token:
+                with torch.no_grad():
+                    r = (logp - batch["old_logp"][mb]).exp()
+                extra.update(first_ratio_mean=float(r.mean()), first_ratio_max_dev=float((r - 1).abs().max()),
+                             first_clipfrac=float(out["clipfrac"]))
             loss = out["pg_loss"] + cfg.vf_coef * out["v_loss"]
             if entropy is not None:
                 loss = loss - cfg.ent_coef * entropy.mean()
@@ -115,10 +153,20 @@ def update_epochs(policy, value_head: ValueHead, traj: Trajectories, batch: Dict
                 loss = loss + kl.coef * kl_value
                 stats["kl_to_base"].append(float(kl_value.detach()))
             stats["grad_norm"].append(step(loss))
+            n_steps += 1
             stats["loss"].append(float(loss.detach()))
             for k, v in out.items():
                 stats[k].append(float(v.detach()))
-    return {k: float(np.mean(v)) for k, v in stats.items()}
+            for k in ("clipfrac", "approx_kl"):
+                epoch_stats[k].append(float(out[k]))
+            if extra["steps_to_clip_0.2"] is None and float(out["clipfrac"]) > 0.2:
+                extra["steps_to_clip_0.2"] = n_steps
+        for k, v in epoch_stats.items():
+            by_epoch[k].append(round(float(np.mean(v)), 6))
+    rec: Dict[str, Any] = {k: float(np.mean(v)) for k, v in stats.items()}
+    rec.update({f"{k}_by_epoch": v for k, v in by_epoch.items()})
+    rec.update(extra, optimizer_steps=n_steps)
+    return rec
 
 
 def train(cfg: PPOConfig, *, resume: bool = False, stop_at: Optional[int] = None) -> Dict[str, Any]:
@@ -154,6 +202,8 @@ def train(cfg: PPOConfig, *, resume: bool = False, stop_at: Optional[int] = None
             advantages, returns = gae(rewards, values, dones, cfg.gamma, cfg.gae_lambda)
             batch = {"tokens": torch.from_numpy(traj.flat("tokens").astype(np.int64)).to(device),
                      "old_logp": torch.from_numpy(traj.flat("logp")).to(device),
+                     "old_logp_tokens": None if traj.logp_tokens is None else
+                     torch.from_numpy(traj.flat("logp_tokens")).to(device),
                      "advantages": advantages.reshape(N), "returns": returns.reshape(N), "features": features,
                      "kl_ref": common.cat_refs(refs)}
 

@@ -73,6 +73,7 @@ class Trajectories:
     seeds: np.ndarray  # int64 [E]
     wall_s: float = 0.0  # wall-clock seconds of the collection
     reward: Optional[np.ndarray] = None  # float32 [E, T] per-step rewards (set by the Collector: AdaptConfig.reward)
+    logp_tokens: Optional[np.ndarray] = None  # float32 [E, T, 7] each token's log-probability given its prefix
 
     @property
     def num_episodes(self) -> int:
@@ -106,7 +107,7 @@ class Trajectories:
         """Stack per-job results (dicts of [n, T, ...] arrays) in the given order."""
         cat = lambda k: np.concatenate([p[k] for p in parts])  # noqa: E731
         return cls(image=cat("image"), state=cat("state"), instruction=[s for p in parts for s in p["instruction"]],
-                   tokens=cat("tokens"), logp=cat("logp"), success=cat("success"), dense=cat("dense"),
+                   tokens=cat("tokens"), logp=cat("logp"), logp_tokens=cat("logp_tokens"), success=cat("success"), dense=cat("dense"),
                    seeds=cat("seeds"), wall_s=float(sum(p["wall_s"] for p in parts)))
 
     # flat views: step i of the batch is episode i // T, step i % T
@@ -142,9 +143,9 @@ def run_episodes(env, policy, seeds: Sequence[int], gen_seed: int, device: str) 
     policy.reset(N)
     images, states, tokens, logps, success, dense = [], [], [], [], [], []
 
-    def act(obs):  # sample the 7 tokens, keep them and their log-probability, decode the action
+    def act(obs):  # sample the 7 tokens, keep them and their log-probabilities, decode the action
         tok, logits = policy.sample_tokens(obs, generator=gen)
-        lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1).sum(-1)
+        lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)  # [N, 7]
         tokens.append(tok.cpu().numpy().astype(np.uint8))
         logps.append(lp.cpu().numpy().astype(np.float32))
         return policy.decode_actions(tok)
@@ -163,7 +164,8 @@ def run_episodes(env, policy, seeds: Sequence[int], gen_seed: int, device: str) 
     instructions = run_episode(env, act, seeds, recorders=[Trajectory()]).instructions
     stack = lambda xs, dtype: np.stack(xs, axis=1).astype(dtype, copy=False)  # noqa: E731  [N, T, ...]
     return {"image": stack(images, np.uint8), "state": stack(states, np.float32), "instruction": instructions,
-            "tokens": stack(tokens, np.uint8), "logp": stack(logps, np.float32), "success": stack(success, bool),
+            "tokens": stack(tokens, np.uint8), "logp": stack(logps, np.float32).sum(-1),
+            "logp_tokens": stack(logps, np.float32), "success": stack(success, bool),
             "dense": stack(dense, np.float32), "seeds": np.asarray(seeds, np.int64), "wall_s": time.perf_counter() - t0}
 
 
