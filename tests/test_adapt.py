@@ -102,7 +102,7 @@ def log_lines(run_dir):
 # the package's contract
 
 def test_methods_and_list_checkpoints(tmp_path):
-    assert set(METHODS) == {"ppo", "reinforce", "grpo", "sft", "iterative-sft", "rl-trace-sft"}
+    assert set(METHODS) == {"ppo", "reinforce", "grpo", "rloo", "sft", "iterative-sft", "rl-trace-sft"}
     for m in METHODS:
         assert callable(load_method(m))
     with pytest.raises(KeyError, match="unknown adaptation method"):
@@ -170,6 +170,40 @@ def test_reinforce_and_grpo_advantages_by_hand():
     assert torch.allclose(g, torch.tensor([(2 / 3) / s, -(1 / 3) / s, -(1 / 3) / s, -(2 / 3) / s, (1 / 3) / s,
                                            (1 / 3) / s]), atol=1e-4)
     assert torch.equal(grpo.group_advantages(torch.ones(4), 2), torch.zeros(4))  # nothing to learn
+
+
+def test_rloo_advantages_and_dynamic_sampling_by_hand():
+    from vla_forget.adapt import rloo
+
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])  # groups of 4: one success; all four
+    adv = rloo.loo_advantages(r, 4)
+    # episode 0: 1 - mean(0, 0, 0) = 1; episode 1: 0 - mean(1, 0, 0) = -1/3; group 2 scored alike: 0
+    assert torch.allclose(adv[:4], torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3]))
+    assert torch.equal(adv[4:], torch.zeros(4))
+    assert rloo.informative(r, 4).tolist() == [True, False]
+    assert rloo.informative(torch.tensor([0.0, 0.0, 0.0, 1.0]), 2).tolist() == [False, True]
+    two = rloo.loo_advantages(torch.tensor([1.0, 0.0]), 2)  # K = 2: each against the other
+    assert two.tolist() == [1.0, -1.0]
+
+
+def test_rloo_keeps_only_informative_groups_and_counts_every_rollout(fake, base_dir):
+    """With dynamic sampling the update trains on informative groups only, drawing more rounds when it has too
+    few; every rollout drawn counts in env_steps."""
+    cfg = config(fake, base_dir, "rloo", out="rloo-dyn", episodes_per_update=8, group_size=4, max_draws=3, updates=3)
+    load_method("rloo")(cfg)
+    rows = log_lines(cfg.out)
+    for r in rows:
+        assert 1 <= r["rounds"] <= 3 and r["groups_drawn"] == 2 * r["rounds"] and 0 <= r["groups_kept"] <= 2
+        assert r["env_steps"] == sum(x["rounds"] for x in rows[:r["update"]]) * 8 * 4  # 8 rollouts a round, 4 steps
+        assert (r["groups_kept"] < 2) == (r["rounds"] == 3 and r["groups_kept"] < 2)  # stops once it has enough
+        assert (r["optimizer_steps"] > 0) == (r["groups_kept"] > 0)
+        if r["optimizer_steps"]:
+            assert r["first_clipfrac"] == 0 and r["first_ratio_max_dev"] < 1e-4
+    off = config(fake, base_dir, "rloo", out="rloo-all", episodes_per_update=8, group_size=4, dynamic_sampling=False,
+                 updates=1)
+    load_method("rloo")(off)
+    (r,) = log_lines(off.out)
+    assert r["rounds"] == 1 and r["groups_kept"] == 2  # every group, informative or not
 
 
 def test_rewards_and_seeds():
@@ -247,11 +281,13 @@ def test_kl_penalty_at_zero_equals_the_plain_update(base_dir):
 # --------------------------------------------------------------------------
 # every method, end to end on the fake task
 
-@pytest.mark.parametrize("method", ["ppo", "reinforce", "grpo", "iterative-sft", "sft"])
+@pytest.mark.parametrize("method", ["ppo", "reinforce", "grpo", "rloo", "iterative-sft", "sft"])
 def test_method_runs_two_updates_and_changes_the_policy(fake, base_dir, method):
     kw = {"data": [demos(fake / "demos")]} if method == "sft" else {}
     if method == "iterative-sft":
         kw["episodes_per_update"] = 8  # FakeEnv succeeds about half the time: some episodes to learn from
+    if method == "rloo":
+        kw["group_size"] = 2
     cfg = config(fake, base_dir, method, **kw)
     summary = load_method(method)(cfg)
     assert summary["updates"] == 2
@@ -276,7 +312,7 @@ def test_method_runs_two_updates_and_changes_the_policy(fake, base_dir, method):
     assert [r["update"] for r in rows] == [1, 2] and all("wall_s" in r and "env_steps" in r for r in rows)
     if method != "sft":
         assert all(0 <= r["success_rate"] <= 1 for r in rows)
-    assert os.path.isdir(os.path.join(cfg.out, "traces")) == (method in ("ppo", "reinforce", "grpo"))
+    assert os.path.isdir(os.path.join(cfg.out, "traces")) == (method in ("ppo", "reinforce", "grpo", "rloo"))
 
 
 def test_transport_steps_are_the_sideways_carries():

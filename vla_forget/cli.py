@@ -285,6 +285,7 @@ examples:
   vla-forget adapt --method ppo --base small-vla-base-v5 --task place-cube-on-target-v2 --out runs/adapt/ppo
   vla-forget adapt --method ppo --base small-vla-base-v5 --out runs/adapt/ppo --resume
   vla-forget adapt --method grpo --base small-vla-base-v5 --group-size 4 --episodes-per-update 16 --out runs/adapt/grpo
+  vla-forget adapt --method rloo --base small-vla-base-v6 --group-size 8 --episodes-per-update 32 --out runs/adapt/rloo
   vla-forget adapt --method reinforce --base small-vla-base-v5 --kl-coef 0.1 --out runs/adapt/reinforce-kl
   vla-forget adapt --method sft --base small-vla-base-v5 --data data/place-cube-on-target-v2 --out runs/adapt/sft
   vla-forget adapt --method sft --base small-vla-base-v5 --data data/pairs --transport-fraction 0.4 --lr 3e-4 --out runs/adapt/sft-tr
@@ -292,7 +293,7 @@ examples:
   vla-forget adapt --method rl-trace-sft --base small-vla-base-v5 --traces runs/adapt/ppo --out runs/adapt/trace-sft
   vla-forget adapt --method ppo --base ckpt/ --num-envs 64 --device cuda --episodes-per-update 64 --out runs/gpu
 
-Methods: ppo, reinforce, grpo (on-policy RL in the simulator), sft (demonstrations
+Methods: ppo, reinforce, grpo, rloo (on-policy RL in the simulator), sft (demonstrations
 from `vla-forget demos`), iterative-sft (SFT on the policy's own successes, re-rolled
 every round), rl-trace-sft (SFT on the successful rollouts an RL run kept).
 The target (default: the battery's, place-cube-on-target-v2) must not be a battery
@@ -306,7 +307,7 @@ loss stops the run and keeps the last good checkpoint. See docs/adaptation.md.
 def _adapt_parser(sub) -> None:
     from vla_forget.adapt.common import add_config_arguments
 
-    p = sub.add_parser("adapt", help="adapt a base policy to a target task by RL (ppo, reinforce, grpo) or SFT",
+    p = sub.add_parser("adapt", help="adapt a base policy to a target task by RL (ppo, reinforce, grpo, rloo) or SFT",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_ADAPT)
     add_config_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue the run in OUT from its newest checkpoint")

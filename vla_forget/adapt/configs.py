@@ -296,6 +296,38 @@ class GRPOConfig(RLConfig):
         return out
 
 
+@method("rloo", "vla_forget.adapt.rloo:train")
+@dataclass
+class RLOOConfig(RLConfig):
+    """Leave-one-out group baselines without a critic, with dynamic sampling (vla_forget.adapt.rloo)."""
+
+    lr: float = 3e-6
+    episodes_per_update: int = 32
+    group_size: int = 8
+    """rollouts per initial state (episodes_per_update must be a multiple)"""
+    dynamic_sampling: bool = True
+    """drop groups whose episodes all scored the same (no learning signal) and draw new initial states until
+    the update has episodes_per_update episodes in informative groups, or max_draws rounds were drawn"""
+    max_draws: int = 3
+    """most rounds of episodes_per_update rollouts an update draws for dynamic sampling"""
+    epochs: int = 1
+    """passes over each rollout batch (one optimiser step per minibatch)"""
+    minibatch_size: int = 256
+    """steps per minibatch"""
+    clip_coef: float = 0.2
+    """clip the probability ratio to [1 - clip, 1 + clip]"""
+    ent_coef: float = 0.0
+    """weight of the entropy bonus (summed over the 7 tokens)"""
+
+    def problems(self) -> List[str]:
+        out = super().problems()
+        _positive(self, ("epochs", "minibatch_size", "max_draws"), out)
+        if self.group_size < 2 or self.episodes_per_update % self.group_size:
+            out.append(f"rloo: --group-size must be >= 2 and divide --episodes-per-update "
+                       f"(got {self.group_size} and {self.episodes_per_update})")
+        return out
+
+
 def _sft_problems(cfg, out: List[str]) -> None:
     _positive(cfg, ("batch_size",), out)
     if cfg.augment_shift < 0:
