@@ -313,6 +313,11 @@ def test_method_runs_two_updates_and_changes_the_policy(fake, base_dir, method):
     if method != "sft":
         assert all(0 <= r["success_rate"] <= 1 for r in rows)
     assert os.path.isdir(os.path.join(cfg.out, "traces")) == (method in ("ppo", "reinforce", "grpo", "rloo"))
+    # every method that rolls out logs the forward KL to the base after each update (zero before any change)
+    if method != "sft":
+        assert all(r["kl_to_base_after"] >= 0 and r["kl_to_base_after_se"] >= 0 for r in rows)
+        if method != "rloo":  # (at rloo's 3e-6 the tiny model moves by less than the log's 1e-6 nats)
+            assert rows[-1]["kl_to_base_after"] > 0
 
 
 def test_transport_steps_are_the_sideways_carries():

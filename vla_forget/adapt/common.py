@@ -302,6 +302,17 @@ class KLPenalty:
             tokens, logits = self.base.sample_tokens(obs, generator=gen)
         return tokens, logits.float()
 
+    def measure(self, policy, obs, gen) -> Tuple[float, float]:
+        """Mean and standard error of the forward KL of ``policy`` on ``obs`` (no gradient); needs the base
+        loaded, whatever the coefficient."""
+        import torch
+
+        with torch.no_grad():
+            tokens, logits = self.base.sample_tokens(obs, generator=gen)
+            kl = self.kl(policy, obs, (tokens, logits.float()))
+        n = int(kl.numel())
+        return float(kl.mean()), (float(kl.std()) / n ** 0.5 if n > 1 else float("nan"))
+
     def kl(self, policy, obs, ref):
         """Per-state forward KL ``[B]`` (with gradients into ``policy``)."""
         from vla_forget.divergences import token_divergences

@@ -32,7 +32,7 @@ from vla_forget.spec import DEFAULT_BATTERY
 REWARDS = ("success", "dense")
 #: fields that say where and how a run executes, not what it learns: not recorded as hyper-parameters
 OPERATIONAL = ("base", "out", "task", "battery", "allow_battery_task", "device", "threads", "progress", "workers",
-               "num_envs", "save_traces")
+               "num_envs", "save_traces", "kl_log_states")
 
 
 @dataclass(frozen=True)
@@ -192,12 +192,15 @@ class RolloutConfig(AdaptConfig):
     """episode length (default: the task's)"""
     reward: str = "success"
     """success: 1 at the last step if the task is solved then, else 0; dense: ManiSkill's normalised dense reward / episode length at every step"""
+    kl_log_states: int = 64
+    """log the forward KL(base || policy) after each update on this many of its rollout states, spread over the
+    batch (kl_to_base_after: the benchmark's predictor of forgetting, as training goes; 0: not logged)"""
 
     def problems(self) -> List[str]:
         out = super().problems()
         _positive(self, ("episodes_per_update", "num_envs", "image_size", "max_episode_steps"), out)
-        if self.workers < 0:
-            out.append(f"--workers must be >= 0 (got {self.workers})")
+        if self.workers < 0 or self.kl_log_states < 0:
+            out.append(f"--workers and --kl-log-states must be >= 0 (got {self.workers}, {self.kl_log_states})")
         if self.reward not in REWARDS:
             out.append(f"--reward must be one of {', '.join(REWARDS)} (got {self.reward!r})")
         return out

@@ -94,7 +94,7 @@ def train(cfg: GRPOConfig, *, resume: bool = False, stop_at: Optional[int] = Non
                 "informative_groups": float((ret.reshape(-1, G).std(1) > 0).float().mean()),
                 "traces_kept": kept, "rollout_s": round(traj.wall_s, 2), "lr": cfg.lr,
                 **{k: float(np.mean(v)) for k, v in stats.items()},
-            }, opt=opt, env_steps=N, samples=cfg.epochs * N)
+            }, opt=opt, env_steps=N, samples=cfg.epochs * N, traj=traj)
     finally:
         collector.close()
     return run.finish()

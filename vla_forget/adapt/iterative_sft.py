@@ -72,7 +72,8 @@ def train(cfg: IterativeSFTConfig, *, resume: bool = False, stop_at: Optional[in
                 record.update(loss=float(np.mean(losses)), token_acc=float(np.mean(accs)), grad_norm=float(np.mean(norms)))
             if kls:
                 record["kl_to_base"] = float(np.mean(kls))
-            run.end_update(update, record, opt=opt, env_steps=traj.num_steps, samples=len(losses) * cfg.batch_size)
+            run.end_update(update, record, opt=opt, env_steps=traj.num_steps, samples=len(losses) * cfg.batch_size,
+                           traj=traj)
     finally:
         collector.close()
     return run.finish()

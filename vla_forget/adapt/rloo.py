@@ -155,7 +155,8 @@ def train(cfg: RLOOConfig, *, resume: bool = False, stop_at: Optional[int] = Non
 
             # 5. log and checkpoint
             run.end_update(update, {**record, **{k: float(np.mean(v)) for k, v in stats.items()}}, opt=opt,
-                           env_steps=everything.num_steps, samples=cfg.epochs * (n_kept * K * everything.horizon))
+                           env_steps=everything.num_steps, samples=cfg.epochs * (n_kept * K * everything.horizon),
+                           traj=everything)
     finally:
         collector.close()
     return run.finish()

@@ -76,7 +76,7 @@ class Run:
         for p in self.params:
             p.requires_grad_(True)
         base = None
-        if cfg.kl_coef > 0:
+        if cfg.kl_coef > 0 or getattr(cfg, "kl_log_states", 0) > 0:
             base = load_policy(cfg.base, device=self.device).eval()
             base.requires_grad_(False)
         self.kl = KLPenalty(base, cfg.kl_coef)
@@ -197,8 +197,15 @@ class Run:
             bar.close()
 
     def end_update(self, update: int, record: Dict[str, Any], *, opt, env_steps: int = 0, samples: int = 0,
-                   value_head=None) -> None:
-        """Count, log one record to log.jsonl, and checkpoint every save_every updates and at the end."""
+                   value_head=None, traj=None) -> None:
+        """Count, log one record to log.jsonl, and checkpoint every save_every updates and at the end. ``traj``:
+        the update's rollouts, on whose states the forward KL to the base is measured (``kl_log_states``)."""
+        n_kl = int(getattr(self.cfg, "kl_log_states", 0))
+        if traj is not None and n_kl > 0:
+            idx = np.unique(np.linspace(0, traj.num_steps - 1, min(n_kl, traj.num_steps)).round().astype(np.int64))
+            gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, update, "kl-log"))
+            mean, se = self.kl.measure(self.policy, traj.observation(idx, self.device), gen)
+            record = {**record, "kl_to_base_after": mean, "kl_to_base_after_se": se}
         self.update = update
         self.env_steps += int(env_steps)
         self.samples_seen += int(samples)
