@@ -631,6 +631,11 @@ def test_ppo_first_minibatch_has_ratio_one_and_no_clipping(fake, base_dir):
     # at this step size the ratios leave the clip range within the update, and the record says when
     assert any(r["steps_to_clip_0.2"] is not None and r["steps_to_clip_0.2"] > 1 for r in rows), rows
     assert max(r["clipfrac_by_epoch"][-1] for r in rows) > 0
+    # rollouts at another temperature: the sampler and the learner still use one distribution (the tempered one)
+    ppo.train(config(fake, base_dir, "ppo", out="hot", epochs=1, updates=1, temperature=2.0))
+    (r,) = log_lines(str(fake / "hot"))
+    assert r["first_clipfrac"] == 0 and r["first_ratio_max_dev"] < 1e-4
+    assert read_meta(list_checkpoints(str(fake / "hot"))[-1])["hparams"]["temperature"] == 2.0
 
 
 def test_rollout_log_probs_equal_the_learners(fake, base_dir):

@@ -262,15 +262,16 @@ def clipped_surrogate(logp, old_logp, adv, clip: float):
     return loss, ratio
 
 
-def logp_and_entropy(policy, obs, tokens, with_entropy: bool, per_token: bool = False):
+def logp_and_entropy(policy, obs, tokens, with_entropy: bool, per_token: bool = False, temperature: float = 1.0):
     """Joint log-probability ``[B]`` of the 7 tokens (``policy.log_prob``) and, if asked, the summed per-token
     entropy ``[B]`` teacher-forced on the same tokens (one forward pass either way). ``per_token``: the
-    log-probability of each token given its prefix, ``[B, 7]``, instead of the joint one (their sum)."""
+    log-probability of each token given its prefix, ``[B, 7]``, instead of the joint one (their sum).
+    ``temperature``: of the distribution the rollouts sampled from (logits / temperature)."""
     import torch
 
-    if not (with_entropy or per_token):
+    if not (with_entropy or per_token or temperature != 1.0):
         return policy.log_prob(obs, tokens), None
-    lp = torch.log_softmax(policy.action_logits(obs, tokens).float(), dim=-1)
+    lp = torch.log_softmax(policy.action_logits(obs, tokens).float() / temperature, dim=-1)
     logp = lp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     entropy = -(lp.exp() * lp).sum(-1).sum(-1) if with_entropy else None
     return (logp if per_token else logp.sum(-1)), entropy

@@ -212,6 +212,15 @@ class RLConfig(RolloutConfig):
 
     save_traces: bool = True
     """keep successful rollouts in RUN/traces/ (for rl-trace-sft)"""
+    temperature: float = 1.0
+    """sampling temperature of the rollouts (above 1: more exploration); the ratio and the loss use the same
+    tempered distribution; bench decodes as the battery says, whatever this"""
+
+    def problems(self) -> List[str]:
+        out = super().problems()
+        if not self.temperature > 0:
+            out.append(f"--temperature must be > 0 (got {self.temperature})")
+        return out
 
 
 # --------------------------------------------------------------------------

@@ -73,7 +73,8 @@ def train(cfg: GRPOConfig, *, resume: bool = False, stop_at: Optional[int] = Non
                 for start in range(0, N, cfg.minibatch_size):
                     mb = perm[start:start + cfg.minibatch_size].numpy()
                     obs = traj.observation(mb, device)
-                    logp, entropy = common.logp_and_entropy(policy, obs, tokens[mb], cfg.ent_coef > 0)
+                    logp, entropy = common.logp_and_entropy(policy, obs, tokens[mb], cfg.ent_coef > 0,
+                                                              temperature=cfg.temperature)
                     loss, ratio = common.clipped_surrogate(logp, old_logp[mb], adv[mb], cfg.clip_coef)
                     if entropy is not None:
                         loss = loss - cfg.ent_coef * entropy.mean()

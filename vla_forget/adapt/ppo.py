@@ -128,7 +128,8 @@ def update_epochs(policy, value_head: ValueHead, traj: Trajectories, batch: Dict
         for start in range(0, N, cfg.minibatch_size):
             mb = perm[start:start + cfg.minibatch_size].to(device)
             obs = traj.observation(mb.cpu().numpy(), str(device))
-            logp, entropy = common.logp_and_entropy(policy, obs, batch["tokens"][mb], cfg.ent_coef > 0, per_token)
+            logp, entropy = common.logp_and_entropy(policy, obs, batch["tokens"][mb], cfg.ent_coef > 0, per_token,
+                                                          cfg.temperature)
             if per_token:
                 diag = ratio_diagnostics(logp, batch["old_logp_tokens"][mb], cfg.clip_coef)
                 stats["token_clipfrac"].append(diag["token_clipfrac"])

@@ -70,7 +70,8 @@ def train(cfg: ReinforceConfig, *, resume: bool = False, stop_at: Optional[int] 
             sums = {"loss": 0.0, "entropy": 0.0, "kl_to_base": 0.0}
             for idx in common.chunks(N, cfg.minibatch_size):
                 obs = traj.observation(idx, device)
-                logp, entropy = common.logp_and_entropy(policy, obs, tokens[idx], cfg.ent_coef > 0)
+                logp, entropy = common.logp_and_entropy(policy, obs, tokens[idx], cfg.ent_coef > 0,
+                                                          temperature=cfg.temperature)
                 loss = -(adv[idx] * logp).sum() / N
                 if entropy is not None:
                     loss = loss - cfg.ent_coef * entropy.sum() / N

@@ -131,7 +131,8 @@ def train(cfg: RLOOConfig, *, resume: bool = False, stop_at: Optional[int] = Non
                     for start in range(0, N, cfg.minibatch_size):
                         mb = perm[start:start + cfg.minibatch_size].numpy()
                         obs = batch.observation(mb, device)
-                        logp_tok, entropy = common.logp_and_entropy(policy, obs, tokens[mb], cfg.ent_coef > 0, True)
+                        logp_tok, entropy = common.logp_and_entropy(policy, obs, tokens[mb], cfg.ent_coef > 0, True,
+                                                                           cfg.temperature)
                         diag = ratio_diagnostics(logp_tok, old_tok[mb], cfg.clip_coef)
                         if n_steps == 0:
                             record.update(first_ratio_mean=diag["ratio_mean"], first_ratio_max_dev=diag["ratio_max_dev"],

@@ -134,8 +134,9 @@ class Trajectories:
 # --------------------------------------------------------------------------
 # one batch of envs, rolled out to the episode length
 
-def run_episodes(env, policy, seeds: Sequence[int], gen_seed: int, device: str) -> Dict[str, Any]:
-    """Roll out ``policy`` (sampling at temperature 1) on ``env`` from ``seeds`` (one per env); arrays [N, T, ...]."""
+def run_episodes(env, policy, seeds: Sequence[int], gen_seed: int, device: str, temperature: float = 1.0) -> Dict[str, Any]:
+    """Roll out ``policy`` (sampling at ``temperature``) on ``env`` from ``seeds`` (one per env); arrays [N, T, ...].
+    The log-probabilities kept are those of the distribution sampled from (the tempered one)."""
 
     t0 = time.perf_counter()
     N = len(seeds)
@@ -144,8 +145,8 @@ def run_episodes(env, policy, seeds: Sequence[int], gen_seed: int, device: str) 
     images, states, tokens, logps, success, dense = [], [], [], [], [], []
 
     def act(obs):  # sample the 7 tokens, keep them and their log-probabilities, decode the action
-        tok, logits = policy.sample_tokens(obs, generator=gen)
-        lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)  # [N, 7]
+        tok, logits = policy.sample_tokens(obs, generator=gen, temperature=temperature)
+        lp = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)  # [N, 7]
         tokens.append(tok.cpu().numpy().astype(np.uint8))
         logps.append(lp.cpu().numpy().astype(np.float32))
         return policy.decode_actions(tok)
@@ -188,6 +189,7 @@ class RolloutJob:
     image_size: int = 128
     max_episode_steps: Optional[int] = None
     device: str = "cpu"
+    temperature: float = 1.0
 
 
 #: per worker process: key -> [policy, (weights path, version) loaded]
@@ -214,7 +216,7 @@ def collect_job(job: RolloutJob) -> Dict[str, Any]:
     env = rollout.get_env(job.task, image_size=job.image_size, render=True, num_envs=len(job.seeds),
                            max_steps=job.max_episode_steps, sim_backend="cpu", device=job.device,
                            wrist_camera=bool(getattr(policy, "wrist_camera", False)))
-    return run_episodes(env, policy, job.seeds, job.gen_seed, job.device)
+    return run_episodes(env, policy, job.seeds, job.gen_seed, job.device, job.temperature)
 
 
 class Collector:
@@ -222,8 +224,9 @@ class Collector:
 
     def __init__(self, *, task: str, policy_dir: str, weights_path: str, workers: int, num_envs: int = 1,
                  image_size: int = 128, max_episode_steps: Optional[int] = None, device: str = "cpu",
-                 reward: str = "success"):
+                 reward: str = "success", temperature: float = 1.0):
         self.task, self.policy_dir, self.weights_path, self.reward = task, policy_dir, weights_path, reward
+        self.temperature = float(temperature)
         self.num_envs = max(1, int(num_envs))
         self.workers = 0 if self.num_envs > 1 else max(0, int(workers))
         self.image_size, self.max_episode_steps, self.device = int(image_size), max_episode_steps, device
@@ -259,7 +262,8 @@ class Collector:
         for i in range(0, len(seeds), N):
             chunk = seeds[i:i + N]
             n_real = len(chunk)
-            part = run_episodes(env, policy, chunk + [chunk[-1]] * (N - n_real), gen_seeds[i], self.device)
+            part = run_episodes(env, policy, chunk + [chunk[-1]] * (N - n_real), gen_seeds[i], self.device,
+                                self.temperature)
             if n_real < N:  # a batched env has a fixed width: drop the padding
                 part = {k: (v[:n_real] if k != "wall_s" else v) for k, v in part.items()}
             parts.append(part)
@@ -274,7 +278,8 @@ class Collector:
 
             self._pool = worker_pool(self.workers)  # bench's pool: the same worker set-up
         jobs = [RolloutJob(task=self.task, seeds=[s], gen_seed=g, policy=self.policy_dir, weights=self.weights_path,
-                           version=int(version), image_size=self.image_size, max_episode_steps=self.max_episode_steps)
+                           version=int(version), image_size=self.image_size, max_episode_steps=self.max_episode_steps,
+                           temperature=self.temperature)
                 for s, g in zip(seeds, gen_seeds)]
         futures = [self._pool.submit(collect_job, j) for j in jobs]
         try:
@@ -392,7 +397,7 @@ def collector_for(run) -> Collector:
     return Collector(task=run.task, policy_dir=os.path.join(run.ckpt_root, checkpoint_name(0)),
                      weights_path=os.path.join(run.dir, ROLLOUT_WEIGHTS), workers=cfg.workers, num_envs=cfg.num_envs,
                      image_size=cfg.image_size, max_episode_steps=cfg.max_episode_steps, device=run.device,
-                     reward=cfg.reward)
+                     reward=cfg.reward, temperature=getattr(cfg, "temperature", 1.0))
 
 
 def traces_for(run) -> TraceWriter:
