@@ -147,6 +147,73 @@ def cmd_analyze(args) -> int:
     return cmd_bench(bench_args)
 
 
+EPILOG_CHECK = """\
+examples:
+  vla-forget check runs/bench-ppo                                  # every policy against the bench's base
+  vla-forget check runs/bench-ppo --max-forgetting 5 --max-task-drop 10 --junit reports/vla-forget.xml
+  vla-forget check runs/bench-new --baseline releases/v3/results.json --baseline-policy my-vla-v3 --min-gain 0
+
+Exit status: 0 when no policy has a violation, 1 when one has, 2 on bad input.
+A violation is a difference significant at the report's 95 % level and beyond
+its threshold (points): forgetting or a battery task's drop whose whole
+interval lies above --max-forgetting / --max-task-drop (default 0: any
+significant loss), a target gain whose whole interval lies below --min-gain.
+One line per policy and per violation; the findings go to OUT/check.json and,
+with --junit, to a JUnit XML file. Against a --baseline from another bench,
+the battery (id, version, content), target task, decoding and image size must
+match. See docs/ci.md for a CI recipe.
+"""
+
+
+def _check_parser(sub) -> None:
+    from vla_forget.config import CheckConfig, add_config_arguments
+
+    p = sub.add_parser("check", help="gate a bench's results for CI: exit 1 when a policy forgets or loses significantly",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_CHECK)
+    p.add_argument("results", metavar="OUT", help="the bench to check: its folder or its results.json")
+    add_config_arguments(p, CheckConfig, skip=("results",), flags={"policies": "--policy"},
+                         metavars={"policies": "P", "max_forgetting": "PP", "max_task_drop": "PP", "min_gain": "PP",
+                                   "junit": "FILE", "summary": "FILE"})
+
+
+def cmd_check(args) -> int:
+    from vla_forget.check import CheckError, junit_xml, run_check
+    from vla_forget.config import CheckConfig, config_from_args
+    from vla_forget.jsonio import write_json
+
+    cfg = config_from_args(CheckConfig, args)
+    try:
+        report = run_check(cfg.results, baseline=cfg.baseline, baseline_policy=cfg.baseline_policy,
+                           policies=cfg.policies, max_forgetting=cfg.max_forgetting, max_task_drop=cfg.max_task_drop,
+                           min_gain=cfg.min_gain)
+    except CheckError as e:
+        print(f"vla-forget check: {e}", file=sys.stderr)
+        return 2
+    for policy in dict.fromkeys(f.policy for f in report.findings):
+        mine = [f for f in report.findings if f.policy == policy]
+        bad = [f for f in mine if f.violation]
+        head = next(f for f in mine if f.check == "forgetting")
+        print(f"{'FAIL' if bad else 'ok  '} {policy}: {head.message}")
+        for f in bad:
+            if f is not head:
+                print(f"FAIL {policy}: {f.message}")
+    n_bad = len({f.policy for f in report.violations})
+    n = len({f.policy for f in report.findings})
+    print(f"vla-forget check: {len(report.violations)} violation(s) in {n_bad} of {n} policies against "
+          f"{report.reference} (thresholds: forgetting {cfg.max_forgetting:g} pp, task drop {cfg.max_task_drop:g} pp"
+          f"{'' if cfg.min_gain is None else f', gain {cfg.min_gain:g} pp'})")
+    summary = cfg.summary or (os.path.join(cfg.results, "check.json") if os.path.isdir(cfg.results) else None)
+    if summary:
+        write_json(summary, report.to_dict())
+        print(f"summary: {summary}")
+    if cfg.junit:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.junit)), exist_ok=True)
+        with open(cfg.junit, "w") as f:
+            f.write(junit_xml(report))
+        print(f"junit: {cfg.junit}")
+    return 0 if report.passed else 1
+
+
 EPILOG_DEMOS = """\
 examples:
   vla-forget demos --task PickCube-v2 --episodes 200 --out data/pick_cube --workers 2
@@ -485,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sweep_parser(sub)
     _adapt_parser(sub)
     _analyze_parser(sub)
+    _check_parser(sub)
     sub.add_parser("doctor", help="print versions and check that a Vulkan device works for the simulator "
                    "(and SimplerEnv's interpreter, where it is installed)")
     _assets_parser(sub)
@@ -498,6 +566,7 @@ COMMANDS["assets"] = cmd_assets
 COMMANDS["sweep"] = cmd_sweep
 COMMANDS["adapt"] = cmd_adapt
 COMMANDS["analyze"] = cmd_analyze
+COMMANDS["check"] = cmd_check
 
 
 def main(argv: Optional[List[str]] = None) -> int:

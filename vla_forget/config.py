@@ -194,6 +194,32 @@ class BenchConfig:
     INTERNAL = ("kl_state_stride", "kl_state_rule")
 
 @dataclass
+class CheckConfig:
+    """A regression check of a bench's results (`vla-forget check`; vla_forget.check)."""
+
+    results: str
+    """the bench to check: its folder or its results.json"""
+    baseline: Optional[str] = None
+    """results.json (or folder) of an earlier bench on the same battery and protocol to compare with (default:
+    the bench's own base)"""
+    baseline_policy: Optional[str] = None
+    """with --baseline: its policy to compare with (default: its base)"""
+    policies: List[str] = field(default_factory=list)
+    """a policy to check (default: every policy but the reference)"""
+    max_forgetting: float = 0.0
+    """points of forgetting allowed: a violation when the whole 95 % interval of a policy's forgetting lies above"""
+    max_task_drop: float = 0.0
+    """points a policy may lose on a battery task: a violation when the whole 95 % interval of the drop lies above"""
+    min_gain: Optional[float] = None
+    """points of target gain required: a violation when the whole 95 % interval of the gain lies below (default:
+    not checked)"""
+    junit: Optional[str] = None
+    """write the findings as JUnit XML to this file (CI systems show it)"""
+    summary: Optional[str] = None
+    """write the findings as JSON to this file (default: check.json in the bench's folder)"""
+
+
+@dataclass
 class PretrainConfig:
     """Everything that defines a pretraining run (pure data; saved as ``config.json`` in the run folder)."""
 
