@@ -88,6 +88,20 @@ def test_bad_input_is_refused_with_what_to_do(bench, tmp_path, capsys):
         run_check(str(bench), baseline=str(GOLDEN), baseline_policy="nobody")
 
 
+def test_thresholds_and_schema_are_checked_before_anything(bench, tmp_path):
+    with pytest.raises(CheckError, match="--max-forgetting 150 is outside 0-100 points"):
+        run_check(str(bench), max_forgetting=150)
+    with pytest.raises(CheckError, match="--max-task-drop -1 is outside"):
+        run_check(str(bench), max_task_drop=-1)
+    old = json.loads(GOLDEN.read_text())
+    old["format"] = 0
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text(json.dumps(old))
+    with pytest.raises(CheckError, match=r"results format 0, this version reads 1: rebuild .*vla-forget analyze"):
+        run_check(str(tmp_path / "old"))
+    assert not (tmp_path / "old" / "check.json").exists()  # nothing written
+
+
 def test_junit_escapes_and_counts():
     r = run_check(str(GOLDEN))
     xml = junit_xml(r)

@@ -86,6 +86,11 @@ def read_results(path: str) -> Dict[str, Any]:
             raise ValueError("not the results of a bench (no 'success' or 'base')")
     except (OSError, ValueError) as e:
         raise CheckError(f"cannot read {file}: {e}") from None
+    from vla_forget.analysis import RESULTS_FORMAT
+
+    if data.get("format") != RESULTS_FORMAT:
+        raise CheckError(f"{file} has results format {data.get('format')!r}, this version reads {RESULTS_FORMAT}: "
+                         f"rebuild it from its episodes with `vla-forget analyze {os.path.dirname(file) or '.'}`")
     return data
 
 
@@ -127,6 +132,12 @@ def run_check(results_path: str, *, baseline: Optional[str] = None, baseline_pol
               min_gain: Optional[float] = None) -> CheckReport:
     """Compare the policies of the bench at ``results_path`` (all but the reference, or ``policies``) with the
     reference (see the module's docstring); thresholds in points. Raises :class:`CheckError` on bad input."""
+    bad = [f"{name} {v:g} is outside 0-100 points" for name, v in (("--max-forgetting", max_forgetting),
+                                                                   ("--max-task-drop", max_task_drop)) if not 0 <= v <= 100]
+    if min_gain is not None and not -100 <= min_gain <= 100:
+        bad.append(f"--min-gain {min_gain:g} is outside -100-100 points")
+    if bad:
+        raise CheckError("; ".join(bad))
     results = read_results(results_path)
     if baseline is None:
         if baseline_policy is not None:
