@@ -138,7 +138,8 @@ def _read_manifest(directory: str) -> Dict[str, Any]:
         return json.load(f)
 
 
-_CHECKED: Dict[str, str] = {}
+#: mesh folders already checked in this process, with the hash they had (tests reset it)
+CHECKED: Dict[str, str] = {}
 
 
 def check_meshes(directory: Optional[str] = None, expected: Optional[str] = None) -> str:
@@ -146,7 +147,7 @@ def check_meshes(directory: Optional[str] = None, expected: Optional[str] = None
     set's hash. Raises :class:`LowPolyAssetsError` naming the file and the fix. Checked once per process."""
     directory = directory or mesh_dir()
     expected = expected or MESH_SET_SHA256
-    if _CHECKED.get(directory) == expected:
+    if CHECKED.get(directory) == expected:
         return expected
     manifest = _read_manifest(directory)
     actual: Dict[str, str] = {}
@@ -168,7 +169,7 @@ def check_meshes(directory: Optional[str] = None, expected: Optional[str] = None
                                  f"{expected[:12]} ({os.path.join(directory, MANIFEST)} lists other files than "
                                  f"vla_forget.envs.lowpoly.MESH_SET_SHA256 was made from); {_fix(directory)}")
     check_source(manifest)
-    _CHECKED[directory] = expected
+    CHECKED[directory] = expected
     return got
 
 

@@ -267,23 +267,24 @@ def _misplaced_message(group: str) -> str:
             f"(or: mv {g['old_root']} {g['root']})")
 
 
-_PROBES: Dict[str, Optional[str]] = {}
+#: each SimplerEnv interpreter's import check, once per process (None: it works; tests reset it)
+PROBES: Dict[str, Optional[str]] = {}
 
 
 def probe_simpler_python(python: Optional[str] = None) -> Optional[str]:
     """None if ``python`` imports simpler_env and mani_skill2_real2sim, else why not (cached per interpreter)."""
     python = python or simpler_python()
-    if python not in _PROBES:
+    if python not in PROBES:
         if not os.path.exists(python):
-            _PROBES[python] = f"{SIMPLER_PYTHON_ENV}={python} does not exist"
+            PROBES[python] = f"{SIMPLER_PYTHON_ENV}={python} does not exist"
         else:
             try:
                 r = subprocess.run([python, "-c", "import simpler_env, mani_skill2_real2sim"], capture_output=True,
                                    text=True, timeout=300)
-                _PROBES[python] = None if r.returncode == 0 else (r.stderr.strip().splitlines() or ["failed"])[-1]
+                PROBES[python] = None if r.returncode == 0 else (r.stderr.strip().splitlines() or ["failed"])[-1]
             except (OSError, subprocess.TimeoutExpired) as e:
-                _PROBES[python] = f"{type(e).__name__}: {e}"
-    return _PROBES[python]
+                PROBES[python] = f"{type(e).__name__}: {e}"
+    return PROBES[python]
 
 
 def _listing(paths: List[str], n: int = 3) -> str:

@@ -290,7 +290,7 @@ def test_a_dataset_larger_than_tfds_memory_buffer_is_written_without_tensorflow(
     monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1000)  # as if the examples were past tfds's 1 GB
     write(tmp_path / "ok", eps)  # the writer's own limit (half the memory) applies while it writes
     assert open_dataset(str(tmp_path / "ok")).num_episodes == 4 and shuffle.MAX_MEM_BUFFER_SIZE == 1000
-    monkeypatch.setattr(d, "_memory_buffer_bytes", lambda: 1000)  # and past the writer's own limit: a clear error
+    monkeypatch.setattr(d, "memory_buffer_bytes", lambda: 1000)  # and past the writer's own limit: a clear error
     with pytest.raises(DatasetError, match="tensorflow-cpu.*several datasets"):
         write(tmp_path / "big", eps)
     assert not (tmp_path / "big" / "rlds.tmp").exists()

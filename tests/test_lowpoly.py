@@ -137,7 +137,7 @@ def broken(tmp_path, monkeypatch):
     d = tmp_path / "panda_lowpoly"
     shutil.copytree(lowpoly.mesh_dir(), d)
     monkeypatch.setattr(lowpoly, "mesh_dir", lambda: str(d))
-    monkeypatch.setattr(lowpoly, "_CHECKED", {})
+    monkeypatch.setattr(lowpoly, "CHECKED", {})
     return d
 
 
@@ -182,9 +182,9 @@ def test_another_maniskill_panda_is_refused_with_what_to_install(tmp_path, monke
     src = tmp_path / "panda"
     shutil.copytree(lowpoly.source_dir(), src)
     monkeypatch.setattr(lowpoly, "source_dir", lambda: str(src))
-    monkeypatch.setattr(lowpoly, "_CHECKED", {})
+    monkeypatch.setattr(lowpoly, "CHECKED", {})
     assert lowpoly.check_meshes() == lowpoly.MESH_SET_SHA256  # the same files: accepted
-    monkeypatch.setattr(lowpoly, "_CHECKED", {})
+    monkeypatch.setattr(lowpoly, "CHECKED", {})
     urdf = src / lowpoly.SOURCE_URDF
     urdf.write_text(urdf.read_text().replace('effort="87"', 'effort="88"', 1))
     with pytest.raises(lowpoly.LowPolyAssetsError, match=r"panda_v2\.urdf differs.*install mani-skill==3\.0\.1"):

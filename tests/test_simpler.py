@@ -183,7 +183,7 @@ def _touch(root, files):
 def test_simpler_env_not_installed_is_a_clear_error(empty_assets, monkeypatch):
     from vla_forget.envs import simpler
 
-    monkeypatch.setattr(simpler, "_PROBES", {})
+    monkeypatch.setattr(simpler, "PROBES", {})
     _touch(str(empty_assets / "simpler-data"), SIMPLER_FILES)
     monkeypatch.setenv("VLA_FORGET_SIMPLER_PYTHON", sys.executable)  # an interpreter without simpler_env
     monkeypatch.setattr("vla_forget.envs.vulkan.check_vulkan", lambda *a, **k: "not needed")
@@ -283,9 +283,9 @@ def fake_simpler(tmp_path, monkeypatch):
     from vla_forget import preflight
     from vla_forget.envs import simpler
 
-    monkeypatch.setattr(simpler, "_PROBES", {})
+    monkeypatch.setattr(simpler, "PROBES", {})
     # SimplerEnv's interpreter as a GPU machine would report it (the preflight is tested in test_simpler_runtime.py)
-    monkeypatch.setattr(preflight, "_PROBES", {os.path.realpath(sys.executable): dict(HEALTHY_PREFLIGHT)})
+    monkeypatch.setattr(preflight, "PROBES", {os.path.realpath(sys.executable): dict(HEALTHY_PREFLIGHT)})
     return tmp_path
 
 

@@ -340,7 +340,7 @@ def probes(fake_simpler, monkeypatch):
             self.report = report
             if renderer is not None:
                 self.renderer = renderer
-            preflight._PROBES.clear()
+            preflight.PROBES.clear()
 
     p = Probes()
     p.calls = []
@@ -350,7 +350,7 @@ def probes(fake_simpler, monkeypatch):
         return {"renderer": p.renderer} if renderer else json.loads(json.dumps(p.report))
 
     monkeypatch.setattr(preflight, "run_probe", fake_run)
-    monkeypatch.setattr(preflight, "_PROBES", {})
+    monkeypatch.setattr(preflight, "PROBES", {})
     return p
 
 
@@ -406,7 +406,7 @@ def test_a_fake_interpreter_with_numpy_2(fake_simpler, tmp_path, monkeypatch):
     python = tmp_path / "simpler-python"
     python.write_text(f"#!/bin/sh\nPYTHONPATH={fake_np.parent} exec {sys.executable} \"$@\"\n")
     python.chmod(0o755)
-    monkeypatch.setattr(preflight, "_PROBES", {})
+    monkeypatch.setattr(preflight, "PROBES", {})
     report = preflight.run_probe(str(python))
     assert report["numpy"] == "2.0.1" and ("devices" in report["vulkan"] or "error" in report["vulkan"])
     why = preflight.preflight_error("SimplerPickCokeCan-v1", python=str(python))
@@ -447,7 +447,7 @@ def test_doctor_without_simplerenv_is_not_a_failure(tmp_path, monkeypatch, capsy
     from vla_forget.envs import simpler
 
     monkeypatch.setattr("vla_forget.envs.vulkan.check_vulkan", lambda *a, **k: "stand-in")
-    monkeypatch.setattr(simpler, "_PROBES", {})
+    monkeypatch.setattr(simpler, "PROBES", {})
     monkeypatch.setenv("VLA_FORGET_SIMPLER_PYTHON", str(tmp_path / "no-such-python"))
     assert main(["doctor"]) == 0
     assert "simpler_env: not installed" in capsys.readouterr().out

@@ -211,7 +211,7 @@ def dataset_statistics(actions: np.ndarray, states: Optional[np.ndarray], num_tr
     return entry
 
 
-def _memory_buffer_bytes() -> int:
+def memory_buffer_bytes() -> int:
     """How many bytes of serialised examples the writer keeps in memory: half the machine's memory (at
     least tfds's own 1 GiB), since without TensorFlow tfds cannot spill its shuffle buffer to disk."""
     try:
@@ -230,7 +230,7 @@ def _memory_shuffle_buffer(tfds):
         yield
         return
     old = shuffle.MAX_MEM_BUFFER_SIZE
-    shuffle.MAX_MEM_BUFFER_SIZE = max(old, _memory_buffer_bytes())
+    shuffle.MAX_MEM_BUFFER_SIZE = max(old, memory_buffer_bytes())
     try:
         yield
     finally:
@@ -306,7 +306,7 @@ def write_dataset(
             shutil.rmtree(tmp, ignore_errors=True)
             raise DatasetError(
                 f"the examples of {out} outgrew the writer's in-memory buffer "
-                f"({_memory_buffer_bytes() >> 20} MiB), and spilling to disk needs TensorFlow: install it "
+                f"({memory_buffer_bytes() >> 20} MiB), and spilling to disk needs TensorFlow: install it "
                 f"(pip install tensorflow-cpu), or write the data as several datasets (e.g. demos with another "
                 f"--seed-start and --out) and give each to --data; the raw episodes are kept") from e
         raise

@@ -132,7 +132,8 @@ elif "--renderer" in sys.argv:
 print("VLAF_PREFLIGHT " + json.dumps(out))
 '''
 
-_PROBES: Dict[str, Dict[str, Any]] = {}
+#: each interpreter's probe result, once per process (tests reset it)
+PROBES: Dict[str, Dict[str, Any]] = {}
 
 
 def run_probe(python: str, renderer: bool = False, timeout: float = 180.0) -> Dict[str, Any]:
@@ -159,12 +160,12 @@ def probe(python: Optional[str] = None) -> Dict[str, Any]:
 
     python = python or simpler_python()
     key = os.path.realpath(python) if os.path.exists(python) else python
-    if key not in _PROBES:
+    if key not in PROBES:
         report = run_probe(python)
         if "error" not in report and not _extension_devices(report):
             report["renderer"] = run_probe(python, renderer=True).get("renderer") or {"ok": False, "error": "no report"}
-        _PROBES[key] = report
-    return _PROBES[key]
+        PROBES[key] = report
+    return PROBES[key]
 
 
 def _extension_devices(report: Dict[str, Any]) -> List[Dict[str, Any]]:
