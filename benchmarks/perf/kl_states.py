@@ -80,7 +80,7 @@ def trade_off(args, root: str) -> list:
     import torch
 
     from vla_forget import rollout
-    from vla_forget.bench import _sample, _teacher_forced
+    from vla_forget.bench_divergences import sample as _sample, teacher_forced as _teacher_forced
     from vla_forget.divergences import reverse_on_policy_samples, summarize, token_divergences
     from vla_forget.policies import load_policy
     from vla_forget.policies.base import Observation
