@@ -107,7 +107,6 @@ def make_env(seed: int):
 def policy_mlp(obs_dim: int, hidden: int):
     """The policy network both learners use: 2 x ``hidden`` tanh, 7 x 256 logits, stable-baselines3's
     orthogonal initialisation (gain sqrt(2), the logits 0.01)."""
-    import torch
     from torch import nn
 
     net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
@@ -172,7 +171,7 @@ def run_sb3(s: Settings, seed: int, log) -> Dict[str, Any]:
 # --------------------------------------------------------------------------
 # this project's learner
 
-def run_project(s: Settings, seed: int, log) -> Dict[str, Any]:
+def run_project(s: Settings, seed: int, log, bootstrap: bool = False) -> Dict[str, Any]:
     import torch
     from torch import nn
 
@@ -243,12 +242,15 @@ def run_project(s: Settings, seed: int, log) -> Dict[str, Any]:
                 obs = np.stack([o[0] for o in out])
                 ep_r.append(torch.tensor([o[1] for o in out], dtype=torch.float32))
                 ep_ok |= np.array([bool(o[4]["success"]) for o in out])
+            returns += torch.stack(ep_r, 1).sum(1).tolist()
+            success += ep_ok.tolist()
+            if bootstrap:  # as stable-baselines3 does at a time limit: the value of the state the episode stopped in
+                with torch.no_grad():
+                    ep_r[-1] = ep_r[-1] + s.gamma * value_head(torch.as_tensor(obs, dtype=torch.float32))
             states.append(torch.stack(ep_s, 1))
             tokens.append(torch.stack(ep_t, 1))
             logp_tok.append(torch.stack(ep_lp, 1))
             rewards.append(torch.stack(ep_r, 1))
-            returns += torch.stack(ep_r, 1).sum(1).tolist()
-            success += ep_ok.tolist()
         states, tokens, logp_tok, rewards = (torch.cat(v) for v in (states, tokens, logp_tok, rewards))
         E, T = rewards.shape
         N = E * T
@@ -272,10 +274,14 @@ def run_project(s: Settings, seed: int, log) -> Dict[str, Any]:
         log(f"vla-forget seed {seed}: {rows[-1]}")
     for e in envs:
         e.close()
-    return {"learner": "vla-forget", "seed": seed, "rows": rows}
+    return {"learner": "vla-forget+bootstrap" if bootstrap else "vla-forget", "seed": seed, "rows": rows}
 
 
 # --------------------------------------------------------------------------
+
+LEARNERS = {"vla-forget": run_project, "sb3": run_sb3,
+            "vla-forget+bootstrap": lambda s, seed, log: run_project(s, seed, log, bootstrap=True)}
+
 
 def plot(results: List[Dict[str, Any]], path: str) -> bool:
     try:
@@ -286,7 +292,7 @@ def plot(results: List[Dict[str, Any]], path: str) -> bool:
     except ImportError:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    colours = {"sb3": "tab:blue", "vla-forget": "tab:orange"}
+    colours = {"sb3": "tab:blue", "vla-forget": "tab:orange", "vla-forget+bootstrap": "tab:green"}
     for r in results:
         xs = [row["env_steps"] for row in r["rows"] if row["return"] is not None]
         for ax, key in zip(axes, ("return", "success")):
@@ -311,7 +317,9 @@ def main(argv=None) -> int:
                                        "--out runs/reference/ppo-vs-sb3")
     p.add_argument("--steps", type=int, default=Settings.steps, help="env steps per learner and seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--learners", nargs="+", default=["vla-forget", "sb3"], choices=["vla-forget", "sb3"])
+    p.add_argument("--learners", nargs="+", default=["vla-forget", "sb3"], choices=list(LEARNERS),
+                   help="vla-forget+bootstrap: this project's update with the value of the last state added at the "
+                        "time limit, as stable-baselines3 does (the suite's episodes end there instead)")
     p.add_argument("--lr", type=float, default=Settings.lr)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -336,16 +344,16 @@ def main(argv=None) -> int:
         for learner in args.learners:
             if (learner, seed) in have:
                 continue
-            results.append((run_project if learner == "vla-forget" else run_sb3)(s, seed, log))
+            results.append(LEARNERS[learner](s, seed, log))
             with open(path + ".tmp", "w") as f:
                 json.dump({"task": TASK, "horizon": HORIZON, "settings": s.__dict__, "results": results}, f, indent=1)
             os.replace(path + ".tmp", path)
     if plot(results, os.path.join(args.out, "curves.png")):
         print(f"plot: {os.path.join(args.out, 'curves.png')}")
-    print(f"{'learner':<11} {'seed':>4} {'env steps':>9} {'return (last 5 updates)':>24} {'success':>8}")
+    print(f"{'learner':<21} {'seed':>4} {'env steps':>9} {'return (last 5 updates)':>24} {'success':>8}")
     for r in results:
         last = [row for row in r["rows"] if row["return"] is not None][-5:]
-        print(f"{r['learner']:<11} {r['seed']:>4} {last[-1]['env_steps']:>9} "
+        print(f"{r['learner']:<21} {r['seed']:>4} {last[-1]['env_steps']:>9} "
               f"{np.mean([x['return'] for x in last]):>24.2f} {np.mean([x['success'] for x in last]):>8.2f}")
     print(f"curves: {path}")
     return 0
