@@ -1,5 +1,5 @@
 """benchmarks/reference/ppo_vs_sb3.py drives this project's PPO update (vla_forget.adapt.ppo) on a
-state-based ManiSkill task: one short run of that side, so that a change of the update's interface breaks a
+state-based ManiSkill task: one short run of that side (and of its two variants at the time limit), so that a change of the update's interface breaks a
 test, not the reference comparison (stable-baselines3, an optional extra, is not needed here)."""
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ def _module():
 def test_the_projects_learner_runs_on_the_state_based_task(tmp_path, monkeypatch):
     monkeypatch.setenv("MS_SKIP_ASSET_DOWNLOAD_PROMPT", "1")
     mod = _module()
-    assert mod.main(["--steps", "1600", "--learners", "vla-forget", "vla-forget+bootstrap", "--out", str(tmp_path)]) == 0
+    learners = ["vla-forget", "vla-forget+bootstrap", "vla-forget+time"]
+    assert mod.main(["--steps", "1600", "--learners", *learners, "--out", str(tmp_path)]) == 0
     curves = json.loads((tmp_path / "curves.json").read_text())
-    assert curves["task"] == "PushCube-v1" and [r["learner"] for r in curves["results"]] == ["vla-forget",
-                                                                                            "vla-forget+bootstrap"]
+    assert curves["task"] == "PushCube-v1" and [r["learner"] for r in curves["results"]] == learners
     for r in curves["results"]:
         assert [row["env_steps"] for row in r["rows"]] == [800, 1600]  # 16 episodes of 50 steps an update
         for row in r["rows"]:
             assert row["first_clipfrac"] == 0 and 0 <= row["success"] <= 1 and row["return"] > 0
     # a second call keeps what is there and adds nothing it already has
     assert mod.main(["--steps", "1600", "--learners", "vla-forget", "--out", str(tmp_path)]) == 0
-    assert len(json.loads((tmp_path / "curves.json").read_text())["results"]) == 2
+    assert len(json.loads((tmp_path / "curves.json").read_text())["results"]) == 3

@@ -171,7 +171,7 @@ def run_sb3(s: Settings, seed: int, log) -> Dict[str, Any]:
 # --------------------------------------------------------------------------
 # this project's learner
 
-def run_project(s: Settings, seed: int, log, bootstrap: bool = False) -> Dict[str, Any]:
+def run_project(s: Settings, seed: int, log, bootstrap: bool = False, time_aware: bool = False) -> Dict[str, Any]:
     import torch
     from torch import nn
 
@@ -211,7 +211,8 @@ def run_project(s: Settings, seed: int, log, bootstrap: bool = False) -> Dict[st
             return Observation(image=None, state=self.states[torch.as_tensor(idx)].to(device), instruction=[""] * len(idx))
 
     policy = MLPTokens()
-    value_head = ValueHead(obs_dim, s.hidden, seed=seed)
+    # time_aware: the value head also reads the fraction of the episode left (its input is the state and that)
+    value_head = ValueHead(obs_dim + int(time_aware), s.hidden, seed=seed)
     opt = torch.optim.AdamW([{"params": list(policy.parameters()), "lr": s.lr, "weight_decay": 0.0},
                              {"params": list(value_head.parameters()), "lr": s.lr, "weight_decay": 0.0}],
                             lr=s.lr, betas=(0.9, 0.999), eps=1e-8)
@@ -255,14 +256,18 @@ def run_project(s: Settings, seed: int, log, bootstrap: bool = False) -> Dict[st
         E, T = rewards.shape
         N = E * T
         flat_states = states.reshape(N, -1)
+        features = flat_states
+        if time_aware:
+            left = (1.0 - torch.arange(T, dtype=torch.float32) / T).repeat(E).unsqueeze(1)
+            features = torch.cat([flat_states, left], dim=1)
         with torch.no_grad():
-            values = value_head(flat_states).view(E, T)
+            values = value_head(features).view(E, T)
         dones = torch.zeros(E, T, dtype=torch.bool)
         dones[:, -1] = True
         adv, ret = gae(rewards, values, dones, s.gamma, s.gae_lambda)
         batch = {"tokens": tokens.reshape(N, 7), "old_logp": logp_tok.reshape(N, 7).sum(-1),
                  "old_logp_tokens": logp_tok.reshape(N, 7), "advantages": adv.reshape(N), "returns": ret.reshape(N),
-                 "features": flat_states, "kl_ref": None}
+                 "features": features, "kl_ref": None}
         stats = update_epochs(policy, value_head, Batch(flat_states), batch, cfg, KLPenalty(None, 0.0),
                               lambda loss: optimizer_step(opt, loss, s.grad_clip), update)
         done_steps += N
@@ -271,16 +276,18 @@ def run_project(s: Settings, seed: int, log, bootstrap: bool = False) -> Dict[st
                      "wall_s": round(time.perf_counter() - t0, 1), "clip_fraction": stats["clipfrac"],
                      "approx_kl": stats["approx_kl"], "first_clipfrac": stats.get("first_clipfrac"),
                      "explained_variance": None if var == 0 else 1 - float((ret - values).var()) / var})
-        log(f"vla-forget seed {seed}: {rows[-1]}")
+        log(f"{'vla-forget' + ('+bootstrap' if bootstrap else '') + ('+time' if time_aware else '')} seed {seed}: {rows[-1]}")
     for e in envs:
         e.close()
-    return {"learner": "vla-forget+bootstrap" if bootstrap else "vla-forget", "seed": seed, "rows": rows}
+    name = "vla-forget" + ("+bootstrap" if bootstrap else "") + ("+time" if time_aware else "")
+    return {"learner": name, "seed": seed, "rows": rows}
 
 
 # --------------------------------------------------------------------------
 
 LEARNERS = {"vla-forget": run_project, "sb3": run_sb3,
-            "vla-forget+bootstrap": lambda s, seed, log: run_project(s, seed, log, bootstrap=True)}
+            "vla-forget+bootstrap": lambda s, seed, log: run_project(s, seed, log, bootstrap=True),
+            "vla-forget+time": lambda s, seed, log: run_project(s, seed, log, time_aware=True)}
 
 
 def plot(results: List[Dict[str, Any]], path: str) -> bool:
@@ -292,7 +299,8 @@ def plot(results: List[Dict[str, Any]], path: str) -> bool:
     except ImportError:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    colours = {"sb3": "tab:blue", "vla-forget": "tab:orange", "vla-forget+bootstrap": "tab:green"}
+    colours = {"sb3": "tab:blue", "vla-forget": "tab:orange", "vla-forget+bootstrap": "tab:green",
+               "vla-forget+time": "tab:red"}
     for r in results:
         xs = [row["env_steps"] for row in r["rows"] if row["return"] is not None]
         for ax, key in zip(axes, ("return", "success")):
@@ -319,7 +327,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--learners", nargs="+", default=["vla-forget", "sb3"], choices=list(LEARNERS),
                    help="vla-forget+bootstrap: this project's update with the value of the last state added at the "
-                        "time limit, as stable-baselines3 does (the suite's episodes end there instead)")
+                        "time limit, as stable-baselines3 does (the suite's episodes end there instead); "
+                        "vla-forget+time: its value head also reads the fraction of the episode left")
     p.add_argument("--lr", type=float, default=Settings.lr)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
