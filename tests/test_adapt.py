@@ -631,6 +631,12 @@ def test_ppo_first_minibatch_has_ratio_one_and_no_clipping(fake, base_dir):
     # at this step size the ratios leave the clip range within the update, and the record says when
     assert any(r["steps_to_clip_0.2"] is not None and r["steps_to_clip_0.2"] > 1 for r in rows), rows
     assert max(r["clipfrac_by_epoch"][-1] for r in rows) > 0
+    # a value head that also reads the time left: one more input, the same check
+    ppo.train(config(fake, base_dir, "ppo", out="timed", epochs=1, updates=1, value_time=True))
+    (r,) = log_lines(str(fake / "timed"))
+    assert r["first_clipfrac"] == 0 and r["explained_variance"] is not None
+    vh = torch.load(os.path.join(list_checkpoints(str(fake / "timed"))[-1], "train_state.pt"), weights_only=True)["value_head"]
+    assert vh["net.0.weight"].shape[1] == load_policy(base_dir).feature_dim + 1
     # rollouts at another temperature: the sampler and the learner still use one distribution (the tempered one)
     ppo.train(config(fake, base_dir, "ppo", out="hot", epochs=1, updates=1, temperature=2.0))
     (r,) = log_lines(str(fake / "hot"))

@@ -253,6 +253,9 @@ class PPOConfig(RLConfig):
     """hidden width of the value head (an MLP on policy.features)"""
     value_lr: float = 3e-4
     """learning rate of the value head"""
+    value_time: bool = False
+    """the value head also reads the fraction of the episode left (the suite's episodes end at a fixed length, so
+    the value of a state depends on the time left)"""
 
     def problems(self) -> List[str]:
         out = super().problems()

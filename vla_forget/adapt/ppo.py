@@ -5,7 +5,8 @@ One update::
     1. roll out `episodes_per_update` episodes of the current policy (sampling at temperature 1) in
        the simulator workers; per step keep the 7 sampled tokens and their joint log-probability
     2. values V(s) from a small MLP on policy.features(s) (features without gradient: the value
-       loss never moves the policy); rewards (binary success at the end, or dense); GAE(gamma, lambda)
+       loss never moves the policy) and, with `value_time`, the fraction of the episode left;
+       rewards (binary success at the end, or dense); GAE(gamma, lambda)
     3. `epochs` passes over the batch in shuffled minibatches; per minibatch one AdamW step on
            clipped surrogate of r = exp(log pi(a|s) - log pi_old(a|s))    (a = the 7 tokens, jointly)
          + vf_coef * 0.5 (V(s) - R)^2
@@ -175,7 +176,8 @@ def train(cfg: PPOConfig, *, resume: bool = False, stop_at: Optional[int] = None
     run = Run(cfg, resume=resume)
     cfg, policy, device = run.cfg, run.policy, run.device
     policy.eval()
-    value_head = ValueHead(policy.feature_dim, cfg.value_hidden, seed=common.derive_seed(cfg.seed, "value_head")).to(device)
+    value_head = ValueHead(policy.feature_dim + int(cfg.value_time), cfg.value_hidden,
+                           seed=common.derive_seed(cfg.seed, "value_head")).to(device)
     opt = run.optimizer([{"params": list(value_head.parameters()), "lr": cfg.value_lr, "weight_decay": 0.0}])
     run.begin(opt, value_head)
     collector = collector_for(run)
@@ -197,6 +199,9 @@ def train(cfg: PPOConfig, *, resume: bool = False, stop_at: Optional[int] = None
                     features.append(policy.features(obs).float())
                     refs.append(run.kl.reference(obs, kl_gen))
                 features = torch.cat(features)
+                if cfg.value_time:  # the fraction of the episode left: the suite's episodes end at a fixed length
+                    left = (1.0 - torch.arange(T, dtype=features.dtype, device=device) / T).repeat(E).unsqueeze(1)
+                    features = torch.cat([features, left], dim=1)
                 values = value_head(features).view(E, T)
             rewards = torch.from_numpy(traj.reward).to(device)
             dones = torch.from_numpy(traj.done).to(device)
