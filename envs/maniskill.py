@@ -118,16 +118,32 @@ NO_STEP_LIMIT = 10_000
 _RENDER_KEEPALIVE: list = []
 
 
-def quiet_maniskill_logs() -> None:
-    """ManiSkill logs harmless warnings per env (initial poses, render fallbacks); keep errors only.
+#: ManiSkill log messages (their beginnings) that say nothing to a user of the suite: the tasks place every actor
+#: at reset, and the renderer is chosen on purpose
+MANISKILL_NOISE = ("No initial pose set for actor builder", 'Requested to use render device "sapien_cuda"')
 
-    Set VLA_FORGET_VERBOSE=1 to see them.
+
+class _DropNoise:
+    """A logging filter that drops :data:`MANISKILL_NOISE` and keeps every other record."""
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith(MANISKILL_NOISE)
+
+
+def quiet_maniskill_logs() -> None:
+    """Drop ManiSkill's per-env messages that say nothing to the user (:data:`MANISKILL_NOISE`: the actor
+    builders' initial poses, the render-device fallback) and keep its other warnings and errors.
+
+    Set VLA_FORGET_VERBOSE=1 to see everything.
     """
-    import logging
     import os
 
-    if not os.environ.get("VLA_FORGET_VERBOSE"):
-        logging.getLogger("mani_skill").setLevel(logging.ERROR)
+    if os.environ.get("VLA_FORGET_VERBOSE"):
+        return
+    from mani_skill.utils.logging_utils import logger  # ManiSkill's own logger ("mani_skill ", with a space)
+
+    if not any(isinstance(f, _DropNoise) for f in logger.filters):
+        logger.addFilter(_DropNoise())
 
 
 # --- per-task simulator facts for the scripted expert --------------------------

@@ -193,3 +193,40 @@ def test_an_evaluation_env_skips_the_shaped_reward_and_runs_the_same_episode(tas
     finally:
         for e in envs:
             e.close()
+
+
+def test_maniskills_noise_is_dropped_and_its_real_warnings_kept(monkeypatch):
+    """ManiSkill's actor-builder pose and render-device messages say nothing to a user: dropped; any other
+    warning of its logger still shows; VLA_FORGET_VERBOSE=1 keeps everything."""
+    import logging
+
+    from mani_skill.utils.logging_utils import logger
+
+    from vla_forget.envs.maniskill import quiet_maniskill_logs
+
+    seen = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    catch = Catch()
+    logger.addHandler(catch)
+    saved = list(logger.filters)
+    try:
+        logger.filters[:] = [f for f in saved if type(f).__name__ != "_DropNoise"]
+        monkeypatch.delenv("VLA_FORGET_VERBOSE", raising=False)
+        quiet_maniskill_logs()
+        quiet_maniskill_logs()  # idempotent: one filter
+        assert sum(type(f).__name__ == "_DropNoise" for f in logger.filters) == 1
+        logger.warning("No initial pose set for actor builder of cube, setting to default pose")
+        logger.warning("Requested to use render device \"sapien_cuda\", but CUDA device was not found")
+        logger.warning("the scene has no lights")
+        assert seen == ["the scene has no lights"]
+    finally:
+        logger.removeHandler(catch)
+        logger.filters[:] = saved
+    monkeypatch.setenv("VLA_FORGET_VERBOSE", "1")
+    before = list(logger.filters)
+    quiet_maniskill_logs()
+    assert logger.filters == before
