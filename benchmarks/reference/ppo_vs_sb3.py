@@ -301,12 +301,16 @@ def plot(results: List[Dict[str, Any]], path: str) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     colours = {"sb3": "tab:blue", "vla-forget": "tab:orange", "vla-forget+bootstrap": "tab:green",
                "vla-forget+time": "tab:red"}
+    window = 10  # updates (8,000 env steps): the mean of 16 episodes is noisy
     for r in results:
-        xs = [row["env_steps"] for row in r["rows"] if row["return"] is not None]
+        rows = [row for row in r["rows"] if row["return"] is not None]
+        xs = [row["env_steps"] for row in rows][window - 1:]
         for ax, key in zip(axes, ("return", "success")):
-            ax.plot(xs, [row[key] for row in r["rows"] if row["return"] is not None], color=colours[r["learner"]],
-                    alpha=0.85, label=f"{r['learner']} seed {r['seed']}")
-    for ax, key in zip(axes, ("mean return of the training episodes", "success (once) of the training episodes")):
+            ys = np.convolve([row[key] for row in rows], np.ones(window) / window, mode="valid")
+            ax.plot(xs, ys, color=colours[r["learner"]], alpha=0.9, lw=1.4,
+                    ls="-" if r["seed"] == 0 else "--", label=f"{r['learner']} seed {r['seed']}")
+    for ax, key in zip(axes, (f"mean return of the training episodes ({window}-update mean)",
+                              f"success (once) of the training episodes ({window}-update mean)")):
         ax.set_xlabel("env steps")
         ax.set_title(key, fontsize=10)
         ax.grid(alpha=0.3)
