@@ -26,6 +26,7 @@ def test_the_projects_learner_runs_on_the_state_based_task(tmp_path, monkeypatch
     learners = ["vla-forget", "vla-forget+bootstrap", "vla-forget+time"]
     assert mod.main(["--steps", "1600", "--learners", *learners, "--out", str(tmp_path)]) == 0
     curves = json.loads((tmp_path / "curves.json").read_text())
+    assert (tmp_path / "curves.png").stat().st_size > 0  # the plot, with fewer updates than its window
     assert curves["task"] == "PushCube-v1" and [r["learner"] for r in curves["results"]] == learners
     for r in curves["results"]:
         assert [row["env_steps"] for row in r["rows"]] == [800, 1600]  # 16 episodes of 50 steps an update

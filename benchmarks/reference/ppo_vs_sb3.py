@@ -301,7 +301,7 @@ def plot(results: List[Dict[str, Any]], path: str) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     colours = {"sb3": "tab:blue", "vla-forget": "tab:orange", "vla-forget+bootstrap": "tab:green",
                "vla-forget+time": "tab:red"}
-    window = 10  # updates (8,000 env steps): the mean of 16 episodes is noisy
+    window = max(1, min([10] + [len(r["rows"]) for r in results]))  # updates: the mean of 16 episodes is noisy
     for r in results:
         rows = [row for row in r["rows"] if row["return"] is not None]
         xs = [row["env_steps"] for row in rows][window - 1:]
