@@ -232,6 +232,15 @@ def test_cli_takes_base_and_target_from_the_runs(world, capsys):
     assert res["base"] == base and res["target"]["task"] == "FakeTarget-v1"
     assert [c["update"] for c in res["checkpoints"]] == [0, 4, 0, 4]
     assert len(res["policies"]) == 3  # no preset policies added
+    # the end of the run on one screen: a row per policy with its figures, then where everything is
+    printed = capsys.readouterr().out.splitlines()
+    top = next(i for i, line in enumerate(printed) if line.startswith("policy "))
+    assert "forgetting, pp [95 %]" in printed[top] and "forward KL" in printed[top]
+    rows = printed[top + 1:top + 1 + len(res["policies"])]
+    assert len(rows) == 3 and all(p["id"].endswith(r.split()[0].lstrip("…")) for r, p in zip(rows, res["policies"]))
+    assert rows[0].rstrip().endswith("base")
+    assert any(line.startswith(f"report:  {os.path.join(out, 'report.md')}") for line in printed)
+    assert not any(line.startswith("## ") for line in printed)  # not the whole report
 
 
 def test_cli_takes_the_battery_from_the_runs_when_not_given(world, capsys):

@@ -100,9 +100,11 @@ def cmd_bench(args) -> int:
     except BenchError as e:
         print(f"vla-forget bench: {e}", file=sys.stderr)
         return 2
-    run_bench(cfg, resume=args.resume, analyze_only=getattr(args, "analyze_only", False))
-    print(open(os.path.join(args.out, "report.md")).read())
-    print(f"results: {os.path.join(args.out, 'results.json')}")
+    results = run_bench(cfg, resume=args.resume, analyze_only=getattr(args, "analyze_only", False))
+    from vla_forget.report import summary_lines
+
+    if results and results.get("policies"):
+        print("\n".join(summary_lines(results, args.out)))
     return 0
 
 

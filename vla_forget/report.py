@@ -261,3 +261,49 @@ def checkpoint_section(results: Dict[str, Any]) -> List[str]:
         if plots.get("law"):
             L += [f"![forgetting against forward KL, with the law fit]({plots['law']})"]
     return L
+
+
+def summary_lines(results: Dict[str, Any], run_dir: str, max_rows: int = 15) -> List[str]:
+    """The end of a bench on one screen: per policy, battery success and forgetting, target success and gain
+    (with their 95 % intervals) and the forward KL to the base; then where the report, results and videos are.
+    At most ``max_rows`` policies (the rest are counted; report.md has them all)."""
+    policies = [p["id"] for p in results["policies"]]
+    target = (results.get("target") or {}).get("task")
+    kl = results.get("kl_to_base") or {}
+
+    def iv(d: Any) -> str:
+        if not d or d.get("value") is None or (isinstance(d["value"], float) and math.isnan(d["value"])):
+            return "-"
+        return (f"{_num(100 * d['value'], '{:+.1f}')} [{_num(100 * d['ci_low'], '{:+.1f}')}, "
+                f"{_num(100 * d['ci_high'], '{:+.1f}')}]")
+
+    rows = []
+    for p in policies:
+        t = (results["success"].get(p) or {}).get(target) if target else None
+        k = kl.get(p)
+        rows.append((p, _pct(results["battery_mean_success"].get(p)), iv(results["forgetting_detail"].get(p)),
+                     _pct(t["rate"]) if t else "-", iv((results.get("gain_detail") or {}).get(p)),
+                     "base" if p == results["base"] else (_num(k.get("forward"), "{:.2f}") if k else "-")))
+    head = ("policy", "battery %", "forgetting, pp [95 %]", "target %", "gain, pp [95 %]", "forward KL")
+    shown = rows[:max_rows]
+    width = [max(len(str(r[i])) for r in [head, *shown]) for i in range(len(head))]
+    width[0] = min(width[0], 48)
+
+    def line(r) -> str:
+        name = r[0] if len(r[0]) <= width[0] else "…" + r[0][-(width[0] - 1):]
+        return "  ".join([name.ljust(width[0])] + [str(c).rjust(w) for c, w in zip(r[1:], width[1:])])
+
+    battery = results["battery"]
+    out = [f"vla-forget bench: {battery['id']}{' + ' + target if target else ''}, base {results['base']}, "
+           f"{results['episodes']} episodes in {results.get('wall_s', 0):.0f} s", "", line(head)]
+    out += [line(r) for r in shown]
+    if len(rows) > max_rows:
+        out.append(f"... and {len(rows) - max_rows} more policies (report.md has them all)")
+    if not any(p != results["base"] and kl.get(p) for p in policies):
+        reason = (results.get("divergences") or {}).get("skipped")
+        out.append(f"Divergences: {reason or 'none computed'}.")
+    out += ["", f"report:  {os.path.join(run_dir, 'report.md')} (every table, divergences by phase of the episode)",
+            f"results: {os.path.join(run_dir, 'results.json')}"]
+    if os.path.isdir(os.path.join(run_dir, "videos")):
+        out.append(f"videos:  {os.path.join(run_dir, 'videos')}")
+    return out
