@@ -74,3 +74,16 @@ def test_bench_options_are_its_config_fields():
     args = build_parser().parse_args(["bench", "--out", "o", "--policy", "a", "--policy", "b", "--greedy",
                                       "--no-progress", "--kl-states", "both"])
     assert args.policies == ["a", "b"] and args.greedy is True and args.progress is False and args.kl_states == "both"
+
+
+def test_every_commands_help_prints(capsys):
+    """`vla-forget CMD --help` for every command (a help text with a bare % once broke argparse's formatting)."""
+    import pytest
+
+    from vla_forget.cli import COMMANDS, main
+
+    for cmd in COMMANDS:
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0, cmd
+        assert "usage: vla-forget " + cmd in capsys.readouterr().out

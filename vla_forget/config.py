@@ -98,6 +98,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, *, required: Iter
             shown = shown_defaults.get(f.name, default)
             if shown is not None and f.name not in required:
                 kw["help"] = f"{doc} (default: {shown})"
+        kw["help"] = kw["help"].replace("%", "%%")  # argparse formats help with %: a doc's "95 %" stays text
         parser.add_argument(flag, **kw)
 
 
