@@ -44,7 +44,6 @@ runs N at a time. Adaptation keeps every checkpoint;
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import itertools
 import json
@@ -202,10 +201,9 @@ def _options(v: Any, where: str, errors: List[str], reserved=RESERVED_OPTIONS,
 
 def adapt_options(method: Optional[str] = None) -> List[str]:
     """The option names of `vla-forget adapt`: of ``method``'s config, or of any method's."""
-    from vla_forget.adapt import METHODS
+    from vla_forget.adapt.configs import option_names
 
-    configs = [METHODS[method].config] if method else [m.config for m in METHODS.values()]
-    return list(dict.fromkeys(f.name for cls in configs for f in dataclasses.fields(cls)))
+    return option_names(method)
 
 
 def batch_option(method: str) -> str:

@@ -36,7 +36,7 @@ import numpy as np
 
 from vla_forget.adapt import METHODS
 from vla_forget.adapt.configs import (REWARDS, AdaptConfig, RolloutConfig, config_dict, hparams,  # noqa: F401
-                                      make_config, methods_with)
+                                      make_config, methods_with, option_names)
 from vla_forget.errors import VlaForgetError
 from vla_forget.registry import unversioned
 from vla_forget.runfolder import RunKind
@@ -142,8 +142,7 @@ def config_from_args(args, saved: Optional[Dict[str, Any]] = None) -> AdaptConfi
     that the method does not have is refused (AdaptError)."""
     cls = METHODS[args.method].config
     names = [f.name for f in dataclasses.fields(cls)]
-    foreign = ["--" + k.replace("_", "-") for k in sorted(set().union(*(
-        {f.name for f in dataclasses.fields(m.config)} for m in METHODS.values())) - set(names))
+    foreign = ["--" + k.replace("_", "-") for k in sorted(set(option_names()) - set(names))
                if getattr(args, k, None) is not None]
     if foreign:
         raise AdaptError(f"{', '.join(foreign)}: not {'an option' if len(foreign) == 1 else 'options'} of "

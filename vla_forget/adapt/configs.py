@@ -107,6 +107,12 @@ def make_config(method_name: str, **fields: Any) -> "AdaptConfig":
     return cls(**fields)
 
 
+def option_names(method_name: Optional[str] = None) -> List[str]:
+    """The fields of ``method_name``'s config, or of any method's (in the order the CLI lists them)."""
+    configs = [METHODS[method_name].config] if method_name else [m.config for m in METHODS.values()]
+    return list(dict.fromkeys(f.name for cls in configs for f in dataclasses.fields(cls)))
+
+
 def methods_with(name: str) -> List[str]:
     """The methods whose config has the field ``name``."""
     return [m for m, meth in METHODS.items() if name in {f.name for f in dataclasses.fields(meth.config)}]
@@ -286,10 +292,9 @@ class ReinforceConfig(RLConfig):
         return out
 
 
-@method("grpo", "vla_forget.adapt.grpo:train")
 @dataclass
-class GRPOConfig(RLConfig):
-    """Group-relative policy optimisation: groups of rollouts from one initial state (vla_forget.adapt.grpo)."""
+class GroupConfig(RLConfig):
+    """The methods that roll out groups from one initial state and update with the clipped surrogate."""
 
     group_size: int = 4
     """rollouts per initial state (episodes_per_update must be a multiple)"""
@@ -306,40 +311,36 @@ class GRPOConfig(RLConfig):
         out = super().problems()
         _positive(self, ("epochs", "minibatch_size"), out)
         if self.group_size < 2 or self.episodes_per_update % self.group_size:
-            out.append(f"grpo: --group-size must be >= 2 and divide --episodes-per-update "
+            out.append(f"{self.method}: --group-size must be >= 2 and divide --episodes-per-update "
                        f"(got {self.group_size} and {self.episodes_per_update})")
         return out
 
 
+@method("grpo", "vla_forget.adapt.grpo:train")
+@dataclass
+class GRPOConfig(GroupConfig):
+    """Group-relative policy optimisation: groups of rollouts from one initial state (vla_forget.adapt.grpo)."""
+
+
 @method("rloo", "vla_forget.adapt.rloo:train")
 @dataclass
-class RLOOConfig(RLConfig):
+class RLOOConfig(GroupConfig):
     """Leave-one-out group baselines without a critic, with dynamic sampling (vla_forget.adapt.rloo)."""
 
     lr: float = 3e-6
     episodes_per_update: int = 32
     group_size: int = 8
-    """rollouts per initial state (episodes_per_update must be a multiple)"""
+    epochs: int = 1
+    minibatch_size: int = 256
     dynamic_sampling: bool = True
     """drop groups whose episodes all scored the same (no learning signal) and draw new initial states until
     the update has episodes_per_update episodes in informative groups, or max_draws rounds were drawn"""
     max_draws: int = 3
     """most rounds of episodes_per_update rollouts an update draws for dynamic sampling"""
-    epochs: int = 1
-    """passes over each rollout batch (one optimiser step per minibatch)"""
-    minibatch_size: int = 256
-    """steps per minibatch"""
-    clip_coef: float = 0.2
-    """clip the probability ratio to [1 - clip, 1 + clip]"""
-    ent_coef: float = 0.0
-    """weight of the entropy bonus (summed over the 7 tokens)"""
 
     def problems(self) -> List[str]:
         out = super().problems()
-        _positive(self, ("epochs", "minibatch_size", "max_draws"), out)
-        if self.group_size < 2 or self.episodes_per_update % self.group_size:
-            out.append(f"rloo: --group-size must be >= 2 and divide --episodes-per-update "
-                       f"(got {self.group_size} and {self.episodes_per_update})")
+        _positive(self, ("max_draws",), out)
         return out
 
 

@@ -52,25 +52,6 @@ def informative(returns: torch.Tensor, group_size: int) -> torch.Tensor:
     return (g.max(1).values - g.min(1).values) > 0
 
 
-def select_episodes(traj: Trajectories, keep: np.ndarray) -> Trajectories:
-    """The episodes ``keep`` (indices) of a batch, in that order."""
-    fields = {}
-    for name in ("image", "state", "tokens", "logp", "success", "dense", "seeds", "reward", "logp_tokens"):
-        a = getattr(traj, name)
-        fields[name] = None if a is None else a[keep]
-    return Trajectories(instruction=[traj.instruction[i] for i in keep], wall_s=traj.wall_s, **fields)
-
-
-def concat(parts: List[Trajectories]) -> Trajectories:
-    """Batches of episodes of one length, one after the other."""
-    fields = {}
-    for name in ("image", "state", "tokens", "logp", "success", "dense", "seeds", "reward", "logp_tokens"):
-        arrays = [getattr(p, name) for p in parts]
-        fields[name] = None if any(a is None for a in arrays) else np.concatenate(arrays)
-    return Trajectories(instruction=[s for p in parts for s in p.instruction], wall_s=sum(p.wall_s for p in parts),
-                        **fields)
-
-
 def train(cfg: RLOOConfig, *, resume: bool = False, stop_at: Optional[int] = None) -> Dict[str, Any]:
     """Run RLOO as ``cfg`` says (``stop_at``: stop after that update, as an interruption would)."""
     run = Run(cfg, resume=resume)
@@ -97,13 +78,13 @@ def train(cfg: RLOOConfig, *, resume: bool = False, stop_at: Optional[int] = Non
                 drawn.append(traj)
                 returns = torch.from_numpy(traj.reward).sum(1)
                 ok = informative(returns, K).numpy() if cfg.dynamic_sampling else np.ones(groups_wanted, bool)
-                take = [g for g in np.nonzero(ok)[0]][:groups_wanted - n_kept]
-                if take:
-                    kept_parts.append(select_episodes(traj, np.concatenate([np.arange(g * K, (g + 1) * K) for g in take])))
+                take = np.nonzero(ok)[0][:groups_wanted - n_kept]
+                if len(take):
+                    kept_parts.append(traj.select(np.concatenate([np.arange(g * K, (g + 1) * K) for g in take])))
                     n_kept += len(take)
                 if n_kept >= groups_wanted:
                     break
-            everything = concat(drawn)
+            everything = Trajectories.join(drawn)
             kept = traces.add(everything, update)
             record: Dict[str, Any] = {
                 "success_rate": float(everything.success_at_end.mean()),
@@ -116,7 +97,7 @@ def train(cfg: RLOOConfig, *, resume: bool = False, stop_at: Optional[int] = Non
             stats: Dict[str, list] = defaultdict(list)
             if n_kept:
                 # 3. leave-one-out advantages on every step of the kept episodes
-                batch = concat(kept_parts)
+                batch = Trajectories.join(kept_parts)
                 T, N = batch.horizon, batch.num_steps
                 adv = loo_advantages(torch.from_numpy(batch.reward).sum(1), K).float().repeat_interleave(T).to(device)
                 tokens = torch.from_numpy(batch.flat("tokens").astype(np.int64)).to(device)

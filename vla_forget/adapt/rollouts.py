@@ -39,7 +39,7 @@ import glob
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -109,6 +109,25 @@ class Trajectories:
         return cls(image=cat("image"), state=cat("state"), instruction=[s for p in parts for s in p["instruction"]],
                    tokens=cat("tokens"), logp=cat("logp"), logp_tokens=cat("logp_tokens"), success=cat("success"), dense=cat("dense"),
                    seeds=cat("seeds"), wall_s=float(sum(p["wall_s"] for p in parts)))
+
+    #: fields that are not per-episode arrays
+    _NOT_ARRAYS = ("instruction", "wall_s")
+
+    def select(self, idx: Sequence[int]) -> "Trajectories":
+        """The episodes ``idx`` (indices), in that order."""
+        arrays = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[np.asarray(idx)]
+                  for f in fields(self) if f.name not in self._NOT_ARRAYS}
+        return Trajectories(instruction=[self.instruction[int(i)] for i in idx], wall_s=self.wall_s, **arrays)
+
+    @classmethod
+    def join(cls, parts: Sequence["Trajectories"]) -> "Trajectories":
+        """Batches of episodes of one length, one after the other (a field some batch lacks is left out)."""
+        arrays = {}
+        for f in fields(cls):
+            if f.name not in cls._NOT_ARRAYS:
+                got = [getattr(p, f.name) for p in parts]
+                arrays[f.name] = None if any(a is None for a in got) else np.concatenate(got)
+        return cls(instruction=[s for p in parts for s in p.instruction], wall_s=sum(p.wall_s for p in parts), **arrays)
 
     # flat views: step i of the batch is episode i // T, step i % T
     def flat(self, name: str) -> np.ndarray:
