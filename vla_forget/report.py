@@ -37,6 +37,13 @@ def _pm(e: Dict[str, Any], key: str) -> str:
     return f"{_num(e.get(key))} ± {_num(e.get(key + '_se'))}" if e and e.get(key) is not None else "-"
 
 
+def _pp_interval(d: Dict[str, Any] | None) -> str:
+    """A difference of rates in points with its interval, ``+12.5 [+3.1, +21.9]`` ("-" for none)."""
+    if not d:
+        return "-"
+    return f"{_num(100 * d['value'], '{:+.1f}')} [{_num(100 * d['ci_low'], '{:+.1f}')}, {_num(100 * d['ci_high'], '{:+.1f}')}]"
+
+
 def _tv(e: Dict[str, Any]) -> str:
     if not e or e.get("tv") is None:
         return "-"
@@ -99,9 +106,7 @@ def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
     for p in policies:
         f = results["forgetting_detail"].get(p, {})
         g = results.get("gain_detail", {}).get(p)
-        fs = f"{_num(100 * f['value'], '{:+.1f}')} [{_num(100 * f['ci_low'], '{:+.1f}')}, {_num(100 * f['ci_high'], '{:+.1f}')}]" if f else "-"
-        gs = f"{_num(100 * g['value'], '{:+.1f}')} [{_num(100 * g['ci_low'], '{:+.1f}')}, {_num(100 * g['ci_high'], '{:+.1f}')}]" if g else "-"
-        L.append(f"| {p} | {_pct(results['battery_mean_success'].get(p))} | {fs} | {gs} |")
+        L.append(f"| {p} | {_pct(results['battery_mean_success'].get(p))} | {_pp_interval(f)} | {_pp_interval(g)} |")
     L += [
         "",
         "## Action-distribution divergence to the base",
@@ -271,18 +276,12 @@ def summary_lines(results: Dict[str, Any], run_dir: str, max_rows: int = 15) -> 
     target = (results.get("target") or {}).get("task")
     kl = results.get("kl_to_base") or {}
 
-    def iv(d: Any) -> str:
-        if not d or d.get("value") is None or (isinstance(d["value"], float) and math.isnan(d["value"])):
-            return "-"
-        return (f"{_num(100 * d['value'], '{:+.1f}')} [{_num(100 * d['ci_low'], '{:+.1f}')}, "
-                f"{_num(100 * d['ci_high'], '{:+.1f}')}]")
-
     rows = []
     for p in policies:
         t = (results["success"].get(p) or {}).get(target) if target else None
         k = kl.get(p)
-        rows.append((p, _pct(results["battery_mean_success"].get(p)), iv(results["forgetting_detail"].get(p)),
-                     _pct(t["rate"]) if t else "-", iv((results.get("gain_detail") or {}).get(p)),
+        rows.append((p, _pct(results["battery_mean_success"].get(p)), _pp_interval(results["forgetting_detail"].get(p)),
+                     _pct(t["rate"]) if t else "-", _pp_interval((results.get("gain_detail") or {}).get(p)),
                      "base" if p == results["base"] else (_num(k.get("forward"), "{:.2f}") if k else "-")))
     head = ("policy", "battery %", "forgetting, pp [95 %]", "target %", "gain, pp [95 %]", "forward KL")
     shown = rows[:max_rows]

@@ -80,7 +80,7 @@ def trade_off(args, root: str) -> list:
     import torch
 
     from vla_forget import rollout
-    from vla_forget.bench_divergences import sample as _sample, teacher_forced as _teacher_forced
+    from vla_forget.bench_divergences import sample, teacher_forced
     from vla_forget.divergences import reverse_on_policy_samples, summarize, token_divergences
     from vla_forget.policies import load_policy
     from vla_forget.policies.base import Observation
@@ -113,10 +113,10 @@ def trade_off(args, root: str) -> list:
         phases = phase_of(meta["step"][pick], meta["length"][pick]).tolist()
         for S in args.grid_samples:
             t = time.perf_counter()
-            b = _sample(base, obs, S, 0, 64, "cpu")
-            lg = _teacher_forced(pol, obs, b["tokens"], S, 64, "cpu")
-            own = _sample(pol, obs, S, 0, 64, "cpu")
-            rev = reverse_on_policy_samples(own["logits"], _teacher_forced(base, obs, own["tokens"], S, 64, "cpu"))
+            b = sample(base, obs, S, 0, 64, "cpu")
+            lg = teacher_forced(pol, obs, b["tokens"], S, 64, "cpu")
+            own = sample(pol, obs, S, 0, 64, "cpu")
+            rev = reverse_on_policy_samples(own["logits"], teacher_forced(base, obs, own["tokens"], S, 64, "cpu"))
             per_set = time.perf_counter() - t
             s = summarize(token_divergences(b["logits"], lg, b["tokens"]), S, reverse=rev, phases=phases)
             n_tasks = len(battery.tasks) + 1
