@@ -28,6 +28,7 @@ from vla_forget.adapt.common import AdaptError, Diverged, KLPenalty  # noqa: E40
 from vla_forget.adapt.configs import AdaptConfig, GRPOConfig, PPOConfig, SFTConfig, make_config  # noqa: E402
 from vla_forget.config import field_docs  # noqa: E402
 from vla_forget.adapt.rollouts import TraceWriter, Trajectories, trace_datasets  # noqa: E402
+from vla_forget.trainer import read_train_state  # noqa: E402
 from vla_forget.cli import main  # noqa: E402
 from vla_forget.datasets import open_dataset, write_dataset  # noqa: E402
 from vla_forget.policies import load_policy  # noqa: E402
@@ -300,8 +301,9 @@ def test_method_runs_two_updates_and_changes_the_policy(fake, base_dir, method):
         {"method": method, "update": 2, "base": base_dir, "task": TARGET, "run": method}
     assert meta["hparams"]["lr"] == METHODS[method].defaults["lr"] and meta["samples_seen"] > 0
     assert (meta["env_steps"] > 0) == (method != "sft")
-    ts = torch.load(os.path.join(ckpts[-1], "train_state.pt"), weights_only=True)
-    assert ts["update"] == 2 and ts["optimizer"]["state"] and bool(ts["value_head"]) == (method == "ppo")
+    counts, ts = read_train_state(ckpts[-1])
+    assert counts["step"] == 2 and counts["samples_seen"] == meta["samples_seen"] and counts["env_steps"] == meta["env_steps"]
+    assert ts["optimizer"]["state"] and bool(ts["value_head"]) == (method == "ppo")
     policy = load_policy(ckpts[-1])
     assert policy.checkpoint_hash() == SmallVLA.load(ckpts[-1]).checkpoint_hash()
     with open(os.path.join(cfg.out, "run.json")) as f:

@@ -272,7 +272,7 @@ examples:
 Behaviour cloning of the small VLA: cross-entropy on the 7 action tokens
 (teacher-forced), actions tokenised with statistics pooled over all --data.
 OUT/metrics.jsonl logs training and validation (held-out episodes) loss and
-token accuracy; OUT/checkpoints/update-NNNNNN/ are policy folders for `vla-forget
+token accuracy, OUT/events.jsonl the start, DAgger rounds and the end; OUT/checkpoints/update-NNNNNN/ are policy folders for `vla-forget
 bench --policy` (`bench --checkpoints OUT --base ID` benches them all). Ctrl-C keeps every checkpoint; rerun with --resume to continue
 exactly. A NaN loss stops the run and keeps the last good checkpoint.
 """

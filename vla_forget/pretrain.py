@@ -7,22 +7,23 @@ tokenised by one set of BOUNDS_Q99 statistics pooled over the whole mixture
 statistics (its ``unnorm_key`` is the mixture's name) next to every dataset's
 own entry, and the proprio mean and std of the training states.
 
+The loop, checkpoints, resume, save cadence, log, progress bar and NaN guard are the one
+:class:`~vla_forget.trainer.Trainer` that every adaptation method also drives.
+
 Run folder (``--out DIR``)::
 
     DIR/config.json              the resolved PretrainConfig (a resumed run must match it)
-    DIR/metrics.jsonl            one line per log interval: train loss/accuracy, lr, samples/s;
-                                 validation loss/accuracy; DAgger rounds; divergence
+    DIR/metrics.jsonl            one line per log interval, keyed by "step": train loss/accuracy, lr,
+                                 samples/s; validation loss/accuracy (step 0: before training)
+    DIR/events.jsonl             start (the split, the datasets, the validation at step 0), resume,
+                                 dagger rounds, diverged, done
     DIR/checkpoints/update-000500/
                                  the layout of every trained run (adaptation's too, so
-                                 `bench --checkpoints DIR` evaluates them): a policy folder
-                                 (model.safetensors, config.json, dataset_statistics.json),
-                                 meta.json (method "pretrain", step, samples seen, wall time,
-                                 hyper-parameters) and the training state: train_state.pt
-                                 (optimizer and torch RNG: tensors only, loaded with
-                                 weights_only=True) and train_state.json (step, sampler RNG,
-                                 DAgger datasets); written in a temporary folder and renamed
-                                 into place, so a listed folder is complete. Runs written
-                                 before this layout (DIR/ckpt-000500/) still resume.
+                                 `bench --checkpoints DIR` evaluates them; see vla_forget.trainer):
+                                 a policy folder, meta.json (method "pretrain", step, samples seen,
+                                 wall time, hyper-parameters), train_state.pt (optimizer, torch RNG)
+                                 and train_state.json (step, sampler RNG, DAgger datasets). Runs
+                                 written before this layout (DIR/ckpt-000500/) still resume.
     DIR/dagger/round-1/          the relabelled rollouts of DAgger round 1 (an RLDS dataset)
 
 Validation: a fraction of each dataset's episodes (chosen by a seeded shuffle)
@@ -38,7 +39,8 @@ continues with more DAgger rounds when resumed with a larger ``--dagger-rounds``
 
 A non-finite loss or gradient stops the run before the optimiser step; the
 checkpoints written so far (the last good one included) are kept, and the run
-ends with :class:`Diverged`.
+ends with :class:`Diverged`. A resumed run's metrics.jsonl is cut back to its
+checkpoint, so it reads as an uninterrupted run's.
 
 DAgger (``--dagger-rounds R``): after the first ``steps`` steps, each round
 rolls out the current checkpoint in the simulator on the demonstrated tasks
@@ -54,21 +56,17 @@ success, so only DAgger shows the learner what to do once the task is solved
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from vla_forget import bc, rollout
-from vla_forget.adapt import CHECKPOINTS_DIR, META, checkpoint_name, checkpoint_update, list_checkpoints
+from vla_forget.adapt import CHECKPOINTS_DIR, checkpoint_name, checkpoint_update
 from vla_forget.bc import (  # noqa: F401
     TRANSPORT_MIN_XY,
     TRANSPORT_RULES,
@@ -88,19 +86,16 @@ from vla_forget.datasets import mix_datasets, open_dataset, write_dataset
 from vla_forget.envs import TASKS, task_info
 from vla_forget.episodes import Recorder, run_episode
 from vla_forget.errors import VlaForgetError
-from vla_forget.jsonio import append_jsonl, write_json
 from vla_forget.policies import SCRIPTED_EXPERTS, load_policy
 from vla_forget.policies.base import side_by_side
 from vla_forget.policies.small_vla import SmallVLA
 from vla_forget.rollout import episode_generator_seed, get_env, get_policy
 from vla_forget.config import PretrainConfig
 from vla_forget.runfolder import RunFolder, RunKind
-from vla_forget.training import Diverged, NonFiniteError, optimizer_step
+from safetensors.torch import load_file
+from vla_forget.trainer import Trainer, adamw, checkpoint_dirs  # noqa: F401 (checkpoint_dirs: the run's checkpoints)
+from vla_forget.training import Diverged  # noqa: F401 (raised by the trainer)
 
-#: the checkpoint folders of runs written before the shared layout (``DIR/ckpt-NNNNNN``): read, never written
-LEGACY_CKPT_PREFIX = "ckpt-"
-TRAIN_STATE_PT = "train_state.pt"
-TRAIN_STATE_JSON = "train_state.json"
 METRICS = "metrics.jsonl"
 RUN_CONFIG = "config.json"
 #: DAgger rollouts use training seeds from here (below the evaluation seeds, which start at 100000)
@@ -176,13 +171,9 @@ def _load_init(cfg: PretrainConfig):
 
 
 def _optimizer(model, cfg: PretrainConfig):
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 and "emb" not in name and "pos" not in name else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    """AdamW, weight decay on the matrices only, betas (0.9, 0.95)."""
+    return adamw(model.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
+                 matrices_only=True)
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -217,47 +208,11 @@ def validate(model, val: Optional[Dict[str, Any]], device: str, batch_size: int 
 
 
 # --------------------------------------------------------------------------
-# checkpoints
+# checkpoints: the shared layout (vla_forget.trainer)
 
 def checkpoint_path(out: str, step: int) -> str:
     """Where the checkpoint after ``step`` steps goes: ``out/checkpoints/update-NNNNNN`` (the shared layout)."""
     return os.path.join(out, CHECKPOINTS_DIR, checkpoint_name(step))
-
-
-def checkpoint_dirs(out: str) -> List[str]:
-    """Complete checkpoints in ``out``, oldest first: the shared layout's (``checkpoints/update-NNNNNN`` with its
-    meta.json) and, for runs started before it, ``ckpt-NNNNNN`` folders with their train_state.json."""
-    if not os.path.isdir(out):
-        return []
-    found = [(checkpoint_update(p), p) for p in list_checkpoints(out)]
-    found += [(int(n[len(LEGACY_CKPT_PREFIX):]), os.path.join(out, n)) for n in os.listdir(out)
-              if n.startswith(LEGACY_CKPT_PREFIX) and n[len(LEGACY_CKPT_PREFIX):].isdigit()
-              and os.path.exists(os.path.join(out, n, TRAIN_STATE_JSON))]
-    return [p for _, p in sorted(found)]
-
-
-def save_checkpoint(path: str, model, opt, step: int, rng: np.random.Generator, extra: Dict[str, Any],
-                    meta: Optional[Dict[str, Any]] = None) -> None:
-    """A policy folder plus the training state and ``meta`` (meta.json), written in a temporary folder that is
-    renamed into place (a listed folder is complete)."""
-
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save(tmp)
-    torch.save({"optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()}, os.path.join(tmp, TRAIN_STATE_PT))
-    state = {"step": int(step), "numpy_rng": rng.bit_generator.state, **extra}
-    write_json(os.path.join(tmp, TRAIN_STATE_JSON), state)
-    write_json(os.path.join(tmp, META), {"method": "pretrain", "update": int(step), **(meta or {})})
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    os.replace(tmp, path)
-
-
-def load_train_state(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    with open(os.path.join(path, TRAIN_STATE_JSON)) as f:
-        meta = json.load(f)
-    tensors = torch.load(os.path.join(path, TRAIN_STATE_PT), weights_only=True, map_location="cpu")
-    return meta, tensors
 
 
 # --------------------------------------------------------------------------
@@ -415,14 +370,17 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
         for t in cfg.dagger_tasks:  # before the run folder records them
             parse_dagger_task(t, cfg.dagger_episodes)
     cfg = _check_config(cfg, resume)
-    metrics_path = os.path.join(cfg.out, METRICS)
-
-    folder = RunFolder(cfg.out, RUN_KIND)
+    total = cfg.total_steps()
+    trainer = Trainer(cfg.out, RUN_KIND, log_name=METRICS, counter="step", total=total, save_every=cfg.save_every,
+                      method="pretrain", grad_clip=cfg.grad_clip, progress=cfg.progress, desc="pretrain",
+                      keep_checkpoints=cfg.keep_checkpoints, resume=resume)
 
     def log(rec: Dict[str, Any]) -> None:
-        append_jsonl(metrics_path, rec)
-        if "event" in rec:  # start, resume, dagger, diverged, done: also the run folder's events.jsonl
-            folder.event(rec["event"], **{k: v for k, v in rec.items() if k != "event"})
+        """A record of numbers goes to metrics.jsonl; one with an "event" (start, dagger, ...) to events.jsonl."""
+        if "event" in rec:
+            trainer.event(rec["event"], **{k: v for k, v in rec.items() if k != "event"})
+        else:
+            trainer.log(rec)
 
     # --- data: the mixture, its pooled statistics, an episode split ---------
     specs = [parse_data_spec(s) for s in cfg.data]
@@ -434,7 +392,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
 
     # --- model, optimiser, state ---------------------------------------------
     torch.manual_seed(cfg.seed)
-    resuming = bool(resume and checkpoint_dirs(cfg.out))
+    resuming = trainer.resume_from is not None
     model = _load_model(cfg, datasets[0].image_shape, None if resuming else log)
     if cfg.keep_statistics:
         if getattr(model, "tokenizer", None) is None or getattr(model, "unnorm_key", None) in (None, "identity"):
@@ -456,22 +414,13 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
     model.to(cfg.device).train()
     opt = _optimizer(model, cfg)
     rng = np.random.default_rng([cfg.seed, 3])
-    step = 0
     dagger_sets: List[str] = []
-    last_ckpt: Optional[str] = None
     if resuming:
-        from safetensors.torch import load_file
-
-        last_ckpt = checkpoint_dirs(cfg.out)[-1]
-        meta, tensors = load_train_state(last_ckpt)
-        model.load_state_dict(load_file(os.path.join(last_ckpt, "model.safetensors")))
+        model.load_state_dict(load_file(os.path.join(trainer.resume_from, "model.safetensors")))
         model.to(cfg.device).train()
-        opt.load_state_dict(tensors["optimizer"])
-        torch.set_rng_state(tensors["torch_rng"])
-        rng.bit_generator.state = meta["numpy_rng"]
-        step = int(meta["step"])
-        dagger_sets = list(meta.get("dagger", []))
-        log({"event": "resume", "step": step, "checkpoint": os.path.basename(last_ckpt)})
+        state, _ = trainer.restore(opt)
+        rng.bit_generator.state = state["numpy_rng"]
+        dagger_sets = list(state.get("dagger", []))
     for rel in dagger_sets:  # stored relative to the run folder
         datasets.append(open_dataset(os.path.join(cfg.out, rel)))
         train_eps = tuple(train_eps) + (np.arange(datasets[-1].num_episodes),)
@@ -483,87 +432,73 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
         dagger_tasks = [t for ds in mix.datasets for t in ds.manifest.get("tasks", []) if not _unlabellable(t)]
         if not dagger_tasks:
             raise PretrainError("--dagger-rounds: no task in the data has a scripted expert; name tasks with --dagger-task")
-    total = cfg.total_steps()
     boundaries = [cfg.steps + r * cfg.dagger_steps for r in range(cfg.dagger_rounds)]
 
-    def checkpoint(at: int) -> str:
-        nonlocal last_ckpt
-        path = checkpoint_path(cfg.out, at)
-        save_checkpoint(path, model, opt, at, rng, {"dagger": dagger_sets},
-                        {"samples_seen": int(at) * cfg.batch_size,
-                         "hparams": {"lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed},
-                         "run": os.path.basename(os.path.abspath(cfg.out))})
-        last_ckpt = path
-        if cfg.keep_checkpoints > 0:
-            for old in checkpoint_dirs(cfg.out)[: -cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        return path
+    def checkpoint() -> str:
+        return trainer.save(model, opt, state={"numpy_rng": rng.bit_generator.state, "dagger": dagger_sets},
+                            meta={"samples_seen": trainer.step * cfg.batch_size,
+                                  "hparams": {"lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed},
+                                  "run": os.path.basename(os.path.abspath(cfg.out))})
 
-    if step == 0:
+    if not resuming:
+        v0 = validate(model, val, cfg.device)
         log({"event": "start", "datasets": [f"{d.name}:{w:g}" for d, w in zip(mix.datasets, weights)],
              "train_episodes": [int(len(e)) for e in train_eps], "val_episodes": [int(len(v)) for v in val_eps],
              "val_steps": 0 if val is None else len(val["instruction"]), "parameters": model.num_parameters(),
-             "unnorm_key": model.unnorm_key if cfg.keep_statistics else cfg.name, **validate(model, val, cfg.device), "step": 0,
+             "unnorm_key": model.unnorm_key if cfg.keep_statistics else cfg.name, **v0,
              **({"transport_steps": list(sampler.counts), "transport_fraction": cfg.transport_fraction}
                 if isinstance(sampler, TransportSampler) else {})})
+        if v0:
+            log({"step": 0, **v0})
 
-    bar = tqdm(total=total, initial=step, unit="step", desc="pretrain", disable=not cfg.progress, dynamic_ncols=True,
-               file=sys.stderr)
     t_log, n_log, loss_sum, acc_sum = time.perf_counter(), 0, 0.0, 0.0
     t_start = time.perf_counter()
     summary: Dict[str, Any] = {}
-    try:
-        end = total if stop_at is None else min(total, int(stop_at))
-        while step < end:
-            # DAgger: at a round boundary, roll out the newest checkpoint and grow the mixture
-            if step in boundaries and len(dagger_sets) <= boundaries.index(step):
-                r = boundaries.index(step) + 1
-                ckpt = last_ckpt if last_ckpt and last_ckpt.endswith(f"{step:06d}") else checkpoint(step)
-                path, _ = dagger_round(cfg, ckpt, r, dagger_tasks, datasets[0].image_shape, datasets[0].state_dim, log)
-                torch.set_num_threads(max(1, int(cfg.threads)))  # the rollout runner sets one thread
-                dagger_sets.append(os.path.relpath(path, cfg.out))
-                datasets.append(open_dataset(path))
-                train_eps = tuple(train_eps) + (np.arange(datasets[-1].num_episodes),)
-                weights.append(cfg.dagger_weight)
-                sampler = _sampler(datasets, weights, train_eps, tokenizer, rng, cfg)
-                checkpoint(step)  # records the new dataset, so a resume continues with it
-            batch = sampler.sample(cfg.batch_size)
-            batch["image"] = shift_images(batch["image"], cfg.augment_shift, rng)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg)
-            loss, acc = token_loss(model, batch, cfg.device)
-            try:
-                gnorm = optimizer_step(opt, loss, cfg.grad_clip)
-            except NonFiniteError as e:
-                raise Diverged(f"{e} at step {step}", last_ckpt) from None
-            step += 1
-            bar.update(1)
-            loss_sum += loss.item()
-            acc_sum += float(acc.mean())
-            n_log += 1
-            if step % cfg.log_every == 0 or step == total:
-                dt = time.perf_counter() - t_log
-                rec = {"step": step, "loss": round(loss_sum / n_log, 5), "token_acc": round(acc_sum / n_log, 5),
-                       "lr": lr_at(step - 1, cfg), "grad_norm": round(float(gnorm), 4),
-                       "samples_per_s": round(n_log * cfg.batch_size / max(dt, 1e-9), 2)}
-                bar.set_postfix(loss=rec["loss"], acc=rec["token_acc"])
-                log(rec)
-                t_log, n_log, loss_sum, acc_sum = time.perf_counter(), 0, 0.0, 0.0
-            if step % cfg.eval_every == 0 or step == total:
-                v = validate(model, val, cfg.device)
-                if v:
-                    log({"step": step, **v})
-                    summary.update(v)
-                t_log = time.perf_counter()
-            if step % cfg.save_every == 0 or step == end:
-                checkpoint(step)
-    except Diverged as e:
-        log({"event": "diverged", "step": step, "message": str(e),
-             "last_checkpoint": os.path.basename(last_ckpt) if last_ckpt else None})
-        raise
-    finally:
-        bar.close()
-    summary.update({"steps": step, "checkpoint": last_ckpt, "wall_s": round(time.perf_counter() - t_start, 1),
+    for n in trainer.loop(stop_at):
+        step = n - 1  # the steps done before this one
+        # DAgger: at a round boundary, roll out the newest checkpoint and grow the mixture
+        if step in boundaries and len(dagger_sets) <= boundaries.index(step):
+            r = boundaries.index(step) + 1
+            last = trainer.last_checkpoint
+            ckpt = last if last and checkpoint_update(last) == step else checkpoint()
+            path, _ = dagger_round(cfg, ckpt, r, dagger_tasks, datasets[0].image_shape, datasets[0].state_dim, log)
+            torch.set_num_threads(max(1, int(cfg.threads)))  # the rollout runner sets one thread
+            dagger_sets.append(os.path.relpath(path, cfg.out))
+            datasets.append(open_dataset(path))
+            train_eps = tuple(train_eps) + (np.arange(datasets[-1].num_episodes),)
+            weights.append(cfg.dagger_weight)
+            sampler = _sampler(datasets, weights, train_eps, tokenizer, rng, cfg)
+            checkpoint()  # records the new dataset, so a resume continues with it
+        batch = sampler.sample(cfg.batch_size)
+        batch["image"] = shift_images(batch["image"], cfg.augment_shift, rng)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        loss, acc = token_loss(model, batch, cfg.device)
+        gnorm = trainer.optimizer_step(opt, loss)
+        loss_sum += loss.item()
+        acc_sum += float(acc.mean())
+        n_log += 1
+        records = []
+        if n % cfg.log_every == 0 or n == total:
+            dt = time.perf_counter() - t_log
+            records.append({"step": n, "loss": round(loss_sum / n_log, 5), "token_acc": round(acc_sum / n_log, 5),
+                            "lr": lr_at(step, cfg), "grad_norm": round(float(gnorm), 4),
+                            "samples_per_s": round(n_log * cfg.batch_size / max(dt, 1e-9), 2)})
+            trainer.show(loss=records[-1]["loss"], acc=records[-1]["token_acc"])
+            t_log, n_log, loss_sum, acc_sum = time.perf_counter(), 0, 0.0, 0.0
+        if n % cfg.eval_every == 0 or n == total:
+            v = validate(model, val, cfg.device)
+            if v:
+                records.append({"step": n, **v})
+                summary.update(v)
+            t_log = time.perf_counter()
+        due = trainer.done(n)
+        for rec in records:
+            trainer.log(rec)
+        if due:
+            checkpoint()
+    summary.update({"steps": trainer.step, "checkpoint": trainer.last_checkpoint,
+                    "wall_s": round(time.perf_counter() - t_start, 1),
                     "dagger_datasets": [os.path.join(cfg.out, p) for p in dagger_sets]})
-    log({"event": "done", **summary})
+    trainer.event("done", **summary)
     return summary

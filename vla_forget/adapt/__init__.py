@@ -2,8 +2,8 @@
 
 Each method is one readable file whose loop reads top to bottom
 (rollout -> advantages -> update, or batch -> loss -> step); shared plumbing
-lives in :mod:`vla_forget.adapt.run` (run folder, checkpoints, exact resume,
-NaN guard, log), :mod:`vla_forget.adapt.common` (KL-to-base penalty, rewards,
+lives in :mod:`vla_forget.adapt.run` (the run's folder, policy and KL to the base, over the one
+:class:`~vla_forget.trainer.Trainer` that pretraining also drives: checkpoints, exact resume, NaN guard, log), :mod:`vla_forget.adapt.common` (KL-to-base penalty, rewards,
 seeds, shared losses) and :mod:`vla_forget.adapt.rollouts` (on-policy
 trajectories in worker processes).
 
@@ -16,7 +16,8 @@ Run folder (``--out RUN``)::
     RUN/run.json                      {"kind": "adapt", "format", "method", "base", "task", "config", "vla_forget_version"}
     RUN/log.jsonl                     one JSON record per update
     RUN/events.jsonl                  start / resume / diverged / done
-    RUN/checkpoints/update-NNNNNN/    policy folder (load_policy(dir)) + meta.json + train_state.pt
+    RUN/checkpoints/update-NNNNNN/    policy folder (load_policy(dir)) + meta.json + train_state.pt + train_state.json
+                                      (every trained run's layout: see vla_forget.trainer)
     RUN/traces/                       RL methods: successful rollouts, RLDS datasets (see rl_trace_sft)
 
 See docs/adaptation.md.

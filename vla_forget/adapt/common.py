@@ -45,7 +45,6 @@ from vla_forget.training import Diverged, NonFiniteError, backward, optimizer_st
 RUN_JSON = "run.json"
 LOG = "log.jsonl"
 EVENTS = "events.jsonl"
-TRAIN_STATE = "train_state.pt"
 ROLLOUT_WEIGHTS = "rollout_weights.pt"
 #: training seeds stay below this (evaluation seeds start there)
 TRAIN_SEED_LIMIT = 100_000

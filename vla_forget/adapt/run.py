@@ -6,27 +6,24 @@ folder's layout and :mod:`vla_forget.adapt.common` for determinism and resume.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from vla_forget import __version__
-from vla_forget.adapt import CHECKPOINTS_DIR, META, METHODS, checkpoint_name, list_checkpoints
-from vla_forget.adapt.common import (LOG, RUN_KIND, TRAIN_STATE, AdaptError, KLPenalty, derive_seed, resolve,
-                                     resolve_task, trainable_parameters)
+from vla_forget.adapt import CHECKPOINTS_DIR, METHODS, list_checkpoints
+from vla_forget.adapt.common import (LOG, RUN_KIND, AdaptError, KLPenalty, derive_seed, resolve, resolve_task,
+                                     trainable_parameters)
 from vla_forget.adapt.configs import AdaptConfig, RolloutConfig, config_dict, hparams
 from vla_forget.envs import DEFAULT_IMAGE_SIZE
-from vla_forget.jsonio import append_jsonl, write_json
 from vla_forget.policies import load_policy
 from vla_forget.runfolder import RunFolder
-from vla_forget.training import Diverged, NonFiniteError, backward, optimizer_step
+from vla_forget.trainer import Trainer, adamw
+
 # --------------------------------------------------------------------------
 # the run folder
 
@@ -60,9 +57,10 @@ class Run:
         self.device = cfg.device
         self.ckpt_root = os.path.join(cfg.out, CHECKPOINTS_DIR)
         self._check_run_json(resume)
-        existing = list_checkpoints(cfg.out) if resume else []
-        self.resume_from: Optional[str] = existing[-1] if existing else None
-        self.last_checkpoint: Optional[str] = self.resume_from
+        self.trainer = Trainer(cfg.out, RUN_KIND, log_name=LOG, counter="update", total=cfg.updates,
+                               save_every=cfg.save_every, method=cfg.method, grad_clip=cfg.grad_clip,
+                               progress=cfg.progress, desc=f"adapt {cfg.method}", resume=resume)
+        self.resume_from: Optional[str] = self.trainer.resume_from
         policy = load_policy(self.resume_from or cfg.base, device=self.device)
         if cfg.lora_rank > 0:  # the hook for transformer policies (peft); full fine-tuning otherwise
             if not hasattr(policy, "enable_lora"):
@@ -80,14 +78,19 @@ class Run:
             base = load_policy(cfg.base, device=self.device).eval()
             base.requires_grad_(False)
         self.kl = KLPenalty(base, cfg.kl_coef)
-        self.update = 0
         self.env_steps = 0
         self.samples_seen = 0
-        self._wall_offset = 0.0
-        self._t0 = time.perf_counter()
-        self._end = 0
-        self.before_checkpoint: List[Any] = []  # callables(update), e.g. flushing traces
+        self.before_checkpoint = self.trainer.before_checkpoint  # callables(update), e.g. flushing traces
         self.summary: Dict[str, Any] = {}
+
+    @property
+    def update(self) -> int:
+        """Updates done (the trainer's count)."""
+        return self.trainer.step
+
+    @property
+    def last_checkpoint(self) -> Optional[str]:
+        return self.trainer.last_checkpoint
 
     # --- run.json ---------------------------------------------------------------
     def _check_run_json(self, resume: bool) -> None:
@@ -110,16 +113,17 @@ class Run:
 
     # --- logs -----------------------------------------------------------------------
     def event(self, name: str, **fields: Any) -> None:
-        RunFolder(self.dir, RUN_KIND).event(name, update=self.update, **fields)
+        self.trainer.event(name, **fields)
 
     def wall_time(self) -> float:
-        return self._wall_offset + (time.perf_counter() - self._t0)
+        return self.trainer.wall_time()
 
     # --- optimiser and training state --------------------------------------------------
     def optimizer(self, extra_groups: Sequence[Dict[str, Any]] = ()):
         """AdamW over the trainable parameters (lr, weight_decay), plus ``extra_groups`` (e.g. a value head)."""
-        groups = [{"params": self.params, "lr": self.cfg.lr, "weight_decay": self.cfg.weight_decay}, *extra_groups]
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+        names = {id(p): n for n, p in self.policy.named_parameters()}
+        return adamw([(names.get(id(p), ""), p) for p in self.params], lr=self.cfg.lr,
+                     weight_decay=self.cfg.weight_decay, extra_groups=extra_groups)
 
     def begin(self, opt, value_head=None) -> None:
         """Resume: load the optimizer, value head, RNG and counters of the newest checkpoint and cut the log
@@ -128,73 +132,32 @@ class Run:
             self.event("start", task=self.task, base=self.cfg.base, method=self.cfg.method)
             self.checkpoint(opt, value_head)
             return
-        state = torch.load(os.path.join(self.resume_from, TRAIN_STATE), map_location="cpu", weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        if value_head is not None and state.get("value_head"):
-            value_head.load_state_dict(state["value_head"])
-        torch.set_rng_state(state["torch_rng"])
-        if torch.cuda.is_available() and state.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.update = int(state["update"])
+        state, tensors = self.trainer.restore(opt)
+        if value_head is not None and tensors.get("value_head"):
+            value_head.load_state_dict(tensors["value_head"])
         self.env_steps = int(state["env_steps"])
         self.samples_seen = int(state["samples_seen"])
-        self._wall_offset = float(state["wall_time_s"])
-        self._t0 = time.perf_counter()
-        log = os.path.join(self.dir, LOG)
-        if os.path.exists(log):  # records of updates after the checkpoint are redone
-            with open(log) as f:
-                keep = [line for line in f if line.strip() and _update_of(line) <= self.update]
-            with open(log + ".tmp", "w") as f:
-                f.writelines(keep)
-            os.replace(log + ".tmp", log)
-        self.event("resume", checkpoint=os.path.basename(self.resume_from))
 
     def checkpoint(self, opt, value_head=None) -> str:
-        """``checkpoints/update-NNNNNN/``: the policy folder, meta.json and train_state.pt (written, then renamed)."""
-        for hook in self.before_checkpoint:
-            hook(self.update)
-        path = os.path.join(self.ckpt_root, checkpoint_name(self.update))
-        tmp = path + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(self.ckpt_root, exist_ok=True)
-        self.policy.save(tmp)
-        wall = round(self.wall_time(), 3)
-        torch.save({
-            "optimizer": opt.state_dict(),
-            "value_head": value_head.state_dict() if value_head is not None else {},
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "update": self.update, "env_steps": self.env_steps, "samples_seen": self.samples_seen, "wall_time_s": wall,
-        }, os.path.join(tmp, TRAIN_STATE))
-        write_json(os.path.join(tmp, META), {
-            "method": self.cfg.method, "update": self.update, "env_steps": self.env_steps,
-            "samples_seen": self.samples_seen, "wall_time_s": wall, "hparams": hparams(self.cfg),
-            "base": self.cfg.base, "task": self.task, "run": os.path.basename(os.path.abspath(self.dir)),
-        })
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-        self.last_checkpoint = path
-        return path
+        """``checkpoints/update-NNNNNN/``: the policy folder, meta.json and the training state (see
+        :mod:`vla_forget.trainer`)."""
+        counters = {"env_steps": self.env_steps, "samples_seen": self.samples_seen}
+        return self.trainer.save(
+            self.policy, opt, tensors={"value_head": value_head.state_dict() if value_head is not None else {}},
+            state=counters,
+            meta={**counters, "hparams": hparams(self.cfg), "base": self.cfg.base, "task": self.task,
+                  "run": os.path.basename(os.path.abspath(self.dir))})
 
     # --- the loop ----------------------------------------------------------------------
     def loop(self, stop_at: Optional[int] = None) -> Iterator[int]:
         """Update numbers ``self.update + 1 ..`` to ``updates`` (or ``stop_at``, as an interruption would)."""
-        total = int(self.cfg.updates)
-        self._end = total if stop_at is None else min(total, int(stop_at))
-        bar = tqdm(total=total, initial=self.update, unit="update", desc=f"adapt {self.cfg.method}",
-                   disable=not self.cfg.progress, dynamic_ncols=True, file=sys.stderr)
-        self._bar = bar
-        try:
-            while self.update < self._end:
-                u = self.update + 1
-                torch.manual_seed(derive_seed(self.cfg.seed, u, "torch"))  # dropout: the same after a resume
-                self._t_update = time.perf_counter()
-                yield u
-                if self.update != u:
-                    raise RuntimeError(f"update {u} ended without run.end_update")
-                bar.update(1)
-        finally:
-            bar.close()
+        self._t_update = time.perf_counter()
+
+        def seed(u: int) -> int:  # dropout: the same after a resume
+            self._t_update = time.perf_counter()
+            return derive_seed(self.cfg.seed, u, "torch")
+
+        return self.trainer.loop(stop_at, seed=seed)
 
     def end_update(self, update: int, record: Dict[str, Any], *, opt, env_steps: int = 0, samples: int = 0,
                    value_head=None, traj=None) -> None:
@@ -206,40 +169,22 @@ class Run:
             gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, update, "kl-log"))
             mean, se = self.kl.measure(self.policy, traj.observation(idx, self.device), gen)
             record = {**record, "kl_to_base_after": mean, "kl_to_base_after_se": se}
-        self.update = update
         self.env_steps += int(env_steps)
         self.samples_seen += int(samples)
         rec = {"update": update, "env_steps": self.env_steps, "samples_seen": self.samples_seen,
                "wall_s": round(self.wall_time(), 3), "update_s": round(time.perf_counter() - self._t_update, 3),
                **{k: _round(v) for k, v in record.items()}}
-        append_jsonl(os.path.join(self.dir, LOG), rec)
         self.summary = rec
-        shown = {k: rec[k] for k in ("success_rate", "loss") if k in rec}
-        if shown and getattr(self, "_bar", None) is not None:
-            self._bar.set_postfix(shown)
-        if update % int(self.cfg.save_every) == 0 or update == int(self.cfg.updates) or update == self._end:
+        self.trainer.show(**{k: rec[k] for k in ("success_rate", "loss") if k in rec})
+        if self.trainer.done(update, rec):
             self.checkpoint(opt, value_head)
 
     def backward(self, loss, what: str = "loss") -> None:
-        try:
-            backward(loss, what)
-        except NonFiniteError as e:
-            self.diverge(str(e))
+        self.trainer.backward(loss, what)
 
     def step(self, opt, loss=None) -> float:
         """One optimiser step (see :func:`optimizer_step`); NaN/inf -> :class:`Diverged`."""
-        try:
-            return optimizer_step(opt, loss, self.cfg.grad_clip)
-        except NonFiniteError as e:
-            self.diverge(str(e))
-            raise  # unreachable
-
-    def diverge(self, message: str) -> None:
-        last = self.last_checkpoint
-        msg = (f"training diverged at update {self.update + 1}: {message}. Stopped before the optimiser step; the last "
-               f"good checkpoint is {last}. Lower --lr or --grad-clip and start again.")
-        self.event("diverged", message=message, last_checkpoint=last)
-        raise Diverged(msg, last)
+        return self.trainer.optimizer_step(opt, loss)
 
     def finish(self) -> Dict[str, Any]:
         summary = {"run": self.dir, "method": self.cfg.method, "task": self.task, "updates": self.update,
@@ -248,13 +193,6 @@ class Run:
                    "checkpoints": len(list_checkpoints(self.dir)), "last": self.summary}
         self.event("done", **{k: v for k, v in summary.items() if k != "last"})
         return summary
-
-
-def _update_of(line: str) -> int:
-    try:
-        return int(json.loads(line).get("update", 0))
-    except (json.JSONDecodeError, TypeError, ValueError):
-        return 1 << 60  # a torn line: dropped
 
 
 def _round(v: Any) -> Any:
