@@ -234,6 +234,7 @@ def make_task_env(
     max_episode_steps: Optional[int] = None,
     wrist_camera: bool = False,
     dense_reward: bool = True,
+    review_size: int = 0,
 ) -> TaskEnv:
     """Make ``num_envs`` copies of a task (see :class:`vla_forget.envs.base.TaskEnv`).
 
@@ -244,7 +245,9 @@ def make_task_env(
     robot's hand: images are then the front and wrist views side by side, ``[N, S, 2S, 3]``
     (ManiSkill tasks only). ``dense_reward=False`` skips the shaped reward a learner reads
     (``info["dense_reward"]``, then absent) where the task computes it at every step: what an
-    evaluation needs is the success only (ManiSkill tasks; the others ignore it).
+    evaluation needs is the success only (ManiSkill tasks; the others ignore it). ``review_size=R`` adds
+    the review camera that videos are recorded from, ``env.review_frames()`` ``[N, R, R, 3]`` (ManiSkill tasks;
+    the others record their own camera's frames).
     """
     entry = TASKS.get(task_id)
     info = task_info(task_id)
@@ -270,6 +273,11 @@ def make_task_env(
 
         if isinstance(cls, type) and issubclass(cls, ManiSkillTaskEnv):
             entry_kwargs["dense_reward"] = False
+    if review_size and render_images:
+        from vla_forget.envs.maniskill import ManiSkillTaskEnv
+
+        if isinstance(cls, type) and issubclass(cls, ManiSkillTaskEnv):
+            entry_kwargs["review_size"] = int(review_size)
     return cls(
         info,
         num_envs=num_envs,

@@ -56,6 +56,11 @@ class TaskEnv:
     def frames(self) -> np.ndarray:
         raise NotImplementedError
 
+    def review_frames(self) -> np.ndarray:
+        """The picture videos are recorded from, uint8 ``[N, H, W, 3]``: a review camera where the env has one
+        (ManiSkill tasks made with ``review_size``), else the policy camera's :meth:`frames`."""
+        return self.frames()
+
     def instructions(self) -> List[str]:
         raise NotImplementedError
 

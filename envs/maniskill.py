@@ -284,6 +284,7 @@ class ManiSkillTaskEnv(TaskEnv):
         robot_uids: str = "panda",
         wrist_camera: bool = False,
         dense_reward: bool = True,
+        review_size: int = 0,
     ):
         import gymnasium as gym
 
@@ -301,6 +302,7 @@ class ManiSkillTaskEnv(TaskEnv):
         self.ms_id = ms_id
         self.wrist_camera = bool(wrist_camera) and self.render_images
         self.dense_reward = bool(dense_reward)
+        self.review_size = int(review_size) if self.render_images else 0
         if self.wrist_camera and robot_uids != "panda":
             raise ValueError(f"wrist_camera=True mounts a camera on the plain 'panda' robot; this task uses {robot_uids!r}")
         self.sim_backend = resolve_sim_backend(sim_backend, self.num_envs)
@@ -323,6 +325,11 @@ class ManiSkillTaskEnv(TaskEnv):
             # without CUDA, ask for the CPU renderer directly instead of falling back with a warning
             render_backend="gpu" if torch.cuda.is_available() else "cpu",
         )
+        if self.review_size:  # the review camera: the policy camera's pose at a size a person can read
+            kwargs["human_render_camera_configs"] = dict(
+                width=self.review_size, height=self.review_size,
+                pose=look_at(eye=CAMERA_EYE, target=CAMERA_TARGET), fov=CAMERA_FOV)
+            kwargs["render_mode"] = "rgb_array"
         quiet_maniskill_logs()
         if self.wrist_camera:
             from mani_skill.utils.registration import REGISTERED_ENVS
@@ -388,6 +395,14 @@ class ManiSkillTaskEnv(TaskEnv):
         if self._last_image is None:
             raise RuntimeError("frames() needs render_images=True (and a reset)")
         return self._last_image.cpu().numpy()
+
+    def review_frames(self) -> np.ndarray:
+        """The review camera's picture now, uint8 ``[N, R, R, 3]`` (``review_size=R``): the policy camera's pose
+        at a readable size, for videos only (the policy's images and the physics are unchanged; ManiSkill's
+        goal markers, hidden from the policy's camera, show). Without a review camera: :meth:`frames`."""
+        if not self.review_size:
+            return self.frames()
+        return self._env.render().cpu().numpy()
 
     def instructions(self) -> List[str]:
         return list(self._instructions)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system packages ManiSkill3 (SAPIEN) needs: the Vulkan loader and,
 # on machines without a working GPU Vulkan driver, Mesa >= 25's software
-# rasteriser (lavapipe). Debian 12 ships Mesa 22.3, which SAPIEN rejects, so
+# rasteriser (lavapipe); and a headless browser (Chromium) in which the tests
+# load report.html and play its videos. Debian 12 ships Mesa 22.3, which SAPIEN rejects, so
 # there Mesa comes from bookworm-backports. Machines with an NVIDIA driver keep it.
 # Idempotent: a stamp file records success; steps already done are skipped.
 set -euo pipefail
@@ -60,6 +61,14 @@ elif ! mesa_ok; then
     echo "setup-system: WARNING: mesa-vulkan-drivers $(mesa_version) < 25; SAPIEN may reject the software Vulkan device. Install Mesa >= 25 or use a GPU machine." >&2
   fi
 fi
+# Headless Chromium for the report.html test (Debian's package; on Ubuntu the package wants snapd, which
+# containers lack: there the test says it is skipped and why, and everything else still works).
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  apt_update
+  $SUDO apt-get install -y -qq --no-install-recommends chromium \
+    || echo "setup-system: WARNING: could not install chromium; the browser test of report.html will be skipped" >&2
+fi
+
 mkdir -p "$(dirname "$STAMP")"
 touch "$STAMP"
 echo "setup-system: done"

@@ -239,7 +239,8 @@ def test_cli_takes_base_and_target_from_the_runs(world, capsys):
     rows = printed[top + 1:top + 1 + len(res["policies"])]
     assert len(rows) == 3 and all(p["id"].endswith(r.split()[0].lstrip("…")) for r, p in zip(rows, res["policies"]))
     assert rows[0].rstrip().endswith("base")
-    assert any(line.startswith(f"report:  {os.path.join(out, 'report.md')}") for line in printed)
+    assert any(line.startswith(f"report:  {os.path.join(out, 'report.html')}") for line in printed)
+    assert any(os.path.join(out, 'report.md') in line for line in printed)
     assert not any(line.startswith("## ") for line in printed)  # not the whole report
 
 

@@ -10,6 +10,7 @@ Run folder layout (``--out DIR``)::
     results.json       success matrix, forgetting, gain, divergences, versions; with
                        checkpoints: a ``checkpoints`` section and the forgetting ``law`` fit
     report.md          the same as tables
+    report.html        the same for a browser, with the video gallery (vla_forget.report_html)
     pareto.png, forgetting_vs_kl.png   plots (with the ``plots`` extra)
 
 An interrupted run keeps every finished episode; ``--resume`` redoes nothing
@@ -51,6 +52,7 @@ from vla_forget.jsonio import write_json
 from vla_forget.policies import load_policy
 from vla_forget.policies.base import PromptStyleError, TokenPolicy
 from vla_forget.report import write_report
+from vla_forget.report_html import REPORT_HTML, write_html
 from vla_forget.rollout import EpisodeJob
 from vla_forget.runfolder import RunFolder, RunKind
 from vla_forget.spec import DEFAULT_DECODING, Battery, Decoding, Target, load_battery, load_target
@@ -321,6 +323,9 @@ def _check_options(config: BenchConfig) -> None:
         v = getattr(config, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise BenchError(f"{flag} must be a whole number >= 0, got {v!r}")
+    r = config.review_size
+    if not isinstance(r, int) or isinstance(r, bool) or not (r == 0 or 64 <= r <= 1024):
+        raise BenchError(f"--review-size must be 0 (the policy camera's frames) or 64..1024 pixels, got {r!r}")
     if config.image_size is not None and config.image_size > 1024:
         raise BenchError(f"--image-size {config.image_size} is larger than any supported camera (at most 1024)")
     if config.kl_state_rule not in RULES:
@@ -437,6 +442,7 @@ def plan_jobs(plan: Plan, out: str, done: Iterable[Tuple[str, str, int]]) -> Lis
                         temperature=decoding.temperature,
                         video_seeds=[s for s in part if s in video_seeds] if record else [],
                         video_dir=os.path.join(out, "videos", slug(ref.key, 80)),
+                        review_size=cfg.review_size if cfg.videos_per_task > 0 else 0,
                         states_dir=rec.states_dir if rec else None, state_rule=cfg.kl_state_rule,
                         state_n=cfg.kl_states_per_task, state_episodes=len(seeds),
                         state_index={s: seeds.index(s) for s in part if s in slots}, state_stride=cfg.kl_state_stride,
@@ -485,11 +491,11 @@ def execute(jobs: List[EpisodeJob], episodes_path: str, workers: int, total: int
 #: the options of :func:`resolve_config` (those of ``vla-forget bench``); None: not given
 BENCH_OPTIONS = ("policies", "base", "checkpoints", "checkpoint_stride", "battery", "target", "episodes",
                  "target_episodes", "workers", "num_envs", "device", "image_size", "videos_per_task",
-                 "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_states", "greedy", "temperature",
+                 "review_size", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_states", "greedy", "temperature",
                  "prompt", "seed")
 #: the options a resumed bench takes from its config.json when they are not given (workers: per machine)
 RESUMED_OPTIONS = ("base", "battery", "target", "episodes", "target_episodes", "num_envs", "device", "image_size",
-                   "videos_per_task", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_states",
+                   "videos_per_task", "review_size", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_states",
                    "greedy", "temperature", "prompt", "seed", "checkpoint_stride")
 
 
@@ -566,6 +572,7 @@ def resolve_config(out: str, *, resume: bool = False, preset: Optional[str] = No
         workers=int(workers), num_envs=num_envs, device=pick("device", "cpu"),
         image_size=None if pick("image_size") is None else int(pick("image_size")),
         videos_per_task=int(pick("videos_per_task", 2)),
+        review_size=int(pick("review_size", BenchConfig.review_size)),
         kl_states_per_task=int(pick("kl_states_per_task", BenchConfig.kl_states_per_task)),
         kl_state_stride=int(pick("kl_state_stride", BenchConfig.kl_state_stride)),
         kl_samples_per_state=int(pick("kl_samples_per_state", BenchConfig.kl_samples_per_state)),
@@ -642,5 +649,6 @@ def run_bench(config: BenchConfig, *, resume: bool = False, analyze_only: bool =
     results["plots"] = write_plots(results, out)
     _write_json(os.path.join(out, "results.json"), results)
     write_report(results, os.path.join(out, "report.md"), out)
+    write_html(results, os.path.join(out, REPORT_HTML), out)
     folder.event("done", episodes=results["episodes"], wall_s=results["wall_s"])
     return results

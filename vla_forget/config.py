@@ -159,6 +159,10 @@ class BenchConfig:
     small VLA); saved as a number"""
     videos_per_task: int = 2
     """mp4 videos per policy and task (the first seeds)"""
+    review_size: int = 256
+    """pixel size of the videos' review camera (ManiSkill tasks): the policy camera's pose at a size a person can
+    read, the instruction as a caption; only the video episodes capture it (the policy's images are unchanged);
+    0: the policy camera's own frames"""
     kl_states_per_task: int = 128
     """states per task for the divergences, spread evenly over the episodes' steps (vla_forget.states; the
     default comes from the measured trade-off in docs/metrics.md)"""
@@ -185,7 +189,7 @@ class BenchConfig:
     """show progress bars"""
 
     # fields that may differ between a run and its resumption
-    VOLATILE = ("workers", "progress", "out")
+    VOLATILE = ("workers", "progress", "out", "review_size")
     # fields that change only the divergences: a resumption may change them; states are recorded again where
     # they differ (the episodes re-run for their states only) and every divergence is recomputed
     DIVERGENCE_ONLY = ("kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_state_rule", "kl_states", "seed")

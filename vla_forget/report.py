@@ -301,7 +301,9 @@ def summary_lines(results: Dict[str, Any], run_dir: str, max_rows: int = 15) -> 
     if not any(p != results["base"] and kl.get(p) for p in policies):
         reason = (results.get("divergences") or {}).get("skipped")
         out.append(f"Divergences: {reason or 'none computed'}.")
-    out += ["", f"report:  {os.path.join(run_dir, 'report.md')} (every table, divergences by phase of the episode)",
+    out += ["", f"report:  {os.path.join(run_dir, 'report.html')} (open in a browser: tables, plots and the videos "
+                "side by side)",
+            f"         {os.path.join(run_dir, 'report.md')} (every table, divergences by phase of the episode)",
             f"results: {os.path.join(run_dir, 'results.json')}"]
     if os.path.isdir(os.path.join(run_dir, "videos")):
         out.append(f"videos:  {os.path.join(run_dir, 'videos')}")

@@ -34,6 +34,8 @@ class EpisodeJob:
     temperature: float = 1.0
     video_seeds: List[int] = field(default_factory=list)
     video_dir: Optional[str] = None
+    #: the videos' review camera size in pixels (ManiSkill tasks; 0: the policy camera's frames)
+    review_size: int = 0
     #: record observations for the divergences into states_dir (vla_forget.states): ``state_index`` maps each
     #: seed that records to its index among the task's ``state_episodes`` episodes, of ``state_n`` states in all
     states_dir: Optional[str] = None
@@ -120,9 +122,11 @@ class EnvCache:
 
     def __call__(self, task: str, *, image_size: int, render: bool, num_envs: int, max_steps: Optional[int],
                  sim_backend: str, device: str, wrist_camera: bool = False, dense_reward: bool = True,
-                 privileged: bool = True):
+                 privileged: bool = True, review_size: int = 0):
         wrist_camera = bool(wrist_camera and render)
-        key = (task, image_size, render, num_envs, max_steps, sim_backend, wrist_camera, dense_reward, privileged)
+        review_size = int(review_size) if render else 0
+        key = (task, image_size, render, num_envs, max_steps, sim_backend, wrist_camera, dense_reward, privileged,
+               review_size)
         if key not in self._envs:
             from vla_forget.envs import make_task_env
 
@@ -133,6 +137,8 @@ class EnvCache:
                                           dense_reward=dense_reward)
             if max_steps is not None:
                 kwargs["max_episode_steps"] = max_steps
+            if review_size:
+                kwargs["review_size"] = review_size
             self._envs[key] = make_task_env(task, **kwargs)
         return self._envs[key]
 
@@ -231,9 +237,10 @@ def run_job(job: EpisodeJob) -> List[Dict[str, Any]]:
     want_frames = bool(job.video_seeds) and job.video_dir is not None
     render = bool(job.render or getattr(policy, "needs_image", True) or want_frames or job.state_index)
     wrist = job.wrist_camera if job.wrist_camera is not None else bool(getattr(policy, "wrist_camera", False))
+    review = {"review_size": job.review_size} if job.review_size else {}  # every job of a bench asks alike: one env
     env = get_env(job.task, image_size=job.image_size, render=render, num_envs=job.num_envs,
                    max_steps=job.max_episode_steps, sim_backend=job.sim_backend, device=job.device,
-                   wrist_camera=wrist, dense_reward=False,  # an evaluation reads the success only
+                   wrist_camera=wrist, dense_reward=False, **review,  # an evaluation reads the success only
                    # the simulator state only scripted experts read (~0.8 ms a step); an env shared by every
                    # policy of a task (job.render) keeps it for them
                    privileged=bool(getattr(policy, "needs_privileged", False) or job.render))
@@ -276,7 +283,7 @@ def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[
                                                  index=job.state_index[int(s)], length=T, stride=job.state_stride))
     states: Dict[int, Dict[str, list]] = {i: {"image": [], "state": [], "step": []} for i in record_at}
 
-    class Frames(Recorder):  # the video rows' camera frames, the first one and one after each step
+    class Frames(Recorder):  # the video rows' review frames, the first one and one after each step
         def start(self, obs):
             self.grab()
 
@@ -284,7 +291,7 @@ def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[
             self.grab()
 
         def grab(self):
-            f = env.frames()
+            f = getattr(env, "review_frames", env.frames)()
             for i in video_rows:
                 frames[i].append(np.asarray(f[i]))
 
@@ -315,11 +322,14 @@ def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[
         if not job.record:
             rec["states_only"] = True
         if i in frames:
-            from vla_forget.video import outcome_border, video_name, write_mp4
+            from vla_forget.video import captioned, outcome_border, poster_name, video_name, write_mp4, write_poster
 
             os.makedirs(job.video_dir, exist_ok=True)
             name = video_name(job.task, int(seed), bool(success[i]), instructions[i])
-            write_mp4(os.path.join(job.video_dir, name), outcome_border(frames[i], bool(success[i])))
+            review = bool(getattr(env, "review_size", 0))  # a review camera's frames get the instruction as caption
+            clip = outcome_border(captioned(frames[i], instructions[i]) if review else frames[i], bool(success[i]))
+            write_mp4(os.path.join(job.video_dir, name), clip)
+            write_poster(os.path.join(job.video_dir, poster_name(name)), clip[-1])
             rec["video"] = name
         if states.get(i, {}).get("state"):
             write_states(state_path(job.states_dir, job.task, int(seed)), image=states[i]["image"],
