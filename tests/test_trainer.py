@@ -111,3 +111,34 @@ def test_a_step_must_end_with_done(tmp_path):
     with pytest.raises(RuntimeError, match="update 1 ended without trainer.done"):
         for _ in t.loop():
             pass
+
+
+def test_a_cpu_trainer_makes_multithreaded_backward_passes_repeat_exactly(tmp_path):
+    """With 2 threads, torch's CPU backward of the small VLA (its default size) sums some gradients in a varying
+    order unless deterministic algorithms are on; the trainer turns them on, so runs and resumes repeat exactly."""
+    from vla_forget.policies.base import Observation
+    from vla_forget.policies.small_vla import SmallVLA
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        Trainer(str(tmp_path), KIND, log_name="log.jsonl", counter="step", total=1, save_every=1, method="m",
+                progress=False, device="cpu")
+        assert torch.are_deterministic_algorithms_enabled()
+        pol = SmallVLA.random_init(seed=0)
+        pol.train()
+        g = torch.Generator().manual_seed(0)
+        n = 32
+        obs = Observation(image=torch.randint(0, 256, (n, 128, 128, 3), dtype=torch.uint8, generator=g),
+                          state=torch.randn(n, 16, generator=g), instruction=["put the red cube on the white target"] * n)
+        tokens = torch.randint(0, 256, (n, 7), generator=g)
+        grads = []
+        for _ in range(3):
+            torch.manual_seed(1)
+            pol.zero_grad()
+            logits = pol.action_logits(obs, tokens)
+            torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1)).backward()
+            grads.append({k: p.grad.clone() for k, p in pol.named_parameters() if p.grad is not None})
+        assert all(torch.equal(grads[0][k], other[k]) for other in grads[1:] for k in grads[0])
+    finally:
+        torch.set_num_threads(threads)

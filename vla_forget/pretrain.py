@@ -373,7 +373,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, stop_at: Optional[int
     total = cfg.total_steps()
     trainer = Trainer(cfg.out, RUN_KIND, log_name=METRICS, counter="step", total=total, save_every=cfg.save_every,
                       method="pretrain", grad_clip=cfg.grad_clip, progress=cfg.progress, desc="pretrain",
-                      keep_checkpoints=cfg.keep_checkpoints, resume=resume)
+                      keep_checkpoints=cfg.keep_checkpoints, resume=resume, device=cfg.device)
 
     def log(rec: Dict[str, Any]) -> None:
         """A record of numbers goes to metrics.jsonl; one with an "event" (start, dagger, ...) to events.jsonl."""

@@ -59,7 +59,8 @@ class Run:
         self._check_run_json(resume)
         self.trainer = Trainer(cfg.out, RUN_KIND, log_name=LOG, counter="update", total=cfg.updates,
                                save_every=cfg.save_every, method=cfg.method, grad_clip=cfg.grad_clip,
-                               progress=cfg.progress, desc=f"adapt {cfg.method}", resume=resume)
+                               progress=cfg.progress, desc=f"adapt {cfg.method}", resume=resume,
+                               device=cfg.device)
         self.resume_from: Optional[str] = self.trainer.resume_from
         policy = load_policy(self.resume_from or cfg.base, device=self.device)
         if cfg.lora_rank > 0:  # the hook for transformer policies (peft); full fine-tuning otherwise
