@@ -133,12 +133,13 @@ def test_library_callers_get_the_presets_and_resume_of_the_cli(tmp_path):
 
     out = str(tmp_path / "b")
     cfg = resolve_config(out, preset="default", workers=1, episodes=3)
-    assert cfg.policies == ["expert-v2", "small-vla-base-v5"] and cfg.base == "small-vla-base-v5"
+    shipped = ["expert-v2", "small-vla-base-v6", "small-vla-v6-sft-v1", "small-vla-v6-ppo-v1"]
+    assert cfg.policies == shipped and cfg.base == "small-vla-base-v6"
     assert (cfg.episodes, cfg.target_episodes, cfg.videos_per_task, cfg.battery) == (3, 20, 2, "tabletop-v2")
     RunFolder(out, bench.RUN_KIND).write_config(make_plan(cfg).resolved())
     again = resolve_config(out, resume=True, policies=["small-vla-random-v1"])
-    assert again.policies == ["expert-v2", "small-vla-base-v5", "small-vla-random-v1"]
-    assert (again.episodes, again.base, again.kl_states_per_task) == (3, "small-vla-base-v5", 128)
+    assert again.policies == shipped + ["small-vla-random-v1"]
+    assert (again.episodes, again.base, again.kl_states_per_task) == (3, "small-vla-base-v6", 128)
     with pytest.raises(BenchError, match="give --policy"):
         resolve_config(str(tmp_path / "empty"))
     open(str(tmp_path / "b" / "config.json"), "w").write("{")

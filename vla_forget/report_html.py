@@ -111,9 +111,9 @@ def _success_colour(rate: float) -> str:
     return f"hsl({int(round(120 * rate))}, 65%, 86%)"
 
 
-def _heat(v: float, top: float) -> str:
-    """White (0) to orange (``top`` and above): the divergences."""
-    t = 0.0 if top <= 0 else max(0.0, min(1.0, v / top))
+def _heat(v: Optional[float], top: float) -> str:
+    """White (0 or no value) to orange (``top`` and above): the divergences."""
+    t = 0.0 if top <= 0 or v is None else max(0.0, min(1.0, v / top))
     return f"hsl(28, 90%, {int(round(100 - 30 * t))}%)"
 
 
@@ -189,7 +189,7 @@ def divergence_tables(results: Dict[str, Any], policies: Sequence[str]) -> str:
         tv_text = _num(tv) if t.get("tv_reliable", True) else f"<span title='too few effective samples'>({_num(tv)})</span>"
         rows.append(
             f"<tr><td class=name>{_e(p)}</td><td>{k.get('n_states', '-')}</td>"
-            f"<td style='background:{_heat(fwd or 0.0, top)}'>{_num(fwd)} <small>± {_num(t.get('forward_se'))}</small></td>"
+            f"<td style='background:{_heat(fwd, top)}'>{_num(fwd)} <small>± {_num(t.get('forward_se'))}</small></td>"
             f"<td>{_num(t.get('reverse', k.get('reverse')))} <small>± {_num(t.get('reverse_se'))}</small></td>"
             f"<td>{tv_text}</td><td>{_num(b.get('forward'))}</td></tr>")
         if t.get("forward_by_phase"):
@@ -204,8 +204,8 @@ def divergence_tables(results: Dict[str, Any], policies: Sequence[str]) -> str:
                 + "".join(f"<th>{100 * r['from']:.0f}-{100 * r['to']:.0f} %</th>" for r in head) + "</tr>")
         for p, rs in phases:
             out += (f"<tr><td class=name>{_e(p)}</td>" + "".join(
-                f"<td style='background:{_heat(r['forward'], top)}'>{_num(r['forward'])} <small>± "
-                f"{_num(r['forward_se'])}</small></td>" for r in rs) + "</tr>")
+                f"<td style='background:{_heat(r.get('forward'), top)}'>{_num(r.get('forward'))} <small>± "
+                f"{_num(r.get('forward_se'))}</small></td>" for r in rs) + "</tr>")
         out += "</table>"
     return out
 
