@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 # Optional: a torch index (e.g. the CPU-only wheel index) for machines where
 # the default registry would bring a CUDA build.
 TORCH_INDEX_URL ?=
-EXTRAS ?= test,plots,rlds,lowpoly
+EXTRAS ?= test,plots,rlds,lowpoly,ray
 OUT ?= runs/default
 PYTEST_ARGS ?=
 

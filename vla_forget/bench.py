@@ -36,13 +36,14 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from tqdm import tqdm
 
 import vla_forget.envs  # TASKS and task_unavailable_reason read at call time: tests and plug-ins replace them
 from vla_forget import rollout
+from vla_forget.executors import EXECUTORS, run_jobs
 from vla_forget.analysis import RESULTS_FORMAT, across_seeds, aggregate, kl_entry  # noqa: F401 (names of bench before the split)
 from vla_forget.bench_divergences import StateSet, compute_divergences, load_state_set, state_sets  # noqa: F401
 from vla_forget.checkpoints import CheckpointDiscoveryError, find_checkpoints
@@ -323,6 +324,17 @@ def _check_options(config: BenchConfig) -> None:
         v = getattr(config, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise BenchError(f"{flag} must be a whole number >= 0, got {v!r}")
+    if config.executor not in EXECUTORS:
+        raise BenchError(f"--executor {config.executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if config.executor == "ray":
+        from vla_forget.executors import import_ray
+
+        import_ray()  # not installed: how to install it, before any work
+        if config.workers < 1:
+            raise BenchError("--executor ray runs one Ray actor per worker: give --workers N >= 1")
+        if config.num_envs > 1:
+            raise BenchError("--executor ray runs CPU-simulation workers; GPU simulation (--num-envs N > 1) runs in "
+                             "this process: use --executor local")
     r = config.review_size
     if not isinstance(r, int) or isinstance(r, bool) or not (r == 0 or 64 <= r <= 1024):
         raise BenchError(f"--review-size must be 0 (the policy camera's frames) or 64..1024 pixels, got {r!r}")
@@ -460,8 +472,10 @@ def _progress(total: int, initial: int, enabled: bool):
                 file=sys.stderr)
 
 
-def execute(jobs: List[EpisodeJob], episodes_path: str, workers: int, total: int, initial: int, progress: bool) -> int:
-    """Run jobs, appending each finished episode; returns the number of episodes run."""
+def execute(jobs: List[EpisodeJob], episodes_path: str, workers: int, total: int, initial: int, progress: bool,
+            executor: str = "local", ray_address: str = "auto", device: str = "cpu") -> int:
+    """Run jobs on ``executor`` (vla_forget.executors), appending each finished episode on this machine; returns
+    the number of episodes run."""
 
     bar = _progress(total, initial, progress)
     n = 0
@@ -475,8 +489,13 @@ def execute(jobs: List[EpisodeJob], episodes_path: str, workers: int, total: int
             bar.update(1)
             bar.set_postfix_str(f"{r['task']} {r['policy'][-24:]}", refresh=False)
 
+    run_dir = os.path.dirname(os.path.abspath(episodes_path))
+    if executor != "local":  # workers elsewhere write videos and states by absolute paths into the run folder
+        jobs = [replace(j, video_dir=j.video_dir and os.path.abspath(j.video_dir),
+                        states_dir=j.states_dir and os.path.abspath(j.states_dir)) for j in jobs]
     try:
-        rollout.run_parallel(rollout.run_job, jobs, workers, finish)
+        run_jobs(rollout.run_job, jobs, finish, executor=executor, workers=workers, ray_address=ray_address,
+                 device=device, run_dir=run_dir, log=lambda msg: bar.write(msg, file=sys.stderr))
     finally:
         bar.close()
     return n
@@ -491,7 +510,7 @@ def execute(jobs: List[EpisodeJob], episodes_path: str, workers: int, total: int
 #: the options of :func:`resolve_config` (those of ``vla-forget bench``); None: not given
 BENCH_OPTIONS = ("policies", "base", "checkpoints", "checkpoint_stride", "battery", "target", "episodes",
                  "target_episodes", "workers", "num_envs", "device", "image_size", "videos_per_task",
-                 "review_size", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_states", "greedy", "temperature",
+                 "review_size", "executor", "ray_address", "kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_states", "greedy", "temperature",
                  "prompt", "seed")
 #: the options a resumed bench takes from its config.json when they are not given (workers: per machine)
 RESUMED_OPTIONS = ("base", "battery", "target", "episodes", "target_episodes", "num_envs", "device", "image_size",
@@ -573,6 +592,8 @@ def resolve_config(out: str, *, resume: bool = False, preset: Optional[str] = No
         image_size=None if pick("image_size") is None else int(pick("image_size")),
         videos_per_task=int(pick("videos_per_task", 2)),
         review_size=int(pick("review_size", BenchConfig.review_size)),
+        executor=opts.get("executor") or BenchConfig.executor,
+        ray_address=opts.get("ray_address") or BenchConfig.ray_address,
         kl_states_per_task=int(pick("kl_states_per_task", BenchConfig.kl_states_per_task)),
         kl_state_stride=int(pick("kl_state_stride", BenchConfig.kl_state_stride)),
         kl_samples_per_state=int(pick("kl_samples_per_state", BenchConfig.kl_samples_per_state)),
@@ -634,7 +655,8 @@ def run_bench(config: BenchConfig, *, resume: bool = False, analyze_only: bool =
             f"{f' (+{n_states_only} re-run to record states)' if n_states_only else ''}"
             f"{f' ({initial} already done)' if initial else ''}, {config.workers} worker(s) -> {out}")
         try:
-            execute(jobs, episodes_path, config.workers, total, initial, config.progress)
+            execute(jobs, episodes_path, config.workers, total, initial, config.progress, config.executor,
+                    config.ray_address, config.device)
         except KeyboardInterrupt:
             n = len(read_episodes(episodes_path))
             folder.event("interrupted", episodes_saved=n)

@@ -152,6 +152,12 @@ class BenchConfig:
     """env worker processes, one simulator each; 0 runs in this process"""
     num_envs: int = 1
     """parallel envs per process (GPU simulation only)"""
+    executor: str = "local"
+    """where the episodes run: local (this machine's worker processes) or ray (--workers actors on a Ray cluster;
+    pip install 'vla-forget[ray]'; docs/ray.md)"""
+    ray_address: str = "auto"
+    """with --executor ray: the cluster (auto: the one this machine joined with `ray start`; HOST:PORT; local: a
+    one-machine cluster started for this run)"""
     device: str = "cpu"
     """policy device: cpu or cuda"""
     image_size: Optional[int] = None
@@ -189,7 +195,7 @@ class BenchConfig:
     """show progress bars"""
 
     # fields that may differ between a run and its resumption
-    VOLATILE = ("workers", "progress", "out", "review_size")
+    VOLATILE = ("workers", "progress", "out", "review_size", "executor", "ray_address")
     # fields that change only the divergences: a resumption may change them; states are recorded again where
     # they differ (the episodes re-run for their states only) and every divergence is recomputed
     DIVERGENCE_ONLY = ("kl_states_per_task", "kl_state_stride", "kl_samples_per_state", "kl_state_rule", "kl_states", "seed")
@@ -322,6 +328,11 @@ class DemoConfig:
     """dataset folder"""
     workers: int = 1
     """worker processes (one simulator each); 0 runs in this process"""
+    executor: str = "local"
+    """where the episodes run: local (worker processes here) or ray (--workers actors on a Ray cluster; the
+    dataset folder must be a path every node shares; docs/ray.md)"""
+    ray_address: str = "auto"
+    """with --executor ray: the cluster (auto, HOST:PORT, or local: a one-machine cluster for this run)"""
     seed_start: int = 0
     """first seed tried; seeds go up by one and must stay below TRAIN_SEED_LIMIT"""
     image_size: int = 128

@@ -64,11 +64,12 @@ import torch
 from mani_skill.trajectory.utils.actions.conversion import from_pd_joint_pos
 from tqdm import tqdm
 
-from vla_forget import datasets, rollout
+from vla_forget import datasets
 from vla_forget.envs import TASKS, task_info, task_instructions
 from vla_forget.config import DemoConfig  # noqa: F401 (demos' config, kept light for the CLI)
 from vla_forget.episodes import Recorder, run_episode
 from vla_forget.errors import VlaForgetError
+from vla_forget.executors import EXECUTORS, run_jobs
 from vla_forget.jsonio import append_jsonl
 from vla_forget.policies import SCRIPTED_EXPERTS
 from vla_forget.rollout import get_env, get_policy
@@ -89,7 +90,7 @@ RAW = "raw"
 ATTEMPTS = "attempts.jsonl"
 CONFIG = "config.json"
 #: fields of DemoConfig that a resumed run may change
-VOLATILE = ("episodes", "out", "workers", "seed_start", "max_attempts", "progress", "name")
+VOLATILE = ("episodes", "out", "workers", "seed_start", "max_attempts", "progress", "name", "executor", "ray_address")
 
 
 class DemoError(VlaForgetError, RuntimeError):
@@ -404,6 +405,14 @@ def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
     source = demo_source(cfg.task, cfg.expert)
     if cfg.episodes < 1:
         raise DemoError(f"--episodes must be >= 1, got {cfg.episodes}")
+    if cfg.executor not in EXECUTORS:
+        raise DemoError(f"--executor {cfg.executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if cfg.executor == "ray":
+        from vla_forget.executors import import_ray
+
+        import_ray()  # not installed: how to install it, before any work
+        if cfg.workers < 1:
+            raise DemoError("--executor ray runs one Ray actor per worker: give --workers N >= 1")
     candidates = _candidates(cfg)
     if cfg.seed_start < 0 or candidates[-1][0] >= TRAIN_SEED_LIMIT:
         raise DemoError(f"seeds {cfg.seed_start}..{candidates[-1][0]} reach the evaluation seeds: "
@@ -427,11 +436,13 @@ def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
         tried = [s for s in candidates if s in attempts]
         bar.set_postfix_str(f"kept {len(_kept(attempts, candidates))}/{len(tried)}", refresh=False)
 
-    todo = (DemoJob(cfg.task, s, source, cfg.image_size, cfg.success_hold, raw_dir, cfg.wrist_camera, k)
+    todo = (DemoJob(cfg.task, s, source, cfg.image_size, cfg.success_hold, os.path.abspath(raw_dir), cfg.wrist_camera, k)
             for s, k in candidates if (s, k) not in attempts)
     need = lambda pending: cfg.episodes - len(_kept(attempts, candidates)) - pending  # noqa: E731
     try:
-        rollout.run_parallel(collect_episode, todo, cfg.workers, finish, more=lambda n_pending: need(n_pending) > 0)
+        run_jobs(collect_episode, todo, finish, executor=cfg.executor, workers=cfg.workers,
+                 ray_address=cfg.ray_address, run_dir=raw_dir, more=lambda n_pending: need(n_pending) > 0,
+                 log=lambda msg: bar.write(msg, file=sys.stderr))
     finally:
         bar.close()
     wall = time.perf_counter() - t0

@@ -58,7 +58,7 @@ class AdaptError(VlaForgetError, RuntimeError):
 # the config (one class per method: vla_forget.adapt.configs)
 
 #: fields a resumed run may change
-VOLATILE = ("updates", "save_every", "out", "progress", "device", "threads", "workers")
+VOLATILE = ("updates", "save_every", "out", "progress", "device", "threads", "workers", "executor", "ray_address")
 #: adaptation run folders (their settings in ``run.json``): what a resume may change
 RUN_KIND = RunKind("adapt", "an adaptation run", RUN_JSON, changeable=VOLATILE, error=AdaptError)
 

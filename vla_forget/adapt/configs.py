@@ -32,7 +32,7 @@ from vla_forget.spec import DEFAULT_BATTERY
 REWARDS = ("success", "dense")
 #: fields that say where and how a run executes, not what it learns: not recorded as hyper-parameters
 OPERATIONAL = ("base", "out", "task", "battery", "allow_battery_task", "device", "threads", "progress", "workers",
-               "num_envs", "save_traces", "kl_log_states")
+               "num_envs", "save_traces", "kl_log_states", "executor", "ray_address")
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,11 @@ class RolloutConfig(AdaptConfig):
     """rollout episodes per update"""
     workers: int = 2
     """simulator worker processes for rollouts (0: in the trainer's process)"""
+    executor: str = "local"
+    """where the rollouts run: local (worker processes here) or ray (--workers actors on a Ray cluster, kept for
+    the whole run; pip install 'vla-forget[ray]'; docs/ray.md)"""
+    ray_address: str = "auto"
+    """with --executor ray: the cluster (auto, HOST:PORT, or local: a one-machine cluster for this run)"""
     num_envs: int = 1
     """parallel envs in the trainer's process (> 1: ManiSkill GPU physics, needs CUDA)"""
     image_size: Optional[int] = None
@@ -209,6 +214,11 @@ class RolloutConfig(AdaptConfig):
             out.append(f"--workers and --kl-log-states must be >= 0 (got {self.workers}, {self.kl_log_states})")
         if self.reward not in REWARDS:
             out.append(f"--reward must be one of {', '.join(REWARDS)} (got {self.reward!r})")
+        if self.executor not in ("local", "ray"):
+            out.append(f"--executor must be local or ray (got {self.executor!r})")
+        elif self.executor == "ray" and (self.workers < 1 or self.num_envs > 1):
+            out.append("--executor ray runs one Ray actor per worker with CPU simulation: give --workers N >= 1 and "
+                       "--num-envs 1")
         return out
 
 

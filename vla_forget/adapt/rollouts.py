@@ -38,9 +38,10 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -205,6 +206,8 @@ class RolloutJob:
     """a state_dict file written by the trainer (None: the checkpoint's own weights)"""
     version: int
     """changes whenever the trainer rewrites ``weights``"""
+    weights_ref: Any = None
+    """on a Ray cluster: the trainer's state_dict in Ray's object store (instead of ``weights``)"""
     image_size: int = 128
     max_episode_steps: Optional[int] = None
     device: str = "cpu"
@@ -221,11 +224,22 @@ def _trainee(job: RolloutJob):
         _TRAINEE.clear()
         _TRAINEE[key] = [load_policy(job.policy, device=job.device).eval(), None]
     entry = _TRAINEE[key]
-    if job.weights is not None and entry[1] != (job.weights, job.version):
+    if job.weights_ref is not None and entry[1] != ("object store", job.version):
+        import ray
+
+        entry[0].load_state_dict({k: v.to(job.device) for k, v in ray.get(job.weights_ref).items()})
+        entry[1] = ("object store", job.version)
+    elif job.weights is not None and entry[1] != (job.weights, job.version):
         state = torch.load(job.weights, map_location=job.device, weights_only=True)
         entry[0].load_state_dict(state)
         entry[1] = (job.weights, job.version)
     return entry[0]
+
+
+def collect_indexed(item: Tuple[int, RolloutJob]) -> Tuple[int, Dict[str, Any]]:
+    """:func:`collect_job` keeping the job's place (results of a cluster come back as they finish)."""
+    i, job = item
+    return i, collect_job(job)
 
 
 def collect_job(job: RolloutJob) -> Dict[str, Any]:
@@ -243,13 +257,17 @@ class Collector:
 
     def __init__(self, *, task: str, policy_dir: str, weights_path: str, workers: int, num_envs: int = 1,
                  image_size: int = 128, max_episode_steps: Optional[int] = None, device: str = "cpu",
-                 reward: str = "success", temperature: float = 1.0):
+                 reward: str = "success", temperature: float = 1.0, executor: str = "local",
+                 ray_address: str = "auto"):
         self.task, self.policy_dir, self.weights_path, self.reward = task, policy_dir, weights_path, reward
         self.temperature = float(temperature)
         self.num_envs = max(1, int(num_envs))
         self.workers = 0 if self.num_envs > 1 else max(0, int(workers))
         self.image_size, self.max_episode_steps, self.device = int(image_size), max_episode_steps, device
         self._pool = None
+        self.executor, self.ray_address = executor, ray_address
+        self._ray = None  # the RayExecutor, its actors kept for every update
+        self._weights: Tuple[int, Any] = (-1, None)  # (version, object-store reference)
 
     def collect(self, policy, seeds: Sequence[int], gen_seeds: Sequence[int], version: int) -> Trajectories:
         """Episodes from ``seeds`` (generator seeds ``gen_seeds``, one per episode), in that order."""
@@ -261,6 +279,8 @@ class Collector:
         try:
             if self.workers == 0:
                 parts = self._in_process(policy, list(seeds), list(gen_seeds))
+            elif self.executor == "ray":
+                parts = self._on_ray(policy, list(seeds), list(gen_seeds), version)
             else:
                 parts = self._in_workers(policy, list(seeds), list(gen_seeds), version)
         finally:
@@ -308,7 +328,30 @@ class Collector:
                 f.cancel()
             raise
 
+    def _on_ray(self, policy, seeds: List[int], gen_seeds: List[int], version: int) -> List[Dict[str, Any]]:
+        """The episodes on a Ray cluster's actors (vla_forget.executors), the weights through its object store."""
+        from vla_forget.executors import RayExecutor
+
+        if self._ray is None:
+            self._ray = RayExecutor(self.ray_address, self.workers, device=self.device,
+                                    log=lambda msg: print(msg, file=sys.stderr))
+        if self._weights[0] != int(version):
+            self._ray.connect()
+            state = {k: v.detach().cpu() for k, v in policy.state_dict().items()}
+            self._weights = (int(version), self._ray.ray.put(state))
+        jobs = [(i, RolloutJob(task=self.task, seeds=[s], gen_seed=g, policy=os.path.abspath(self.policy_dir),
+                               weights=None, version=int(version), weights_ref=self._weights[1],
+                               image_size=self.image_size, max_episode_steps=self.max_episode_steps,
+                               temperature=self.temperature))
+                for i, (s, g) in enumerate(zip(seeds, gen_seeds))]
+        parts: Dict[int, Dict[str, Any]] = {}
+        self._ray.run(collect_indexed, jobs, lambda r: parts.__setitem__(r[0], r[1]), keep_workers=True)
+        return [parts[i] for i in range(len(jobs))]
+
     def close(self) -> None:
+        if self._ray is not None:
+            self._ray.stop()
+            self._ray = None
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -416,7 +459,8 @@ def collector_for(run) -> Collector:
     return Collector(task=run.task, policy_dir=os.path.join(run.ckpt_root, checkpoint_name(0)),
                      weights_path=os.path.join(run.dir, ROLLOUT_WEIGHTS), workers=cfg.workers, num_envs=cfg.num_envs,
                      image_size=cfg.image_size, max_episode_steps=cfg.max_episode_steps, device=run.device,
-                     reward=cfg.reward, temperature=getattr(cfg, "temperature", 1.0))
+                     reward=cfg.reward, temperature=getattr(cfg, "temperature", 1.0),
+                     executor=getattr(cfg, "executor", "local"), ray_address=getattr(cfg, "ray_address", "auto"))
 
 
 def traces_for(run) -> TraceWriter:
