@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 import vla_forget.envs  # TASKS and task_unavailable_reason read at call time: tests and plug-ins replace them
 from vla_forget import rollout
-from vla_forget.executors import EXECUTORS, run_jobs
+from vla_forget.executors import executor_problem, run_jobs
 from vla_forget.analysis import RESULTS_FORMAT, across_seeds, aggregate, kl_entry  # noqa: F401 (names of bench before the split)
 from vla_forget.bench_divergences import StateSet, compute_divergences, load_state_set, state_sets  # noqa: F401
 from vla_forget.checkpoints import CheckpointDiscoveryError, find_checkpoints
@@ -324,17 +324,9 @@ def _check_options(config: BenchConfig) -> None:
         v = getattr(config, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise BenchError(f"{flag} must be a whole number >= 0, got {v!r}")
-    if config.executor not in EXECUTORS:
-        raise BenchError(f"--executor {config.executor!r}: choose one of {', '.join(EXECUTORS)}")
-    if config.executor == "ray":
-        from vla_forget.executors import import_ray
-
-        import_ray()  # not installed: how to install it, before any work
-        if config.workers < 1:
-            raise BenchError("--executor ray runs one Ray actor per worker: give --workers N >= 1")
-        if config.num_envs > 1:
-            raise BenchError("--executor ray runs CPU-simulation workers; GPU simulation (--num-envs N > 1) runs in "
-                             "this process: use --executor local")
+    problem = executor_problem(config.executor, config.workers, config.num_envs)
+    if problem:
+        raise BenchError(problem)
     r = config.review_size
     if not isinstance(r, int) or isinstance(r, bool) or not (r == 0 or 64 <= r <= 1024):
         raise BenchError(f"--review-size must be 0 (the policy camera's frames) or 64..1024 pixels, got {r!r}")

@@ -69,7 +69,7 @@ from vla_forget.envs import TASKS, task_info, task_instructions
 from vla_forget.config import DemoConfig  # noqa: F401 (demos' config, kept light for the CLI)
 from vla_forget.episodes import Recorder, run_episode
 from vla_forget.errors import VlaForgetError
-from vla_forget.executors import EXECUTORS, run_jobs
+from vla_forget.executors import executor_problem, run_jobs
 from vla_forget.jsonio import append_jsonl
 from vla_forget.policies import SCRIPTED_EXPERTS
 from vla_forget.rollout import get_env, get_policy
@@ -405,14 +405,9 @@ def collect_demos(cfg: DemoConfig, *, resume: bool = False) -> Dict[str, Any]:
     source = demo_source(cfg.task, cfg.expert)
     if cfg.episodes < 1:
         raise DemoError(f"--episodes must be >= 1, got {cfg.episodes}")
-    if cfg.executor not in EXECUTORS:
-        raise DemoError(f"--executor {cfg.executor!r}: choose one of {', '.join(EXECUTORS)}")
-    if cfg.executor == "ray":
-        from vla_forget.executors import import_ray
-
-        import_ray()  # not installed: how to install it, before any work
-        if cfg.workers < 1:
-            raise DemoError("--executor ray runs one Ray actor per worker: give --workers N >= 1")
+    problem = executor_problem(cfg.executor, cfg.workers)
+    if problem:
+        raise DemoError(problem)
     candidates = _candidates(cfg)
     if cfg.seed_start < 0 or candidates[-1][0] >= TRAIN_SEED_LIMIT:
         raise DemoError(f"seeds {cfg.seed_start}..{candidates[-1][0]} reach the evaluation seeds: "

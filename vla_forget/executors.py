@@ -56,6 +56,23 @@ def run_jobs(fn: Callable[[Any], Any], jobs: Iterable[Any], on_result: Callable[
         raise ExecutorError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
 
 
+def executor_problem(executor: str, workers: int, num_envs: int = 1) -> Optional[str]:
+    """What is wrong with these options, in one line (None: nothing); Ray not installed says how to install it."""
+    if executor not in EXECUTORS:
+        return f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}"
+    if executor == "ray":
+        try:
+            import_ray()
+        except ExecutorError as e:
+            return str(e)
+        if workers < 1:
+            return "--executor ray runs one Ray actor per worker: give --workers N >= 1"
+        if num_envs > 1:
+            return ("--executor ray runs CPU-simulation workers; GPU simulation (--num-envs N > 1) runs in this "
+                    "process: use --executor local")
+    return None
+
+
 def import_ray():
     try:
         import ray

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 
 def _pct(x: Any) -> str:
@@ -71,13 +71,17 @@ def protocol_lines(protocol: Dict[str, Any] | None) -> List[str]:
                 f"Decoding: {decoding or '-'}." + (f" Prompt: {prompts}." if prompts else "")]
 
 
-def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
-    policies = [p["id"] for p in results["policies"]]
-    battery = results["battery"]
-    tasks = list(battery["tasks"])
+def policies_and_tasks(results: Dict[str, Any]) -> Tuple[List[str], List[str]]:
+    """The ids of a bench's policies, and its battery's tasks with the target's last (every report's order)."""
     target = results.get("target")
-    if target:
-        tasks = tasks + [target["task"]]
+    return ([p["id"] for p in results["policies"]],
+            list(results["battery"]["tasks"]) + ([target["task"]] if target else []))
+
+
+def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
+    policies, tasks = policies_and_tasks(results)
+    battery = results["battery"]
+    target = results.get("target")
     L: List[str] = [
         f"# vla-forget bench: {battery['id']}",
         "",

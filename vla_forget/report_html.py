@@ -22,6 +22,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from vla_forget import __version__
+from vla_forget.report import policies_and_tasks
 from vla_forget.video import poster_name, slug
 
 REPORT_HTML = "report.html"
@@ -289,12 +290,9 @@ def gallery(results: Dict[str, Any], tasks: Sequence[str], policies: Sequence[st
 
 def write_html(results: Dict[str, Any], path: str, run_dir: str) -> str:
     """Write ``report.html`` for ``results`` (the bench in ``run_dir``); returns ``path``."""
-    policies = [p["id"] for p in results["policies"]]
+    policies, tasks = policies_and_tasks(results)
     battery = results["battery"]
-    tasks = list(battery["tasks"])
     target = results.get("target")
-    if target:
-        tasks.append(target["task"])
     plots = results.get("plots") or {}
     imgs = [f"<img src='{_e(plots[k])}' alt='{k}'>" for k in ("pareto", "law")
             if plots.get(k) and os.path.exists(os.path.join(run_dir, plots[k]))]

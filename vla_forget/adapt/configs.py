@@ -214,11 +214,11 @@ class RolloutConfig(AdaptConfig):
             out.append(f"--workers and --kl-log-states must be >= 0 (got {self.workers}, {self.kl_log_states})")
         if self.reward not in REWARDS:
             out.append(f"--reward must be one of {', '.join(REWARDS)} (got {self.reward!r})")
-        if self.executor not in ("local", "ray"):
-            out.append(f"--executor must be local or ray (got {self.executor!r})")
-        elif self.executor == "ray" and (self.workers < 1 or self.num_envs > 1):
-            out.append("--executor ray runs one Ray actor per worker with CPU simulation: give --workers N >= 1 and "
-                       "--num-envs 1")
+        from vla_forget.executors import executor_problem  # light: Ray is imported only where asked for
+
+        problem = executor_problem(self.executor, self.workers, self.num_envs)
+        if problem:
+            out.append(problem)
         return out
 
 
