@@ -55,6 +55,15 @@ def test_a_bench_on_ray_records_the_local_executors_episodes(cluster, tmp_path):
             assert os.path.exists(os.path.join(remote, "videos", r["policy"], r["video"]))
     assert json.load(open(os.path.join(remote, "results.json")))["success"] == \
         json.load(open(os.path.join(local, "results.json")))["success"]
+    # the driver died after half the episodes: --resume on the cluster runs the rest, each episode once
+    path = os.path.join(remote, "episodes.jsonl")
+    lines = open(path).readlines()
+    open(path, "w").writelines(lines[: len(lines) // 2])
+    cfg = BenchConfig(policies=["expert-v2", "small-vla-base-v6"], base="small-vla-base-v6", out=remote,
+                      battery=str(battery), target="none", workers=2, videos_per_task=1, review_size=96,
+                      kl_states_per_task=4, kl_samples_per_state=1, progress=False, executor="ray")
+    run_bench(cfg, resume=True, log=lambda *_: None)
+    assert _records(remote) == a
 
 
 def _square(job):
