@@ -16,15 +16,25 @@ from vla_forget.executors import ExecutorError, RayExecutor, node_facts, node_pr
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A local cluster for this module; its workers import the tests package (the repository on their path)."""
-    if ray.is_initialized():
-        ray.shutdown()
+def _start():
+    """A local cluster (head on 127.0.0.1, 2 CPUs); its workers import the tests package (the repository on their
+    path)."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
              configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_at_the_end():
     yield
-    ray.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture()
+def cluster():
+    """The module's cluster, started on first use (or again after a test that had to run without one)."""
+    if not ray.is_initialized():
+        _start()
 
 
 def _records(out):
