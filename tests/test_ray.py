@@ -172,3 +172,31 @@ def test_demonstrations_on_ray_are_the_local_ones(cluster, tmp_path):
     for i in range(3):
         ea, eb = a.episode(i), b.episode(i)
         assert np.array_equal(ea.action, eb.action) and np.array_equal(ea.image, eb.image)
+
+
+def test_a_node_without_vulkan_is_named_before_any_episode(monkeypatch):
+    """The per-node check, run in this process: a node whose simulator finds no Vulkan device is a problem."""
+    import vla_forget.envs.vulkan as vulkan
+    from vla_forget.executors import _Worker
+
+    def no_vulkan(*a, **k):
+        raise RuntimeError("no Vulkan ICD found\nmore detail")
+
+    monkeypatch.setattr(vulkan, "check_vulkan", no_vulkan)
+    hello = _Worker.hello(object.__new__(_Worker), node_facts(), None, True)
+    assert hello["problems"] == ["no Vulkan device for the simulator (no Vulkan ICD found)"]
+
+
+class _Uninstalled:
+    def __init__(self):
+        raise ModuleNotFoundError("No module named 'vla_forget'")
+
+    def hello(self, *a):
+        return {}
+
+
+def test_a_cluster_without_the_project_installed_is_a_clear_error(cluster):
+    ex = RayExecutor("auto", 1, needs_vulkan=False)
+    ex._cls = ray.remote(num_cpus=1, max_restarts=0)(_Uninstalled)  # what a node without vla-forget starts
+    with pytest.raises(ExecutorError, match=r"could not start: .*Is vla-forget installed on every node"):
+        ex.run(_square, [1], lambda r: None)

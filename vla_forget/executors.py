@@ -183,7 +183,11 @@ class RayExecutor:
     def start(self) -> None:
         self.connect()
         self.actors = [self._actor() for _ in range(self.workers)]
-        self._greet(self.actors)
+        try:
+            self._greet(self.actors)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         for a in self.actors:
