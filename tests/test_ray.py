@@ -200,3 +200,8 @@ def test_a_cluster_without_the_project_installed_is_a_clear_error(cluster):
     ex._cls = ray.remote(num_cpus=1, max_restarts=0)(_Uninstalled)  # what a node without vla-forget starts
     with pytest.raises(ExecutorError, match=r"could not start: .*Is vla-forget installed on every node"):
         ex.run(_square, [1], lambda r: None)
+
+
+def test_more_workers_than_the_cluster_has_cpus_is_refused_at_once(cluster):
+    with pytest.raises(ExecutorError, match=r"too small for --workers 5: it needs 5 CPUs \(it has 2\)"):
+        RayExecutor("auto", 5, needs_vulkan=False).run(_square, [1], lambda r: None)

@@ -178,10 +178,17 @@ class RayExecutor:
             raise ExecutorError(f"a Ray worker could not check its node: {_cause(e)}") from None
         bad = [f"{h['node']} (pid {h['pid']}): " + "; ".join(h["problems"]) for h in hellos if h["problems"]]
         if bad:
-            raise ExecutorError("Ray workers that cannot run this bench:\n  " + "\n  ".join(bad))
+            raise ExecutorError("Ray workers that cannot run this run's episodes:\n  " + "\n  ".join(bad))
 
     def start(self) -> None:
         self.connect()
+        have = self.ray.cluster_resources()
+        want = {"CPU": float(self.workers), "GPU": 1.0 if self.device.startswith("cuda") else 0.0}
+        short = [f"{int(n) if k == 'CPU' else n:g} {k}{'s' if n != 1 else ''} (it has {have.get(k, 0):g})"
+                 for k, n in want.items() if n > have.get(k, 0)]
+        if short:  # actors would wait for resources that never come
+            raise ExecutorError(f"the Ray cluster is too small for --workers {self.workers}: it needs "
+                                f"{', '.join(short)}; give fewer --workers or add nodes (`ray status` shows them)")
         self.actors = [self._actor() for _ in range(self.workers)]
         try:
             self._greet(self.actors)
