@@ -273,7 +273,7 @@ def make_task_env(
 
         if isinstance(cls, type) and issubclass(cls, ManiSkillTaskEnv):
             entry_kwargs["dense_reward"] = False
-    if review_size and render_images:
+    if review_size:
         from vla_forget.envs.maniskill import ManiSkillTaskEnv
 
         if isinstance(cls, type) and issubclass(cls, ManiSkillTaskEnv):

@@ -151,7 +151,7 @@ def test_report_links_the_plots():
     assert "](pareto.png)" in text and "](forgetting_vs_kl.png)" in text
     assert "| ppo_lr1e-4_b8_s0 | ppo | 0 |" in text and "(primary)" in text and "R²" in text
     assert "Within each method" in text and "| sft | 3 | 5.00 | +0.0 | 1.000 |" in text
-    from vla_forget.report import _num, _pct
+    from vla_forget.report import num as _num, pct as _pct
 
     assert (_num(-1e-17 * 100, "{:+.1f}"), _num(-0.04, "{:+.1f}"), _pct(-1e-17), _num(-0.2, "{:+.1f}")) == ("+0.0", "+0.0", "0", "-0.2")
     res["plots"] = {"skipped": "plots need matplotlib"}

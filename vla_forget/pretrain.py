@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from vla_forget import bc, rollout
-from vla_forget.adapt import CHECKPOINTS_DIR, checkpoint_name, checkpoint_update
+from vla_forget.adapt import checkpoint_update
 from vla_forget.bc import (  # noqa: F401
     TRANSPORT_MIN_XY,
     TRANSPORT_RULES,
@@ -205,14 +205,6 @@ def validate(model, val: Optional[Dict[str, Any]], device: str, batch_size: int 
     acc = tot_acc / n
     return {"val_loss": round(tot_loss / n, 5), "val_token_acc": round(float(acc.mean()), 5),
             "val_token_acc_per_dim": [round(float(a), 4) for a in acc]}
-
-
-# --------------------------------------------------------------------------
-# checkpoints: the shared layout (vla_forget.trainer)
-
-def checkpoint_path(out: str, step: int) -> str:
-    """Where the checkpoint after ``step`` steps goes: ``out/checkpoints/update-NNNNNN`` (the shared layout)."""
-    return os.path.join(out, CHECKPOINTS_DIR, checkpoint_name(step))
 
 
 # --------------------------------------------------------------------------

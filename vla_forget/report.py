@@ -7,7 +7,7 @@ import os
 from typing import Any, Dict, List, Tuple
 
 
-def _pct(x: Any) -> str:
+def pct(x: Any) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return _no_negative_zero(f"{100 * x:.0f}", "{:.0f}")
@@ -16,10 +16,10 @@ def _pct(x: Any) -> str:
 def _cell(d: Dict[str, Any] | None) -> str:
     if not d:
         return "-"
-    return f"{_pct(d['rate'])} [{_pct(d['ci_low'])}, {_pct(d['ci_high'])}] (n={d['n']})"
+    return f"{pct(d['rate'])} [{pct(d['ci_low'])}, {pct(d['ci_high'])}] (n={d['n']})"
 
 
-def _num(x: Any, fmt: str = "{:.4f}") -> str:
+def num(x: Any, fmt: str = "{:.4f}") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return _no_negative_zero(fmt.format(x), fmt)
@@ -34,14 +34,25 @@ def _no_negative_zero(text: str, fmt: str) -> str:
 
 
 def _pm(e: Dict[str, Any], key: str) -> str:
-    return f"{_num(e.get(key))} ± {_num(e.get(key + '_se'))}" if e and e.get(key) is not None else "-"
+    return f"{num(e.get(key))} ± {num(e.get(key + '_se'))}" if e and e.get(key) is not None else "-"
+
+
+def points(d: Dict[str, Any] | None) -> Tuple[str, str] | None:
+    """A difference of rates in points and its interval, ``("+12.5", "[+3.1, +21.9]")``; None for none."""
+    if not d or d.get("value") is None:
+        return None
+    return (num(100 * d["value"], "{:+.1f}"),
+            f"[{num(_times100(d.get('ci_low')), '{:+.1f}')}, {num(_times100(d.get('ci_high')), '{:+.1f}')}]")
+
+
+def _times100(x: Any) -> Any:
+    return None if x is None else 100 * x
 
 
 def _pp_interval(d: Dict[str, Any] | None) -> str:
     """A difference of rates in points with its interval, ``+12.5 [+3.1, +21.9]`` ("-" for none)."""
-    if not d:
-        return "-"
-    return f"{_num(100 * d['value'], '{:+.1f}')} [{_num(100 * d['ci_low'], '{:+.1f}')}, {_num(100 * d['ci_high'], '{:+.1f}')}]"
+    parts = points(d)
+    return "-" if parts is None else " ".join(parts)
 
 
 def _tv(e: Dict[str, Any]) -> str:
@@ -110,7 +121,7 @@ def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
     for p in policies:
         f = results["forgetting_detail"].get(p, {})
         g = results.get("gain_detail", {}).get(p)
-        L.append(f"| {p} | {_pct(results['battery_mean_success'].get(p))} | {_pp_interval(f)} | {_pp_interval(g)} |")
+        L.append(f"| {p} | {pct(results['battery_mean_success'].get(p))} | {_pp_interval(f)} | {_pp_interval(g)} |")
     L += [
         "",
         "## Action-distribution divergence to the base",
@@ -133,19 +144,19 @@ def write_report(results: Dict[str, Any], path: str, run_dir: str) -> None:
             continue
         d = k.get("detail", {})
         t, b = d.get("target"), d.get("battery")
-        L.append(f"| {p} | {k['n_states']} | {_pm(t, 'forward') if t else _num(k['forward'])} | "
-                 f"{_pm(t, 'reverse') if t else _num(k['reverse'])} | {_tv(t) if t else _num(k['tv'])} | "
-                 f"{_num(100 * t['tv_ess'], '{:.2g}') if t and t.get('tv_ess') is not None else '-'} | "
+        L.append(f"| {p} | {k['n_states']} | {_pm(t, 'forward') if t else num(k['forward'])} | "
+                 f"{_pm(t, 'reverse') if t else num(k['reverse'])} | {_tv(t) if t else num(k['tv'])} | "
+                 f"{num(100 * t['tv_ess'], '{:.2g}') if t and t.get('tv_ess') is not None else '-'} | "
                  f"{_pm(b, 'forward') if b else '-'} |")
         for name in ("target", "target_policy"):
             rows = (d.get(name) or {}).get("forward_by_phase")
             if rows:
                 by_phase.append(f"| {p} | {name} | " + " | ".join(
-                    f"{_num(r['forward'])} ± {_num(r['forward_se'])} (n={r['n_states']})" for r in rows) + " |")
+                    f"{num(r['forward'])} ± {num(r['forward_se'])} (n={r['n_states']})" for r in rows) + " |")
         own = d.get("target_policy")
         if own:
             L.append(f"| {p} (own target states: target_policy) | {own['n_states']} | {_pm(own, 'forward')} | "
-                     f"{_pm(own, 'reverse')} | {_tv(own)} | {_num(100 * own['tv_ess'], '{:.2g}')} | - |")
+                     f"{_pm(own, 'reverse')} | {_tv(own)} | {num(100 * own['tv_ess'], '{:.2g}')} | - |")
     if by_phase:
         phases = next(r for r in (results["kl_to_base"].values()) if r and r.get("forward_by_phase"))["forward_by_phase"]
         L += ["", "### Forward KL by phase of the target episodes",
@@ -192,8 +203,8 @@ def checkpoint_section(results: Dict[str, Any]) -> List[str]:
         for r in rows:
             f = r.get("forgetting")
             L.append(f"| {r['run']} | {r.get('method') or '-'} | {r['update']} | {r.get('env_steps') if r.get('env_steps') is not None else '-'} | "
-                     f"{_pct(r.get('target_success'))} | {_pct(r.get('battery_success'))} | "
-                     f"{_num(None if f is None else 100 * f, '{:+.1f}')} | {_num(r.get('forward_kl'))} | "
+                     f"{pct(r.get('target_success'))} | {pct(r.get('battery_success'))} | "
+                     f"{num(None if f is None else 100 * f, '{:+.1f}')} | {num(r.get('forward_kl'))} | "
                      f"{r['policy'] if r['policy'] != r['key'] else ''} |")
     seeds = results.get("across_seeds") or []
     if seeds:
@@ -205,7 +216,7 @@ def checkpoint_section(results: Dict[str, Any]) -> List[str]:
         def spread(st: Dict[str, Any], scale: float, fmt: str) -> str:
             if st.get("mean") is None:
                 return "-"
-            return f"{_num(scale * st['mean'], fmt)} [{_num(scale * st['min'], fmt)}, {_num(scale * st['max'], fmt)}]"
+            return f"{num(scale * st['mean'], fmt)} [{num(scale * st['min'], fmt)}, {num(scale * st['max'], fmt)}]"
 
         for g in seeds:
             name = g["method"] + (f" ({g['label']})" if g.get("label") else "")
@@ -221,11 +232,11 @@ def checkpoint_section(results: Dict[str, Any]) -> List[str]:
               "| model | parameters | R² |", "|---|---|---|"]
         for m, fit in law.get("fits", {}).items():
             params = ", ".join(f"{k} = {v:.4g}" for k, v in fit["params"].items()) if fit["defined"] else fit.get("reason", "undefined")
-            L.append(f"| `{fit['formula']}`{' (primary)' if m == law['model'] else ''} | {params} | {_num(fit['r2'], '{:.3f}')} |")
+            L.append(f"| `{fit['formula']}`{' (primary)' if m == law['model'] else ''} | {params} | {num(fit['r2'], '{:.3f}')} |")
         alt = law.get("predictors") or {}
         if alt:
             L += ["", f"Other predictors, {law['model']} fit: " + "; ".join(
-                f"{k} R² = {_num(v.get('r2'), '{:.3f}')} (n={v.get('n')})" for k, v in alt.items()) + "."]
+                f"{k} R² = {num(v.get('r2'), '{:.3f}')} (n={v.get('n')})" for k, v in alt.items()) + "."]
         by_method = law.get("by_method") or {}
         if by_method:
             L += ["", f"Within each method ({law['model']} fit over the method's checkpoints and the base at (0, 0); "
@@ -236,8 +247,8 @@ def checkpoint_section(results: Dict[str, Any]) -> List[str]:
                     L.append(f"| {m} | {fit.get('n')} | {fit.get('reason', 'undefined')} | | |")
                     continue
                 a, b = fit["params"].get("a"), fit["params"].get("b")
-                L.append(f"| {m} | {fit['n']} | {_num(None if a is None else 100 * a, '{:.2f}')} | "
-                         f"{_num(None if b is None else 100 * b, '{:+.1f}')} | {_num(fit.get('r2'), '{:.3f}')} |")
+                L.append(f"| {m} | {fit['n']} | {num(None if a is None else 100 * a, '{:.2f}')} | "
+                         f"{num(None if b is None else 100 * b, '{:+.1f}')} | {num(fit.get('r2'), '{:.3f}')} |")
     matched = results.get("matched") or []
     if matched:
         L += ["", "## Forgetting at matched target success", "",
@@ -248,7 +259,7 @@ def checkpoint_section(results: Dict[str, Any]) -> List[str]:
               "| A | B | target % (A / B) | forgetting A (pp) | forgetting B (pp) | A − B (pp, 95 %) | forward KL (A / B) |",
               "|---|---|---|---|---|---|---|"]
         def pp(x):
-            return _num(None if x is None else 100 * x, "{:+.1f}")
+            return num(None if x is None else 100 * x, "{:+.1f}")
 
         for m in matched:
             ma, mb = m["methods"]
@@ -256,10 +267,10 @@ def checkpoint_section(results: Dict[str, Any]) -> List[str]:
                 L.append(f"| {ma} | {mb} | {m.get('reason', '')} | | | | |")
                 continue
             lo, hi = m.get("forgetting_difference_ci") or [None, None]
-            L.append(f"| {ma}: `{m['a']}` | {mb}: `{m['b']}` | {_pct(m.get('a_target_success'))} / "
-                     f"{_pct(m.get('b_target_success'))} | {pp(m.get('a_forgetting'))} | {pp(m.get('b_forgetting'))} | "
+            L.append(f"| {ma}: `{m['a']}` | {mb}: `{m['b']}` | {pct(m.get('a_target_success'))} / "
+                     f"{pct(m.get('b_target_success'))} | {pp(m.get('a_forgetting'))} | {pp(m.get('b_forgetting'))} | "
                      f"{pp(m.get('forgetting_difference'))} [{pp(lo)}, {pp(hi)}] | "
-                     f"{_num(m.get('a_forward_kl'), '{:.2f}')} / {_num(m.get('b_forward_kl'), '{:.2f}')} |")
+                     f"{num(m.get('a_forward_kl'), '{:.2f}')} / {num(m.get('b_forward_kl'), '{:.2f}')} |")
     plots = results.get("plots") or {}
     if plots.get("skipped"):
         L += ["", f"Plots skipped: {plots['skipped']}."]
@@ -284,9 +295,9 @@ def summary_lines(results: Dict[str, Any], run_dir: str, max_rows: int = 15) -> 
     for p in policies:
         t = (results["success"].get(p) or {}).get(target) if target else None
         k = kl.get(p)
-        rows.append((p, _pct(results["battery_mean_success"].get(p)), _pp_interval(results["forgetting_detail"].get(p)),
-                     _pct(t["rate"]) if t else "-", _pp_interval((results.get("gain_detail") or {}).get(p)),
-                     "base" if p == results["base"] else (_num(k.get("forward"), "{:.2f}") if k else "-")))
+        rows.append((p, pct(results["battery_mean_success"].get(p)), _pp_interval(results["forgetting_detail"].get(p)),
+                     pct(t["rate"]) if t else "-", _pp_interval((results.get("gain_detail") or {}).get(p)),
+                     "base" if p == results["base"] else (num(k.get("forward"), "{:.2f}") if k else "-")))
     head = ("policy", "battery %", "forgetting, pp [95 %]", "target %", "gain, pp [95 %]", "forward KL")
     shown = rows[:max_rows]
     width = [max(len(str(r[i])) for r in [head, *shown]) for i in range(len(head))]

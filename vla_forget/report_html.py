@@ -22,7 +22,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from vla_forget import __version__
-from vla_forget.report import policies_and_tasks
+from vla_forget.report import num, pct, points, policies_and_tasks
 from vla_forget.video import poster_name, slug
 
 REPORT_HTML = "report.html"
@@ -86,18 +86,14 @@ def _e(x: Any) -> str:
 
 
 def _pct(x: Optional[float]) -> str:
-    return "-" if x is None else f"{100 * x:.0f} %"
+    text = pct(x)
+    return text if text == "-" else f"{text} %"
 
 
 def _pp(d: Optional[Dict[str, Any]]) -> str:
-    """A difference in points with its interval: +12.0 [+1.3, +22.9]."""
-    if not d or d.get("value") is None:
-        return "-"
-    lo, hi = d.get("ci_low"), d.get("ci_high")
-    body = f"{100 * d['value']:+.1f}"
-    if lo is not None and hi is not None:
-        body += f" <small>[{100 * lo:+.1f}, {100 * hi:+.1f}]</small>"
-    return body
+    """A difference in points with its interval (report.points), the interval small."""
+    parts = points(d)
+    return "-" if parts is None else f"{parts[0]} <small>{parts[1]}</small>"
 
 
 def _significant(d: Optional[Dict[str, Any]]) -> int:
@@ -119,7 +115,7 @@ def _heat(v: Optional[float], top: float) -> str:
 
 
 def _num(x: Any, fmt: str = "{:.3f}") -> str:
-    return "-" if x is None else fmt.format(x)
+    return num(x, fmt)
 
 
 def success_matrix(results: Dict[str, Any], tasks: Sequence[str], policies: Sequence[str], key: str = "success") -> str:
@@ -149,7 +145,7 @@ def success_matrix(results: Dict[str, Any], tasks: Sequence[str], policies: Sequ
                             f"{'▲' if sig > 0 else '▼'}</span>")
             title = f"{s['successes']}/{s['n']} episodes; Wilson 95 % interval {_pct(s['ci_low'])} to {_pct(s['ci_high'])}"
             cells.append(f"<td style='background:{_success_colour(s['rate'])}' title='{_e(title)}'>{_pct(s['rate'])}"
-                         f"<small>[{100 * s['ci_low']:.0f}, {100 * s['ci_high']:.0f}]</small>{mark}</td>")
+                         f"<small>[{pct(s['ci_low'])}, {pct(s['ci_high'])}]</small>{mark}</td>")
         rows.append(f"<tr><td class=name>{_e(p)}{' (base)' if p == base else ''}</td>{''.join(cells)}</tr>")
     rows.append("</table></div>")
     return "\n".join(rows)

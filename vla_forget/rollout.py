@@ -237,10 +237,9 @@ def run_job(job: EpisodeJob) -> List[Dict[str, Any]]:
     want_frames = bool(job.video_seeds) and job.video_dir is not None
     render = bool(job.render or getattr(policy, "needs_image", True) or want_frames or job.state_index)
     wrist = job.wrist_camera if job.wrist_camera is not None else bool(getattr(policy, "wrist_camera", False))
-    review = {"review_size": job.review_size} if job.review_size else {}  # every job of a bench asks alike: one env
     env = get_env(job.task, image_size=job.image_size, render=render, num_envs=job.num_envs,
                    max_steps=job.max_episode_steps, sim_backend=job.sim_backend, device=job.device,
-                   wrist_camera=wrist, dense_reward=False, **review,  # an evaluation reads the success only
+                   wrist_camera=wrist, dense_reward=False, review_size=job.review_size,  # an evaluation reads the success only
                    # the simulator state only scripted experts read (~0.8 ms a step); an env shared by every
                    # policy of a task (job.render) keeps it for them
                    privileged=bool(getattr(policy, "needs_privileged", False) or job.render))
@@ -291,7 +290,7 @@ def _run_batch(env, policy, job: EpisodeJob, seeds: Sequence[int]) -> List[Dict[
             self.grab()
 
         def grab(self):
-            f = getattr(env, "review_frames", env.frames)()
+            f = env.review_frames()
             for i in video_rows:
                 frames[i].append(np.asarray(f[i]))
 
