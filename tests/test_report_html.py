@@ -148,3 +148,14 @@ def test_chromium_loads_the_page_and_decodes_every_video(bench, tmp_path):
 
     img = imageio.imread(shot)
     assert img.shape[:2] == (1600, 1280) and float(np.asarray(img, float).std()) > 10  # drawn, not blank
+
+
+def test_a_review_size_outside_its_range_is_refused_before_any_work(tmp_path):
+    from vla_forget.bench import BenchError
+
+    for bad in (10, 2048, -1):
+        cfg = BenchConfig(policies=["zero-v1"], base="zero-v1", out=str(tmp_path / f"r{bad}"), review_size=bad,
+                          progress=False)
+        with pytest.raises(BenchError, match=r"--review-size must be 0 .* or 64\.\.1024 pixels"):
+            run_bench(cfg, log=lambda *_: None)
+        assert not (tmp_path / f"r{bad}").exists()

@@ -87,8 +87,9 @@ def adamw(named_params, *, lr: float, weight_decay: float, betas: Tuple[float, f
     or positions: pretraining's groups); otherwise one group with ``weight_decay`` (adaptation's)."""
     params = [(n, p) for n, p in named_params if p.requires_grad]
     if matrices_only:
-        decay = [p for n, p in params if p.ndim >= 2 and "emb" not in n and "pos" not in n]
-        keep = [p for n, p in params if not (p.ndim >= 2 and "emb" not in n and "pos" not in n)]
+        matrix = [p.ndim >= 2 and "emb" not in n and "pos" not in n for n, p in params]
+        decay = [p for (_, p), m in zip(params, matrix) if m]
+        keep = [p for (_, p), m in zip(params, matrix) if not m]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
     else:
         groups = [{"params": [p for _, p in params], "lr": lr, "weight_decay": weight_decay}]
