@@ -187,9 +187,9 @@ def test_rloo_advantages_and_dynamic_sampling_by_hand():
     assert two.tolist() == [1.0, -1.0]
 
 
-def test_rloo_keeps_only_informative_groups_and_counts_every_rollout(fake, base_dir):
+def test_rloo_keeps_only_informative_groups_and_counts_every_rollout(fake, base_dir, capsys):
     """With dynamic sampling the update trains on informative groups only, drawing more rounds when it has too
-    few; every rollout drawn counts in env_steps."""
+    few; every rollout drawn counts in env_steps; a batch left short after --max-draws is said and logged."""
     cfg = config(fake, base_dir, "rloo", out="rloo-dyn", episodes_per_update=8, group_size=4, max_draws=3, updates=3)
     load_method("rloo")(cfg)
     rows = log_lines(cfg.out)
@@ -205,6 +205,19 @@ def test_rloo_keeps_only_informative_groups_and_counts_every_rollout(fake, base_
     load_method("rloo")(off)
     (r,) = log_lines(off.out)
     assert r["rounds"] == 1 and r["groups_kept"] == 2  # every group, informative or not
+    one = config(fake, base_dir, "rloo", out="rloo-one-draw", episodes_per_update=8, group_size=4, max_draws=1,
+                 updates=4)
+    capsys.readouterr()
+    load_method("rloo")(one)
+    rows = log_lines(one.out)
+    with open(os.path.join(one.out, "events.jsonl")) as f:
+        short = {e["update"]: e for e in map(json.loads, f) if e["event"] == "short_batch"}
+    err = capsys.readouterr().err
+    assert set(short) == {r["update"] for r in rows if r["groups_kept"] < 2}
+    assert short, "one draw of two groups should leave at least one batch short"
+    for u, e in short.items():
+        assert e["groups_kept"] < e["groups_wanted"] == 2 and e["draws"] == 1
+        assert f"warning: update {u}: {e['groups_kept']} of 2 groups were informative after 1 draw of 2 (--max-draws 1)" in err
 
 
 def test_rewards_and_seeds():

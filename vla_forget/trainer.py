@@ -159,6 +159,14 @@ class Trainer:
     def event(self, name: str, **fields: Any) -> None:
         self.folder.event(name, **{self.counter: self.step, **fields})
 
+    def warn(self, message: str, event: str, **fields: Any) -> None:
+        """A warning on stderr (above the progress bar, if one is shown) that is also kept in events.jsonl."""
+        self.event(event, message=message, **fields)
+        if self._bar is not None:
+            self._bar.write(f"warning: {message}", file=sys.stderr)
+        else:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+
     def show(self, **fields: Any) -> None:
         """Figures beside the progress bar."""
         if self._bar is not None and fields:

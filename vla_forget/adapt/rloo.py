@@ -84,6 +84,15 @@ def train(cfg: RLOOConfig, *, resume: bool = False, stop_at: Optional[int] = Non
                     n_kept += len(take)
                 if n_kept >= groups_wanted:
                     break
+            if n_kept < groups_wanted and cfg.dynamic_sampling:
+                # the batch could not be filled within --max-draws: say so, and train on what there is
+                then = (f"training on {n_kept * K} rollouts" if n_kept else
+                        "no group carried a signal, so the policy is left as it is")
+                rounds = f"{len(drawn)} draw{'s' * (len(drawn) != 1)} of {groups_wanted}"
+                run.trainer.warn(f"update {update}: {n_kept} of {groups_wanted} groups were informative after "
+                                 f"{rounds} (--max-draws {draws}); {then}",
+                                 "short_batch", update=update, groups_kept=n_kept, groups_wanted=groups_wanted,
+                                 draws=len(drawn))
             everything = Trajectories.join(drawn)
             kept = traces.add(everything, update)
             record: Dict[str, Any] = {
