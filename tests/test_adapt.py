@@ -444,9 +444,12 @@ def test_rl_trace_sft_trains_on_an_rl_runs_traces(fake, base_dir):
 # --------------------------------------------------------------------------
 # resume, divergence, refusals
 
-@pytest.mark.parametrize("method", ["ppo", "sft"])
+@pytest.mark.parametrize("method", ["ppo", "sft", "sft-cosine"])
 def test_resume_equals_an_uninterrupted_run(fake, base_dir, monkeypatch, method):
+    method, _, schedule = method.partition("-")
     kw = {"data": [demos(fake / "demos")]} if method == "sft" else {}
+    if schedule:  # the learning rate of each update follows the schedule through the resume
+        kw["lr_schedule"] = schedule
     full = config(fake, base_dir, method, out="full", updates=4, save_every=2, **kw)
     load_method(method)(full)
     part = config(fake, base_dir, method, out="part", updates=4, save_every=2, **kw)
@@ -486,9 +489,37 @@ def test_resume_equals_an_uninterrupted_run(fake, base_dir, monkeypatch, method)
         assert torch.equal(ta["value_head"][k], tb["value_head"][k])
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "update_s", "rollout_s")} for r in rows]  # noqa: E731
     assert strip(log_lines(full.out)) == strip(log_lines(part.out))
+    if schedule:
+        assert [r["lr"] for r in log_lines(part.out)] == pytest.approx([full.lr * full.lr_factor(u) for u in (1, 2, 3, 4)])
     if method == "ppo":  # the traces of the redone update are written once
         n = lambda run: sum(open_dataset(d).num_episodes for d in trace_datasets(run))  # noqa: E731
         assert n(full.out) == n(part.out) and n(full.out) > 0
+
+
+def test_learning_rate_schedules_and_their_refusals(fake, base_dir):
+    for schedule, want in [("constant", [1, 1, 1, 1, 1]), ("linear", [1, 0.775, 0.55, 0.325, 0.1]),
+                           ("cosine", [1, 0.86819805, 0.55, 0.23180195, 0.1])]:
+        cfg = config(fake, base_dir, "rloo", updates=5, lr_schedule=schedule, group_size=2)
+        assert [cfg.lr_factor(u) for u in range(1, 6)] == pytest.approx(want)
+    for kw, msg in [(dict(lr_schedule="linear", min_lr_ratio=0.0), "would reach a learning rate of zero at the last"),
+                    (dict(lr_schedule="cosine", min_lr_ratio=-0.1), "would reach a learning rate of zero"),
+                    (dict(lr_schedule="linear", min_lr_ratio=2.0), "end above --lr"),
+                    (dict(lr_schedule="step"), "--lr-schedule must be one of constant, linear, cosine")]:
+        with pytest.raises(AdaptError, match=msg):
+            common.resolve(config(fake, base_dir, "ppo", **kw))
+    common.resolve(config(fake, base_dir, "ppo", min_lr_ratio=0.0))  # no decay: the ratio is not used
+    # PPO's value head decays with the policy; the log gives the policy's learning rate of each update
+    cfg = config(fake, base_dir, "ppo", out="ppo-linear", updates=3, lr_schedule="linear", min_lr_ratio=0.5)
+    load_method("ppo")(cfg)
+    assert [r["lr"] for r in log_lines(cfg.out)] == pytest.approx([cfg.lr, 0.75 * cfg.lr, 0.5 * cfg.lr])
+    last = torch.load(os.path.join(list_checkpoints(cfg.out)[-1], "train_state.pt"), weights_only=True)
+    lrs = [g["lr"] for g in last["optimizer"]["param_groups"]]
+    assert lrs == pytest.approx([0.5 * cfg.lr, 0.5 * cfg.value_lr])
+    # a decaying schedule is stretched over --updates: resuming with another count is refused, nothing lost
+    with pytest.raises(AdaptError, match=r"updates: 3 -> 6 \(the linear learning-rate schedule decays"):
+        load_method("ppo")(config(fake, base_dir, "ppo", out="ppo-linear", updates=6, lr_schedule="linear",
+                                  min_lr_ratio=0.5), resume=True)
+    assert checkpoint_update(list_checkpoints(cfg.out)[-1]) == 3 and len(log_lines(cfg.out)) == 3
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(fake, base_dir, monkeypatch, capsys):

@@ -24,12 +24,14 @@ Light: no torch (the CLI builds its parser from these classes).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type
 
 from vla_forget.spec import DEFAULT_BATTERY
 
 REWARDS = ("success", "dense")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 #: fields that say where and how a run executes, not what it learns: not recorded as hyper-parameters
 OPERATIONAL = ("base", "out", "task", "battery", "allow_battery_task", "device", "threads", "progress", "workers",
                "num_envs", "save_traces", "kl_log_states", "executor", "ray_address")
@@ -151,7 +153,12 @@ class AdaptConfig:
     save_every: int = 5
     """write a checkpoint every this many updates (and after the last)"""
     lr: float = 3e-5
-    """AdamW learning rate of the policy (constant)"""
+    """AdamW learning rate of the policy (at the first update; see lr_schedule)"""
+    lr_schedule: str = "constant"
+    """constant, or linear / cosine decay from --lr at the first update to --lr * --min-lr-ratio at the last
+    (every optimiser group, a value head's included)"""
+    min_lr_ratio: float = 0.1
+    """with a decaying --lr-schedule: the last update's learning rate as a fraction of --lr (> 0, at most 1)"""
     weight_decay: float = 0.0
     """AdamW weight decay of the policy"""
     grad_clip: float = 1.0
@@ -179,7 +186,25 @@ class AdaptConfig:
             out.append(f"--lr must be > 0 (got {self.lr})")
         if self.kl_coef < 0:
             out.append(f"--kl-coef must be >= 0 (got {self.kl_coef})")
+        if self.lr_schedule not in LR_SCHEDULES:
+            out.append(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)} (got {self.lr_schedule!r})")
+        elif self.lr_schedule != "constant" and not 0 < self.min_lr_ratio <= 1:
+            out.append(f"--min-lr-ratio {self.min_lr_ratio}: the {self.lr_schedule} schedule would "
+                       + ("reach a learning rate of zero at the last update, which would then train on nothing "
+                          "(its rollouts or data spent for no step)" if self.min_lr_ratio <= 0 else
+                          "end above --lr")
+                       + "; give a ratio in (0, 1], e.g. 0.1")
         return out
+
+    def lr_factor(self, update: int) -> float:
+        """The learning rate of update ``update`` (1-based) as a fraction of --lr."""
+        if self.lr_schedule == "constant" or self.updates <= 1:
+            return 1.0
+        t = min(1.0, max(0.0, (update - 1) / (self.updates - 1)))
+        r = self.min_lr_ratio
+        if self.lr_schedule == "linear":
+            return 1.0 - (1.0 - r) * t
+        return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 @dataclass

@@ -93,7 +93,7 @@ def train(cfg: GRPOConfig, *, resume: bool = False, stop_at: Optional[int] = Non
                 "success_rate": float(traj.success_at_end.mean()), "success_once_rate": float(traj.success_once.mean()),
                 "mean_return": float(ret.mean()),
                 "informative_groups": float((ret.reshape(-1, G).std(1) > 0).float().mean()),
-                "traces_kept": kept, "rollout_s": round(traj.wall_s, 2), "lr": cfg.lr,
+                "traces_kept": kept, "rollout_s": round(traj.wall_s, 2), "lr": run.lr,
                 **{k: float(np.mean(v)) for k, v in stats.items()},
             }, opt=opt, env_steps=N, samples=cfg.epochs * N, traj=traj)
     finally:

@@ -67,7 +67,7 @@ def train(cfg: IterativeSFTConfig, *, resume: bool = False, stop_at: Optional[in
             # 4. log and checkpoint
             record = {"success_rate": float(traj.success_at_end.mean()),
                       "success_once_rate": float(traj.success_once.mean()), "episodes_kept": int(len(kept)),
-                      "sft_steps": len(losses), "rollout_s": round(traj.wall_s, 2), "lr": cfg.lr}
+                      "sft_steps": len(losses), "rollout_s": round(traj.wall_s, 2), "lr": run.lr}
             if losses:
                 record.update(loss=float(np.mean(losses)), token_acc=float(np.mean(accs)), grad_norm=float(np.mean(norms)))
             if kls:

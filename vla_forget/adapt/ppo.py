@@ -222,7 +222,7 @@ def train(cfg: PPOConfig, *, resume: bool = False, stop_at: Optional[int] = None
                 "success_rate": float(traj.success_at_end.mean()), "success_once_rate": float(traj.success_once.mean()),
                 "mean_return": float(ret.mean()), "value_mean": float(values.mean()),
                 "explained_variance": _explained_variance(values.reshape(N), returns.reshape(N)),
-                "traces_kept": kept, "rollout_s": round(traj.wall_s, 2), "lr": cfg.lr, **stats,
+                "traces_kept": kept, "rollout_s": round(traj.wall_s, 2), "lr": run.lr, **stats,
             }, opt=opt, env_steps=N, samples=cfg.epochs * N, value_head=value_head, traj=traj)
     finally:
         collector.close()

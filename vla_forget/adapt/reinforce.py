@@ -91,7 +91,7 @@ def train(cfg: ReinforceConfig, *, resume: bool = False, stop_at: Optional[int] 
             run.end_update(update, {
                 "success_rate": float(traj.success_at_end.mean()), "success_once_rate": float(traj.success_once.mean()),
                 "mean_return": float(ret.mean()), "return_std": float(ret.std(unbiased=False)), "traces_kept": kept,
-                "rollout_s": round(traj.wall_s, 2), "lr": cfg.lr, "grad_norm": grad_norm, **stats,
+                "rollout_s": round(traj.wall_s, 2), "lr": run.lr, "grad_norm": grad_norm, **stats,
             }, opt=opt, env_steps=N, samples=N, traj=traj)
     finally:
         collector.close()

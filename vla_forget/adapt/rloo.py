@@ -101,7 +101,7 @@ def train(cfg: RLOOConfig, *, resume: bool = False, stop_at: Optional[int] = Non
                 "mean_return": float(everything.reward.sum(1).mean()),
                 "rounds": len(drawn), "groups_drawn": len(drawn) * groups_wanted, "groups_kept": n_kept,
                 "informative_groups": float(informative(torch.from_numpy(everything.reward).sum(1), K).float().mean()),
-                "traces_kept": kept, "rollout_s": round(everything.wall_s, 2), "lr": cfg.lr,
+                "traces_kept": kept, "rollout_s": round(everything.wall_s, 2), "lr": run.lr,
             }
             stats: Dict[str, list] = defaultdict(list)
             if n_kept:

@@ -83,6 +83,8 @@ class Run:
         self.samples_seen = 0
         self.before_checkpoint = self.trainer.before_checkpoint  # callables(update), e.g. flushing traces
         self.summary: Dict[str, Any] = {}
+        self.lr = cfg.lr  # the policy's learning rate of the current update (--lr-schedule)
+        self._opt, self._base_lrs = None, []
 
     @property
     def update(self) -> int:
@@ -109,6 +111,12 @@ class Run:
             _, refused = folder.resume_changes(want["config"], have.get("config", {}), defaults=defaults)
             if have.get("method") != cfg.method:
                 refused.insert(0, f"method: {have.get('method')!r} -> {cfg.method!r}")
+            started_updates = have.get("config", {}).get("updates", cfg.updates)
+            if cfg.lr_schedule != "constant" and started_updates != cfg.updates:
+                # a decaying schedule is stretched over --updates: a new count would change every later lr
+                refused.append(f"updates: {started_updates!r} -> {cfg.updates!r} (the {cfg.lr_schedule} "
+                               "learning-rate schedule decays over --updates; to train further, start a new run "
+                               "from the last checkpoint with --base)")
             folder.refuse(refused)
         folder.write_config(want)
 
@@ -129,11 +137,15 @@ class Run:
     def begin(self, opt, value_head=None) -> None:
         """Resume: load the optimizer, value head, RNG and counters of the newest checkpoint and cut the log
         back to it. Fresh run: write checkpoint 0 (the base, as the run starts)."""
+        self._opt = opt
+        self._base_lrs = [g["lr"] for g in opt.param_groups]  # --lr (and a value head's) before any schedule
         if self.resume_from is None:
             self.event("start", task=self.task, base=self.cfg.base, method=self.cfg.method)
             self.checkpoint(opt, value_head)
             return
         state, tensors = self.trainer.restore(opt)
+        for g, lr in zip(opt.param_groups, self._base_lrs):  # the saved lrs were the schedule's; keep the bases
+            g["lr"] = lr
         if value_head is not None and tensors.get("value_head"):
             value_head.load_state_dict(tensors["value_head"])
         self.env_steps = int(state["env_steps"])
@@ -149,6 +161,14 @@ class Run:
             meta={**counters, "hparams": hparams(self.cfg), "base": self.cfg.base, "task": self.task,
                   "run": os.path.basename(os.path.abspath(self.dir))})
 
+    # --- the learning-rate schedule ------------------------------------------------------
+    def _set_lr(self, update: int) -> None:
+        factor = self.cfg.lr_factor(update)
+        self.lr = self.cfg.lr * factor
+        if self._opt is not None:
+            for g, lr in zip(self._opt.param_groups, self._base_lrs):
+                g["lr"] = lr * factor
+
     # --- the loop ----------------------------------------------------------------------
     def loop(self, stop_at: Optional[int] = None) -> Iterator[int]:
         """Update numbers ``self.update + 1 ..`` to ``updates`` (or ``stop_at``, as an interruption would)."""
@@ -156,6 +176,7 @@ class Run:
 
         def seed(u: int) -> int:  # dropout: the same after a resume
             self._t_update = time.perf_counter()
+            self._set_lr(u)
             return derive_seed(self.cfg.seed, u, "torch")
 
         return self.trainer.loop(stop_at, seed=seed)
@@ -197,8 +218,9 @@ class Run:
 
 
 def _round(v: Any) -> Any:
+    """Six decimals, or six significant digits below 1 (a learning rate of 2.325e-5 stays that)."""
     if isinstance(v, float):
-        return round(v, 6)
+        return float(f"{v:.6g}") if abs(v) < 1 else round(v, 6)
     if isinstance(v, (np.floating, np.integer)):
         return _round(v.item())
     return v

@@ -70,5 +70,5 @@ def train(cfg: SFTConfig, *, resume: bool = False, stop_at: Optional[int] = None
 
         # 3. one optimiser step; log and checkpoint
         record["grad_norm"] = run.step(opt, loss)
-        run.end_update(update, {**record, "lr": cfg.lr}, opt=opt, samples=cfg.batch_size)
+        run.end_update(update, {**record, "lr": run.lr}, opt=opt, samples=cfg.batch_size)
     return run.finish()
