@@ -83,7 +83,6 @@ def trade_off(args, root: str) -> list:
     from vla_forget.bench_divergences import sample, teacher_forced
     from vla_forget.divergences import reverse_on_policy_samples, summarize, token_divergences
     from vla_forget.policies import load_policy
-    from vla_forget.policies.base import Observation
     from vla_forget.spec import load_battery
     from vla_forget.states import SPREAD, load_states, phase_of
 
