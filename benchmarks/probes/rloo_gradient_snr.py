@@ -7,9 +7,11 @@ each group's gradient ``g_k`` separately. From them (``n`` groups, mean ``mu``):
 
 - ``signal = |E g|^2``, estimated without bias as ``(|sum g|^2 - sum |g_k|^2) / (n (n - 1))``;
 - ``noise = E|g - E g|^2`` per group;
-- ``rho = signal / noise``: the signal-to-noise ratio of one group. A batch of ``B`` groups has
+- ``rho = signal / noise``: the signal-to-noise ratio of one group, with a 95 % upper bound from the
+  standard error of ``signal`` when ``E g`` is near zero, ``sqrt(2 mean_{j != k} (g_j . g_k)^2 / (n (n - 1)))``.
+  A batch of ``B`` groups has
   ``cos^2(batch gradient, E g) ~= rho B / (1 + rho B)``, so ``B = c^2 / ((1 - c^2) rho)`` groups give
-  cosine ``c``;
+  cosine ``c`` (and at least ``c^2 / ((1 - c^2) rho_upper)``);
 - the cosine between the gradients of two disjoint halves of the groups, measured directly (mean over
   random splits), against the same formula's prediction ``rho (n/2) / (1 + rho (n/2))``.
 
@@ -17,7 +19,7 @@ Figures are given per informative group (those that carry a gradient) and per gr
 rollouts cost: all-success and all-failure groups have zero gradient).
 
     python benchmarks/probes/rloo_gradient_snr.py --policy small-vla-base-v6 --task place-cube-on-target-v2 \\
-        --groups 32 --out runs/probes/rloo-snr-base
+        --groups 48 --seed-offset 20000 --out runs/probes/rloo-snr-base
 """
 
 from __future__ import annotations
@@ -58,27 +60,32 @@ def group_gradients(policy, params, traj, K: int, device: str, temperature: floa
     return grads, which
 
 
-def snr(grads: List[torch.Tensor], splits: int, seed: int) -> Dict[str, float]:
-    n = len(grads)
-    G = torch.stack(grads)
-    total = G.sum(0)
-    sq = float((G * G).sum())
-    signal = (float(total @ total) - sq) / (n * (n - 1))
-    second = sq / n
-    noise = second - signal
+def snr(gram: np.ndarray, splits: int, seed: int) -> Dict[str, float]:
+    """The figures of the module docstring from the groups' Gram matrix ``gram[j, k] = g_j . g_k``."""
+    n = len(gram)
+    off = ~np.eye(n, dtype=bool)
+    sq = float(np.trace(gram))
+    signal = float(gram[off].sum()) / (n * (n - 1))
+    # with E g ~ 0, Var(signal) = 2 tr(Sigma^2) / (n (n - 1)), and E (g_j . g_k)^2 = tr(Sigma^2) for j != k
+    signal_se = math.sqrt(2 * float((gram[off] ** 2).mean()) / (n * (n - 1)))
+    noise = sq / n - signal
     rho = signal / noise if noise > 0 else float("inf")
+    rho_upper = (max(signal, 0.0) + 1.96 * signal_se) / noise
     rng = np.random.default_rng(seed)
     cos = []
     for _ in range(splits):
         perm = rng.permutation(n)
-        a, b = G[perm[:n // 2]].sum(0), G[perm[n // 2:2 * (n // 2)]].sum(0)
-        cos.append(float(a @ b / (a.norm() * b.norm())))
+        a, b = perm[:n // 2], perm[n // 2:2 * (n // 2)]
+        ab, aa, bb = gram[np.ix_(a, b)].sum(), gram[np.ix_(a, a)].sum(), gram[np.ix_(b, b)].sum()
+        cos.append(float(ab / math.sqrt(aa * bb)))
     h = n // 2
-    out = {"groups": n, "signal": signal, "noise_per_group": noise, "rho": rho,
-           "split_half_cos": float(np.mean(cos)), "split_half_cos_sd": float(np.std(cos)),
+    out = {"groups": n, "signal": signal, "signal_se": signal_se, "noise_per_group": noise, "rho": rho,
+           "rho_upper_95": rho_upper, "split_half_cos": float(np.mean(cos)), "split_half_cos_sd": float(np.std(cos)),
            "split_half_cos_predicted": rho * h / (1 + rho * h) if rho > 0 else 0.0}
     for c in (0.5, 0.7, 0.9):
-        out[f"groups_for_cos_{c}"] = c * c / ((1 - c * c) * rho) if rho > 0 else float("inf")
+        need = c * c / (1 - c * c)
+        out[f"groups_for_cos_{c}"] = need / rho if rho > 0 else float("inf")
+        out[f"groups_for_cos_{c}_at_least"] = need / rho_upper  # from the 95 % upper bound of rho
     return out
 
 
@@ -119,23 +126,31 @@ def main(argv=None) -> int:
     t_roll = time.perf_counter() - t0
     print(f"{len(seeds)} rollouts in {t_roll:.0f} s; success {traj.success_at_end.mean():.3f}", file=sys.stderr)
     t0 = time.perf_counter()
+    run.policy.eval()  # as RLOO trains it (no dropout)
     grads, which = group_gradients(run.policy, run.params, traj, K, run.device, cfg.temperature)
     t_grad = time.perf_counter() - t0
-    informative = snr(grads, args.splits, args.seed)
+    G = torch.stack(grads)
+    gram = (G @ G.T).numpy()
+    del G, grads
+    informative = snr(gram, args.splits, args.seed)
     # per group drawn: the uninformative groups add zero vectors (no signal, no noise, but rollouts spent)
     n, m = len(which), args.groups
     drawn = dict(informative)
     drawn.update(groups=m, rho=informative["rho"] * n / m)
+    drawn["rho_upper_95"] = informative["rho_upper_95"] * n / m
     for c in (0.5, 0.7, 0.9):
-        drawn[f"groups_for_cos_{c}"] = informative[f"groups_for_cos_{c}"] * m / n
-    for k in ("signal", "noise_per_group", "split_half_cos", "split_half_cos_sd", "split_half_cos_predicted"):
+        for k in (f"groups_for_cos_{c}", f"groups_for_cos_{c}_at_least"):
+            drawn[k] = informative[k] * m / n
+    for k in ("signal", "signal_se", "noise_per_group", "split_half_cos", "split_half_cos_sd",
+              "split_half_cos_predicted"):
         drawn.pop(k)
     result = {"policy": args.policy, "task": run.task, "rollouts": len(seeds), "group_size": K,
               "success": float(traj.success_at_end.mean()), "informative_groups": n, "groups": m,
               "parameters": int(sum(p.numel() for p in run.params)), "rollout_s": round(t_roll, 1),
               "gradient_s": round(t_grad, 1), "per_informative_group": informative, "per_group_drawn": drawn,
               "cos_of_a_4_group_update": math.sqrt(informative["rho"] * 4 / (1 + informative["rho"] * 4))
-              if informative["rho"] > 0 else 0.0}
+              if informative["rho"] > 0 else 0.0,
+              "informative_group_seeds": [starts[g] for g in which], "gram": gram.tolist()}
     with open(os.path.join(args.out, "result.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
