@@ -72,6 +72,26 @@ def test_resume_refuses_a_changed_configuration(fake_world):
         run_bench(cfg, resume=True, log=lambda *_: None)
 
 
+def test_resume_adds_a_policy_and_rolls_out_only_its_episodes(fake_world):
+    tmp, battery, target, calls = fake_world
+    one = config(tmp, battery, target, out="grow")
+    one.policies = ["small-vla-random-v1"]
+    first = run_bench(one, log=lambda *_: None)
+    per_policy = 5 + 5 + 4
+    assert calls["episodes"] == per_policy
+    calls["episodes"] = 0
+    grown = run_bench(config(tmp, battery, target, out="grow"), resume=True, log=lambda *_: None)
+    assert calls["episodes"] == per_policy  # zero-v1's only
+    assert {p["id"] for p in grown["policies"]} == {"small-vla-random-v1", "zero-v1"}
+    assert grown["success"]["small-vla-random-v1"] == first["success"]["small-vla-random-v1"]
+    # the grown bench equals one that had both policies from the start
+    assert strip_volatile(grown) == strip_volatile(run_bench(config(tmp, battery, target, out="both"),
+                                                             log=lambda *_: None))
+    # leaving a policy out is still a changed configuration
+    with pytest.raises(BenchError, match="different configuration"):
+        run_bench(one, resume=True, log=lambda *_: None)
+
+
 def test_results_layout_and_base_cache(fake_world, monkeypatch):
     tmp, battery, target, calls = fake_world
     res = run_bench(config(tmp, battery, target, out="a"), log=lambda *_: None)

@@ -386,13 +386,15 @@ def _check_resume(out: str, plan: Plan, resume: bool) -> List[str]:
     saved = dict(old.get("config", {}))
     if _extends(saved.get("checkpoints"), new["config"].get("checkpoints")):
         saved["checkpoints"] = new["config"]["checkpoints"]  # more runs or seeds in the same folders: add them
+    if _extends(saved.get("policies"), new["config"].get("policies"), empty_ok=True):
+        saved["policies"] = new["config"]["policies"]  # more --policy: add them (only their episodes run)
     said, detail = folder.resume_changes(new["config"], saved, defaults=defaults, prefix="config.")
     old["policies"] = [{"checkpoint": None, **o} for o in old.get("policies") or []]  # older runs lack the field
     for k in new:
         if k == "config" or old.get(k) == new[k]:
             continue
         if k == "policies" and _grown(old[k], new[k]):
-            continue  # runs that were still training have new checkpoints: add them
+            continue  # new checkpoints of runs still training, added runs or added --policy: add them
         if k == "aliases" and all(new[k].get(a) == p for a, p in (old.get(k) or {}).items()):
             continue
         detail.append(k)
@@ -402,16 +404,17 @@ def _check_resume(out: str, plan: Plan, resume: bool) -> List[str]:
     return said
 
 
-def _extends(old: Optional[List[str]], new: Optional[List[str]]) -> bool:
-    """Whether the ``--checkpoints`` folders ``new`` keep every folder of ``old`` and add more (more runs or seeds)."""
-    return bool(old) and bool(new) and set(old) <= set(new)
+def _extends(old: Optional[List[str]], new: Optional[List[str]], empty_ok: bool = False) -> bool:
+    """Whether the ``--checkpoints`` folders (or ``--policy`` entries) ``new`` keep every one of ``old`` and add
+    more; ``empty_ok``: ``old`` may be empty (a bench of checkpoints only, given its first ``--policy``)."""
+    return (bool(old) or empty_ok) and bool(new) and set(old or []) <= set(new)
 
 
 def _grown(old: List[Dict[str, Any]], new: List[Dict[str, Any]]) -> bool:
-    """Whether ``new`` keeps every policy of ``old`` unchanged and only adds checkpoints."""
+    """Whether ``new`` keeps every policy of ``old`` unchanged and only adds policies (checkpoints, or the added
+    ``--policy`` entries that the config's own comparison let through)."""
     by_key = {p["key"]: p for p in new}
-    added = [p for p in new if p["key"] not in {o["key"] for o in old}]
-    return all(by_key.get(o["key"]) == o for o in old) and all(p.get("checkpoint") for p in added)
+    return all(by_key.get(o["key"]) == o for o in old)
 
 
 def plan_jobs(plan: Plan, out: str, done: Iterable[Tuple[str, str, int]]) -> List[EpisodeJob]:

@@ -40,7 +40,8 @@ gain a checkpoints table, the forgetting-law fit and OUT/pareto.png,
 OUT/forgetting_vs_kl.png (with the plots extra). To add runs (another seed)
 to a finished bench, run `vla-forget bench --out OUT --resume --checkpoints
 NEW_RUN`: the folder joins the saved ones and only its checkpoints (and any
-new checkpoint of the others) are rolled out.
+new checkpoint of the others) are rolled out. `--resume --policy P` adds a
+policy the same way: only its episodes are rolled out.
 
 Protocol: the cameras render at the base policy's own input size (OpenVLA:
 its processor's 224 px; the small VLA: 128) unless --image-size says
