@@ -131,6 +131,26 @@ def test_plots_are_written(tmp_path):
     assert [p["key"] for p in plots.pareto_points(results_fixture())][-1] == "expert-v1"
 
 
+def test_pareto_names_the_few_policies_outside_any_run(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib", reason="needs the plots extra: pip install 'vla-forget[plots]'")
+    from matplotlib.axes import Axes
+
+    from vla_forget import plots
+
+    named = []
+    real = Axes.annotate
+    monkeypatch.setattr(Axes, "annotate", lambda self, text, *a, **k: named.append(text) or real(self, text, *a, **k))
+    plots.plot_pareto(results_fixture(), str(tmp_path / "p.png"))
+    assert named == ["expert-v1"]  # the run's checkpoints are in the legend by method, not named one by one
+    many = results_fixture()
+    extra = [{"policy": f"shipped-{i}", "method": None, "forward_kl": None, "forgetting": 0.0, "target_success": 0.5,
+              "battery_success": 0.5} for i in range(plots.MAX_NAMED_OTHERS)]
+    many["law"]["points"] += extra
+    named.clear()
+    plots.plot_pareto(many, str(tmp_path / "q.png"))
+    assert named == []  # too many to name: the legend's "other policies" only
+
+
 def test_pareto_legend_counts_a_methods_checkpoints_not_its_runs_copies_of_the_base():
     from vla_forget import plots
 

@@ -71,6 +71,10 @@ def pareto_label(method: str, rows: List[Dict[str, Any]], base: Optional[str]) -
     return f"{method} ({n})"
 
 
+#: the Pareto plot names the policies outside any run (shipped policies, an expert) when there are this few
+MAX_NAMED_OTHERS = 6
+
+
 def plot_pareto(results: Dict[str, Any], path: str) -> str:
     fig, ax = _figure()
     groups = law.group_by_method(pareto_points(results), other=OTHER)
@@ -82,6 +86,10 @@ def plot_pareto(results: Dict[str, Any], path: str) -> str:
             continue
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=22, alpha=0.55, color=colours[method],
                    label=pareto_label(method, rows, results.get("base")))
+        if method == OTHER and len(pts) <= MAX_NAMED_OTHERS:  # a few policies outside any run: name them
+            for r, (x, y) in zip((r for r, (a, b) in zip(rows, xy) if a is not None and b is not None), pts):
+                ax.annotate(r.get("key") or r.get("policy"), (x, y), xytext=(4, 3), textcoords="offset points",
+                            fontsize=6, color="dimgray")
         front = [pts[i] for i in law.pareto_frontier(pts)]
         if method != OTHER and len(front) > 0:
             fx, fy = [front[0][0]], [front[0][1]]
