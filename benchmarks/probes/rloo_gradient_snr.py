@@ -30,7 +30,7 @@ import math
 import os
 import sys
 import time
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 import torch
