@@ -1,6 +1,7 @@
 """The failure classes of benchmarks/probes/place_failures.py, on hand-made end states."""
 
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -81,3 +82,51 @@ def test_compare_versions_pairs_tasks_across_versions_by_seed(tmp_path):
     assert rows["PushCube"]["diff"] == pytest.approx(-25 / 40) and rows["PushCube"]["ci_high"] < 0
     assert rows["PushCube"]["verdict"] == "worse" and res["holds"] == {"p": False}
     assert "does NOT hold" in mod.markdown(res, ("v1", "v2"))
+
+
+def _probe(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", "probes", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.05, 0.5])
+def test_gradient_snr_recovers_a_known_signal_to_noise_ratio(rho):
+    """Synthetic per-group gradients g_k = mu + noise (isotropic, 4000 dimensions): the probe's estimates from
+    their Gram matrix recover rho = |mu|^2 / E|noise|^2, and its upper bound covers it."""
+    snr = _probe("rloo_gradient_snr").snr
+    rng = np.random.default_rng(0)
+    n, d = 40, 4000
+    mu = rng.normal(size=d)
+    mu *= np.sqrt(rho * d) / max(np.linalg.norm(mu), 1e-12)  # |mu|^2 = rho * d, the noise's E|e|^2 = d
+    estimates = []
+    for _ in range(20):
+        G = mu + rng.normal(size=(n, d))
+        out = snr(G @ G.T, splits=50, seed=0)
+        estimates.append(out)
+        assert out["rho_upper_95"] >= out["rho"]
+    mean_rho = np.mean([o["rho"] for o in estimates])
+    se = np.std([o["rho"] for o in estimates]) / np.sqrt(len(estimates))
+    assert abs(mean_rho - rho) < 4 * se + 1e-3  # unbiased
+    covered = np.mean([o["rho_upper_95"] >= rho for o in estimates])
+    assert covered >= 0.85
+    h = n // 2
+    split = np.mean([o["split_half_cos"] for o in estimates])
+    assert abs(split - rho * h / (1 + rho * h)) < 0.05  # the direct cosine agrees with the formula
+    if rho > 0:
+        for c in (0.5, 0.7):  # the groups needed for cosine c, from rho itself
+            assert estimates[0][f"groups_for_cos_{c}"] > 0
+
+
+def test_learning_curves_first_against_last(tmp_path):
+    lc = _probe("learning_curves")
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"update": u, "success_rate": 0.1 if u <= 3 else 0.4, "kl_to_base_after": 0.01 * u} for u in range(1, 9)]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = lc.first_last(np.array([r["success_rate"] for r in rows]), 3)
+    assert got["first"] == pytest.approx(0.1) and got["last"] == pytest.approx(0.4) and got["se"] == pytest.approx(0)
+    assert lc.main([str(run), "--window", "3"]) == 0
+    with pytest.raises(SystemExit, match="no log.jsonl"):
+        lc.main([str(tmp_path / "missing")])
