@@ -56,7 +56,6 @@ def _load_probe(name):
 
 
 def _bench_folder(path, outcomes):
-    import json
 
     os.makedirs(path)
     with open(os.path.join(path, "episodes.jsonl"), "w") as f:
