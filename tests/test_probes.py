@@ -56,7 +56,6 @@ def _load_probe(name):
 
 
 def _bench_folder(path, outcomes):
-
     os.makedirs(path)
     with open(os.path.join(path, "episodes.jsonl"), "w") as f:
         for (policy, task, seed), ok in outcomes.items():
