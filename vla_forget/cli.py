@@ -359,6 +359,7 @@ examples:
   vla-forget adapt --method reinforce --base small-vla-base-v5 --kl-coef 0.1 --out runs/adapt/reinforce-kl
   vla-forget adapt --method sft --base small-vla-base-v5 --data data/place-cube-on-target-v2 --out runs/adapt/sft
   vla-forget adapt --method sft --base small-vla-base-v5 --data data/pairs --transport-fraction 0.4 --lr 3e-4 --out runs/adapt/sft-tr
+  vla-forget adapt --method sft --base small-vla-base-v6 --data data/pairs --lr-schedule cosine --min-lr-ratio 0.1 --out runs/adapt/sft-cos
   vla-forget adapt --method iterative-sft --base small-vla-base-v5 --out runs/adapt/iterative-sft
   vla-forget adapt --method rl-trace-sft --base small-vla-base-v5 --traces runs/adapt/ppo --out runs/adapt/trace-sft
   vla-forget adapt --method ppo --base ckpt/ --num-envs 64 --device cuda --episodes-per-update 64 --out runs/gpu
