@@ -168,7 +168,8 @@ class AdaptConfig:
     lora_rank: int = 0
     """LoRA rank for policies that support it (policy.enable_lora; 0: full fine-tuning)"""
     seed: int = 0
-    """seed of every random draw (env seeds, sampling, minibatches, dropout)"""
+    """seed of the policy's sampling, the minibatches and dropout; the env seeds (initial states) of each update
+    are the same for every --seed, so runs that differ only in it are paired replicates"""
     device: str = "cpu"
     """device of the policy: cpu or cuda"""
     threads: int = 1
