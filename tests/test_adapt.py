@@ -490,7 +490,7 @@ def test_resume_equals_an_uninterrupted_run(fake, base_dir, monkeypatch, method)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("wall_s", "update_s", "rollout_s")} for r in rows]  # noqa: E731
     assert strip(log_lines(full.out)) == strip(log_lines(part.out))
     if schedule:
-        assert [r["lr"] for r in log_lines(part.out)] == pytest.approx([full.lr * full.lr_factor(u) for u in (1, 2, 3, 4)])
+        assert [r["lr"] for r in log_lines(part.out)] == pytest.approx([full.lr * adapt_run.lr_factor(full, u) for u in (1, 2, 3, 4)])
     if method == "ppo":  # the traces of the redone update are written once
         n = lambda run: sum(open_dataset(d).num_episodes for d in trace_datasets(run))  # noqa: E731
         assert n(full.out) == n(part.out) and n(full.out) > 0
@@ -500,7 +500,7 @@ def test_learning_rate_schedules_and_their_refusals(fake, base_dir):
     for schedule, want in [("constant", [1, 1, 1, 1, 1]), ("linear", [1, 0.775, 0.55, 0.325, 0.1]),
                            ("cosine", [1, 0.86819805, 0.55, 0.23180195, 0.1])]:
         cfg = config(fake, base_dir, "rloo", updates=5, lr_schedule=schedule, group_size=2)
-        assert [cfg.lr_factor(u) for u in range(1, 6)] == pytest.approx(want)
+        assert [adapt_run.lr_factor(cfg, u) for u in range(1, 6)] == pytest.approx(want)
     for kw, msg in [(dict(lr_schedule="linear", min_lr_ratio=0.0), "would reach a learning rate of zero at the last"),
                     (dict(lr_schedule="cosine", min_lr_ratio=-0.1), "would reach a learning rate of zero"),
                     (dict(lr_schedule="linear", min_lr_ratio=2.0), "end above --lr"),

@@ -80,14 +80,15 @@ def plot_pareto(results: Dict[str, Any], path: str) -> str:
     groups = law.group_by_method(pareto_points(results), other=OTHER)
     colours = _colours(list(groups))
     for method, rows in groups.items():
-        xy = [(r.get("battery_success"), r.get("target_success")) for r in rows]
-        pts = [(100 * x, 100 * y) for x, y in xy if x is not None and y is not None]
+        shown = [(r, 100 * r["battery_success"], 100 * r["target_success"]) for r in rows
+                 if r.get("battery_success") is not None and r.get("target_success") is not None]
+        pts = [(x, y) for _, x, y in shown]
         if not pts:
             continue
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=22, alpha=0.55, color=colours[method],
                    label=pareto_label(method, rows, results.get("base")))
-        if method == OTHER and len(pts) <= MAX_NAMED_OTHERS:  # a few policies outside any run: name them
-            for r, (x, y) in zip((r for r, (a, b) in zip(rows, xy) if a is not None and b is not None), pts):
+        if method == OTHER and len(shown) <= MAX_NAMED_OTHERS:  # a few policies outside any run: name them
+            for r, x, y in shown:
                 ax.annotate(r.get("key") or r.get("policy"), (x, y), xytext=(4, 3), textcoords="offset points",
                             fontsize=6, color="dimgray")
         front = [pts[i] for i in law.pareto_frontier(pts)]

@@ -56,7 +56,6 @@ success, so only DAgger shows the learner what to do once the task is solved
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -93,7 +92,8 @@ from vla_forget.rollout import episode_generator_seed, get_env, get_policy
 from vla_forget.config import PretrainConfig
 from vla_forget.runfolder import RunFolder, RunKind
 from safetensors.torch import load_file
-from vla_forget.trainer import Trainer, adamw, checkpoint_dirs  # noqa: F401 (checkpoint_dirs: the run's checkpoints)
+from vla_forget.trainer import (Trainer, adamw, checkpoint_dirs,  # noqa: F401 (checkpoint_dirs: the run's checkpoints)
+                                decay_factor)
 from vla_forget.training import Diverged  # noqa: F401 (raised by the trainer)
 
 METRICS = "metrics.jsonl"
@@ -181,8 +181,8 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     total = max(1, cfg.total_steps())
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    return cfg.lr * decay_factor("cosine", (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps),
+                                 cfg.min_lr_ratio)
 
 
 def validate(model, val: Optional[Dict[str, Any]], device: str, batch_size: int = 128) -> Dict[str, Any]:

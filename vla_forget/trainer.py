@@ -45,6 +45,7 @@ Use::
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -78,6 +79,17 @@ def checkpoint_dirs(out: str) -> List[str]:
               if n.startswith(LEGACY_CKPT_PREFIX) and n[len(LEGACY_CKPT_PREFIX):].isdigit()
               and os.path.exists(os.path.join(out, n, TRAIN_STATE_JSON))]
     return [p for _, p in sorted(found)]
+
+
+def decay_factor(schedule: str, t: float, min_ratio: float) -> float:
+    """A learning-rate schedule at fraction ``t`` of its length (0: start, 1: end) as a fraction of its peak:
+    ``constant`` 1; ``linear`` / ``cosine`` decay from 1 to ``min_ratio``."""
+    t = min(1.0, max(0.0, t))
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - (1.0 - min_ratio) * t
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def adamw(named_params, *, lr: float, weight_decay: float, betas: Tuple[float, float] = (0.9, 0.999),

@@ -24,7 +24,6 @@ Light: no torch (the CLI builds its parser from these classes).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type
 
@@ -196,16 +195,6 @@ class AdaptConfig:
                           "end above --lr")
                        + "; give a ratio in (0, 1], e.g. 0.1")
         return out
-
-    def lr_factor(self, update: int) -> float:
-        """The learning rate of update ``update`` (1-based) as a fraction of --lr."""
-        if self.lr_schedule == "constant" or self.updates <= 1:
-            return 1.0
-        t = min(1.0, max(0.0, (update - 1) / (self.updates - 1)))
-        r = self.min_lr_ratio
-        if self.lr_schedule == "linear":
-            return 1.0 - (1.0 - r) * t
-        return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 @dataclass

@@ -22,7 +22,7 @@ from vla_forget.adapt.configs import AdaptConfig, RolloutConfig, config_dict, hp
 from vla_forget.envs import DEFAULT_IMAGE_SIZE
 from vla_forget.policies import load_policy
 from vla_forget.runfolder import RunFolder
-from vla_forget.trainer import Trainer, adamw
+from vla_forget.trainer import Trainer, adamw, decay_factor
 
 # --------------------------------------------------------------------------
 # the run folder
@@ -83,8 +83,7 @@ class Run:
         self.samples_seen = 0
         self.before_checkpoint = self.trainer.before_checkpoint  # callables(update), e.g. flushing traces
         self.summary: Dict[str, Any] = {}
-        self.lr = cfg.lr  # the policy's learning rate of the current update (--lr-schedule)
-        self._opt, self._base_lrs = None, []
+        self._opt, self._base_lrs = None, []  # the optimiser and its groups' lrs before any schedule
 
     @property
     def update(self) -> int:
@@ -144,8 +143,6 @@ class Run:
             self.checkpoint(opt, value_head)
             return
         state, tensors = self.trainer.restore(opt)
-        for g, lr in zip(opt.param_groups, self._base_lrs):  # the saved lrs were the schedule's; keep the bases
-            g["lr"] = lr
         if value_head is not None and tensors.get("value_head"):
             value_head.load_state_dict(tensors["value_head"])
         self.env_steps = int(state["env_steps"])
@@ -162,9 +159,15 @@ class Run:
                   "run": os.path.basename(os.path.abspath(self.dir))})
 
     # --- the learning-rate schedule ------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        """The policy's learning rate of the update under way (--lr-schedule)."""
+        return self.cfg.lr * lr_factor(self.cfg, self.update + 1)
+
     def _set_lr(self, update: int) -> None:
-        factor = self.cfg.lr_factor(update)
-        self.lr = self.cfg.lr * factor
+        """Every optimiser group at its own base lr times the schedule's factor (also after a restore, which
+        loaded the lrs saved with the checkpoint)."""
+        factor = lr_factor(self.cfg, update)
         if self._opt is not None:
             for g, lr in zip(self._opt.param_groups, self._base_lrs):
                 g["lr"] = lr * factor
@@ -215,6 +218,13 @@ class Run:
                    "checkpoints": len(list_checkpoints(self.dir)), "last": self.summary}
         self.event("done", **{k: v for k, v in summary.items() if k != "last"})
         return summary
+
+
+def lr_factor(cfg: AdaptConfig, update: int) -> float:
+    """The learning rate of update ``update`` (1-based) as a fraction of --lr: ``cfg.lr_schedule`` over
+    ``cfg.updates``, from 1 at the first update to ``cfg.min_lr_ratio`` at the last."""
+    t = (update - 1) / (cfg.updates - 1) if cfg.updates > 1 else 0.0
+    return decay_factor(cfg.lr_schedule, t, cfg.min_lr_ratio)
 
 
 def _round(v: Any) -> Any:
